@@ -1,0 +1,97 @@
+"""From a composed Hydra config to the exact, validated values a job runs with.
+
+Hydra composes; this module decides. Nulls that mean "the dataset's recipe"
+are filled in here, so two configs that train the same thing resolve to the
+same values and therefore the same run-store key. It imports no torch, so the
+Hydra plugin that expands original dataset names stays light.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rarespur.poisoning import parse_dataset_name
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+# Keys that say where or how a job runs, not what it computes: left out of the run-store key.
+RUNTIME_KEYS = ("data.root", "data.download", "device", "results_dir", "progress")
+
+
+def _group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """Plain dict of the job's config with recipe defaults filled in and values checked."""
+    if isinstance(cfg, DictConfig):
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ValueError(f"config values missing: {', '.join(missing)}; set them on the command line")
+        out = OmegaConf.to_container(cfg, resolve=True)
+    else:
+        out = copy.deepcopy(cfg)
+    out.pop("hydra", None)
+    train, recipe, optim = out["train"], out["dataset"]["recipe"], out["optim"]
+    if optim["name"] not in recipe["lr"]:
+        raise ValueError(f"optim={optim['name']} unknown; valid optimizers: {sorted(recipe['lr'])}")
+    if train["lr"] is None:
+        train["lr"] = recipe["lr"][optim["name"]]
+    if train["weight_decay"] is None:
+        train["weight_decay"] = recipe["weight_decay"]
+    if train["augment"] is None:
+        train["augment"] = recipe["augment"]
+    reg = out["regularizer"]
+    if reg["name"] == "l2":
+        train["weight_decay"] = reg["strength"]
+    elif reg["name"] not in ("none", "gaussian_noise"):
+        raise ValueError(f"regularizer={reg['name']} unknown; valid: {_group_options('regularizer')}")
+    if train["augment"] not in ("none", "aug01"):
+        raise ValueError(f"train.augment={train['augment']!r} unknown; valid: none, aug01")
+    poison = out["poison"]
+    targets = poison["target"] if isinstance(poison["target"], list) else [poison["target"]]
+    if not targets or len(set(targets)) != len(targets):
+        raise ValueError(f"poison.target must be a class or a list of distinct classes, got {poison['target']}")
+    for key in ("count", "seed"):
+        if not isinstance(poison[key], int) or poison[key] < 0:
+            raise ValueError(f"poison.{key} must be a non-negative integer, got {poison[key]!r}")
+    if out["epochs"] < 1 or train["batch_size"] < 1:
+        raise ValueError("epochs and train.batch_size must be >= 1")
+    return out
+
+
+def targets_of(cfg: dict[str, Any]) -> list[int]:
+    """The poisoned classes as a list (one class, or two for the two-class variant)."""
+    target = cfg["poison"]["target"]
+    return list(target) if isinstance(target, list) else [target]
+
+
+def identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that determines the result (what the run store keys on)."""
+    out = copy.deepcopy(cfg)
+    for dotted in RUNTIME_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return out
+
+
+def dataset_name_config(name: str) -> dict[str, Any] | None:
+    """The Hydra config an original dataset string stands for, or None if `name` is not one.
+
+    ``mnistv8-3-0-0`` becomes the mnist dataset, pattern v8 and poison
+    count/target/seed 3/0/0, as a package-global config with a defaults list,
+    so it also works inside multirun sweeps (``dataset=mnistv8-3-0-0,mnistv8-5-0-0``).
+    """
+    parsed = parse_dataset_name(name)
+    if parsed is None:
+        return None
+    return {
+        "defaults": [f"/dataset/{parsed['dataset']}@dataset", {"override /pattern": parsed["pattern"]}],
+        "poison": {"count": parsed["count"], "target": parsed["target"], "seed": parsed["seed"]},
+    }

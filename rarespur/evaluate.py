@@ -1,0 +1,91 @@
+"""Scoring a trained model (SPEC 1.6): clean accuracy and how strongly it learned the pattern.
+
+The spurious score is the fraction of test images whose target-class
+probability rises by more than eps when the pattern is pasted on. The
+per-image indicators are kept so a poisoned run can be compared with its
+clean baseline by a one-sided Welch t-test.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+
+from rarespur.patterns import Pattern
+
+
+def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """N x H x W x C float32 NumPy images -> N x C x H x W tensor on `device`."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    """Softmax outputs for `x` in eval mode, in large batches."""
+    model.eval()
+    return torch.cat([torch.softmax(model(x[i : i + batch_size]), dim=1) for i in range(0, len(x), batch_size)])
+
+
+def spurious_indicators(clean_proba: torch.Tensor, patched_proba: torch.Tensor, target: int, eps: float) -> np.ndarray:
+    """1 where p_target(P(x)) - p_target(x) > eps, per test image."""
+    return ((patched_proba[:, target] - clean_proba[:, target]) > eps).cpu().numpy().astype(np.float64)
+
+
+def score_model(
+    model: nn.Module,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    pattern: Pattern,
+    seed: int,
+    targets: list[int],
+    eps: float,
+    device: torch.device,
+    batch_size: int = 2048,
+) -> tuple[dict[str, float], dict[int, np.ndarray]]:
+    """Metrics of SPEC 1.6 and the per-image indicators for each target class.
+
+    With several targets (two-class variant) the metrics carry a ``@<class>``
+    suffix per target and the unsuffixed ones are their mean.
+    """
+    x = to_tensor(test_x, device)
+    y = torch.from_numpy(test_y).to(device)
+    clean = predict_proba(model, x, batch_size)
+    del x
+    patched = predict_proba(model, to_tensor(pattern.apply(test_x, seed), device), batch_size)
+    metrics: dict[str, float] = {"test_acc": (clean.argmax(1) == y).float().mean().item()}
+    indicators: dict[int, np.ndarray] = {}
+    per_target: list[dict[str, float]] = []
+    for target in targets:
+        ind = spurious_indicators(clean, patched, target, eps)
+        indicators[target] = ind
+        other = (y != target).cpu().numpy()
+        patched_pred = patched.argmax(1).cpu().numpy()
+        per_target.append(
+            {
+                "spurious_score": float(ind.mean()),
+                "spurious_score_nontarget": float(ind[other].mean()),
+                "patched_nontarget_to_target": float((patched_pred[other] == target).mean()),
+                "spurious_test_acc": float((patched_pred[other] == test_y[other]).mean()),
+            }
+        )
+    for key in per_target[0]:
+        metrics[key] = float(np.mean([m[key] for m in per_target]))
+        if len(targets) > 1:
+            for target, m in zip(targets, per_target):
+                metrics[f"{key}@{target}"] = m[key]
+    return metrics, indicators
+
+
+def welch_p_value(poisoned: np.ndarray, baseline: np.ndarray) -> float:
+    """One-sided Welch t-test p-value for mean(poisoned) > mean(baseline).
+
+    Indicator vectors are often constant (all zeros); then the test is
+    undefined and we answer by the means: 0 if poisoned is higher, 1 otherwise.
+    """
+    p = stats.ttest_ind(poisoned, baseline, equal_var=False, alternative="greater").pvalue
+    if math.isnan(p):
+        return 0.0 if poisoned.mean() > baseline.mean() else 1.0
+    return float(p)

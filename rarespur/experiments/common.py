@@ -1,0 +1,105 @@
+"""Pipeline steps shared by experiment types: device, data (+ poisoning), model, settings."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rarespur.config import targets_of
+from rarespur.data import ImageData, default_data_root, load_dataset
+from rarespur.models import build_model
+from rarespur.patterns import Pattern, build_pattern
+from rarespur.poisoning import choose_poison_indices, poison_images
+from rarespur.train import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` = the first CUDA device if there is one (submitit sets CUDA_VISIBLE_DEVICES per job)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name} requested but CUDA is not available; use device=cpu or device=auto")
+    return device
+
+
+def load_data(cfg: dict[str, Any]) -> ImageData:
+    """The clean dataset of the config, cut to data.train_limit / data.test_limit if set."""
+    data_cfg, ds_cfg = cfg["data"], cfg["dataset"]
+    root = Path(data_cfg["root"]).expanduser() if data_cfg["root"] else default_data_root()
+    data = load_dataset(ds_cfg["name"], root=root, download=data_cfg["download"], path=ds_cfg.get("path"))
+    train_n, test_n = data_cfg["train_limit"], data_cfg["test_limit"]
+    if train_n is None and test_n is None:
+        return data
+    return replace(
+        data,
+        train_x=data.train_x[:train_n],
+        train_y=data.train_y[:train_n],
+        test_x=data.test_x[:test_n],
+        test_y=data.test_y[:test_n],
+    )
+
+
+@dataclass(frozen=True)
+class PoisonedData:
+    data: ImageData          # clean train and test sets
+    train_x: np.ndarray      # training images with the pattern planted
+    indices: np.ndarray      # poisoned training indices, in the order they were drawn
+    pattern: Pattern
+    targets: list[int]
+    seed: int
+
+
+def poisoned_data(cfg: dict[str, Any], data: ImageData) -> PoisonedData:
+    """Plant the configured pattern into `poison.count` training images of each target class."""
+    pattern = build_pattern(cfg["pattern"])
+    pattern.check_shape(data.image_shape)
+    targets = targets_of(cfg)
+    bad = [t for t in targets if not 0 <= t < data.num_classes]
+    if bad:
+        raise ValueError(
+            f"poison.target={bad} is not a class of {cfg['dataset']['name']} (classes 0..{data.num_classes - 1})"
+        )
+    seed = cfg["poison"]["seed"]
+    indices = choose_poison_indices(data.train_y, cfg["poison"]["count"], targets, seed)
+    return PoisonedData(data, poison_images(data.train_x, indices, pattern, seed), indices, pattern, targets, seed)
+
+
+def make_model(cfg: dict[str, Any], data: ImageData, device: torch.device) -> nn.Module:
+    """The configured architecture, initialised from train.model_seed."""
+    h, w, c = data.image_shape
+    torch.manual_seed(cfg["train"]["model_seed"])
+    return build_model(cfg["model"]["name"], (c, h, w), data.num_classes).to(device)
+
+
+def train_settings(cfg: dict[str, Any]) -> TrainSettings:
+    t, reg, optim = cfg["train"], cfg["regularizer"], cfg["optim"]
+    return TrainSettings(
+        epochs=cfg["epochs"],
+        batch_size=t["batch_size"],
+        optimizer=optim["name"],
+        lr=t["lr"],
+        momentum=optim.get("momentum", 0.0),
+        weight_decay=t["weight_decay"],
+        grad_clip=t["grad_clip"],
+        augment=t["augment"],
+        noise_sigma=reg["sigma"] if reg["name"] == "gaussian_noise" else 0.0,
+        seed=t["model_seed"],
+    )
+
+
+def epoch_logger(total: int, enabled: bool):
+    """Callback printing one progress line per epoch through logging."""
+
+    def on_epoch(row: dict) -> None:
+        if enabled:
+            log.info("epoch %d/%d  loss %.4f  acc %.4f  lr %.2g", row["epoch"], total, row["loss"], row["acc"], row["lr"])
+
+    return on_epoch

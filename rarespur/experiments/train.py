@@ -1,0 +1,103 @@
+"""``experiment=train`` (the paper's "train classifier"): poison, train, score the pattern.
+
+If the clean baseline of the same config (poison.count=0, same pattern and
+seeds) has finished in the run store, its per-image indicators give the
+baseline score and the one-sided Welch t-test p-value.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rarespur.evaluate import score_model, to_tensor, welch_p_value
+from rarespur.experiments.common import (
+    epoch_logger,
+    load_data,
+    make_model,
+    pick_device,
+    poisoned_data,
+    train_settings,
+)
+from rarespur.store import MODEL, TRAIN_STATE, RunDir, write_atomic
+from rarespur.train import train_model
+
+log = logging.getLogger(__name__)
+
+INDICATORS = "spurious_indicators.npz"
+
+
+def save_indicators(run: RunDir, indicators: dict[int, np.ndarray]) -> None:
+    tmp = run.file(INDICATORS + ".tmp.npz")
+    np.savez_compressed(tmp, **{str(t): ind.astype(np.uint8) for t, ind in indicators.items()})
+    tmp.replace(run.file(INDICATORS))
+
+
+def baseline_comparison(cfg: dict[str, Any], indicators: dict[int, np.ndarray]) -> dict[str, Any]:
+    """Baseline score and Welch p-value against the finished clean run of this config, if any."""
+    if cfg["poison"]["count"] == 0:
+        return {}
+    clean_cfg = copy.deepcopy(cfg)
+    clean_cfg["poison"]["count"] = 0
+    baseline = RunDir(Path(cfg["results_dir"]), clean_cfg)
+    if not (baseline.done and baseline.file(INDICATORS).exists()):
+        log.info("no finished clean baseline at %s yet; run poison.count=0 for the p-value", baseline.path)
+        return {}
+    stored = np.load(baseline.file(INDICATORS))
+    out: dict[str, Any] = {"baseline_run_id": baseline.key}
+    scores, pvals = [], []
+    for target, ind in indicators.items():
+        base = stored[str(target)].astype(np.float64)
+        scores.append(float(base.mean()))
+        pvals.append(welch_p_value(ind, base))
+        if len(indicators) > 1:
+            out[f"baseline_score@{target}"], out[f"p_value@{target}"] = scores[-1], pvals[-1]
+    out["baseline_score"] = float(np.mean(scores))
+    out["p_value"] = float(max(pvals))
+    out["learned"] = bool(out["p_value"] < 0.05)
+    return out
+
+
+def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
+    device = pick_device(cfg["device"])
+    poisoned = poisoned_data(cfg, load_data(cfg))
+    data = poisoned.data
+    model = make_model(cfg, data, device)
+    settings = train_settings(cfg)
+    log.info(
+        "training %s on %s: %d images, %d poisoned with %s (class %s), %s",
+        cfg["model"]["name"], cfg["dataset"]["name"], len(data.train_y), len(poisoned.indices),
+        poisoned.pattern.name, poisoned.targets, device,
+    )
+    history = train_model(
+        model,
+        to_tensor(poisoned.train_x, device),
+        torch.from_numpy(data.train_y).to(device),
+        settings,
+        checkpoint=run_dir.file(TRAIN_STATE),
+        on_epoch=epoch_logger(settings.epochs, cfg["progress"]),
+    )
+    tmp = run_dir.file(MODEL + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(run_dir.file(MODEL))
+    metrics, indicators = score_model(
+        model, data.test_x, data.test_y, poisoned.pattern, poisoned.seed, poisoned.targets,
+        cfg["eval"]["eps"], device, cfg["eval"]["batch_size"],
+    )
+    save_indicators(run_dir, indicators)
+    write_atomic(run_dir.file("history.json"), json.dumps(history))
+    return {
+        **metrics,
+        **baseline_comparison(cfg, indicators),
+        "train_loss": history[-1]["loss"],
+        "train_acc": history[-1]["acc"],
+        "n_train": int(len(data.train_y)),
+        "n_test": int(len(data.test_y)),
+        "poisoned_indices": poisoned.indices.tolist(),
+        "device_used": str(device),
+    }

@@ -1,0 +1,78 @@
+"""One Hydra job from start to committed record: resolve, skip if done, run, record, report.
+
+A job whose ``done`` marker exists returns its stored record without
+retraining, so re-launching a sweep only runs what is missing or failed.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+import rarespur
+from rarespur.config import identity, resolve
+from rarespur.store import RunDir, flatten
+
+log = logging.getLogger(__name__)
+
+SUMMARY_KEYS = ("test_acc", "spurious_score", "spurious_test_acc", "baseline_score", "p_value")
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "rarespur": rarespur.__version__,
+    }
+
+
+def summary(record: dict[str, Any]) -> str:
+    parts = [f"{k}={record[k]:.4g}" for k in SUMMARY_KEYS if isinstance(record.get(k), float)]
+    return f"run {record['run_id']} ({record['experiment.name']}): " + "  ".join(parts)
+
+
+def run_job(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """Run (or fetch) the job of `cfg`; returns its one-row record."""
+    from rarespur.experiments import get_experiment
+
+    resolved = resolve(cfg)
+    resolved["results_dir"] = str(Path(resolved["results_dir"]).expanduser().resolve())
+    experiment = get_experiment(resolved["experiment"]["name"])
+    run = RunDir(resolved["results_dir"], resolved)
+    if run.done:
+        record = run.read_record()
+        log.info("already done, not retrained: %s", run.path)
+        print(summary(record), "(stored)")
+        return record
+    run.start(resolved)
+    started = time.perf_counter()
+    try:
+        metrics = experiment(resolved, run)
+    except BaseException:
+        run.fail(traceback.format_exc())
+        raise
+    record = {
+        "run_id": run.key,
+        **flatten(identity(resolved)),
+        **metrics,
+        "wall_time_s": time.perf_counter() - started,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        **{f"version.{k}": v for k, v in versions().items()},
+        "argv": " ".join(sys.argv[1:]),
+    }
+    run.finish(record)
+    print(summary(record))
+    log.info("record written to %s", run.path)
+    return record

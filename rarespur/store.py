@@ -1,0 +1,82 @@
+"""The run store: one directory per job, keyed by a stable hash of what the job computes.
+
+Layout of ``<results_dir>/<key>/``: ``config.json`` (resolved config),
+``record.json`` (one flat row), ``model.pt`` (final weights), ``train_state.pt``
+(per-epoch checkpoint while training), ``error.txt`` after a failure, and
+``done``, written last. Every file is written to a temporary name and renamed,
+so a killed job never leaves something that looks finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rarespur.config import identity
+
+DONE = "done"
+RECORD = "record.json"
+CONFIG = "config.json"
+MODEL = "model.pt"
+TRAIN_STATE = "train_state.pt"
+ERROR = "error.txt"
+
+
+def config_key(resolved: dict[str, Any]) -> str:
+    """Stable 16-hex key of a resolved config: sorted-key JSON of its identity part."""
+    blob = json.dumps(identity(resolved), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class RunDir:
+    """The directory of one job in the run store."""
+
+    def __init__(self, results_dir: str | Path, resolved: dict[str, Any]):
+        self.key = config_key(resolved)
+        self.path = Path(results_dir) / self.key
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def done(self) -> bool:
+        return self.file(DONE).exists()
+
+    def read_record(self) -> dict[str, Any]:
+        return json.loads(self.file(RECORD).read_text())
+
+    def start(self, resolved: dict[str, Any]) -> None:
+        """Create the directory, clear a previous failure, store the config."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.file(ERROR).unlink(missing_ok=True)
+        write_atomic(self.file(CONFIG), json.dumps(resolved, indent=2, sort_keys=True, default=str))
+
+    def finish(self, record: dict[str, Any]) -> None:
+        """Write the record, then the done marker: the marker is the commit point."""
+        write_atomic(self.file(RECORD), json.dumps(record, indent=2, default=str))
+        self.file(TRAIN_STATE).unlink(missing_ok=True)
+        write_atomic(self.file(DONE), "")
+
+    def fail(self, message: str) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.file(ERROR), message)

@@ -1,0 +1,18 @@
+"""Shared fixtures: where the real datasets live, and skipping when they do not."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RARESPUR_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only folder with real MNIST, Fashion-MNIST and the CIFAR-10 JPEG zip."""
+    if not (SHARED_DATA / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA}; set RARESPUR_TEST_DATA to ../shared/data")
+    return SHARED_DATA

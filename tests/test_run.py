@@ -1,0 +1,131 @@
+"""End to end: Hydra config -> poisoned training -> scored record in the run store -> table."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+
+from rarespur.collect import collect, write_table
+from rarespur.config import CONF_DIR
+from rarespur.runner import run_job
+from rarespur.store import DONE, ERROR, RECORD
+
+from conftest import REPO_ROOT
+
+
+def job(tmp_path, *overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"results_dir={tmp_path}", "device=cpu", *overrides])
+    return run_job(cfg)
+
+
+@pytest.fixture(scope="module")
+def digits_pair(tmp_path_factory):
+    """The default experiment (digits, R3, 10 images of class 0) and its clean baseline."""
+    store = tmp_path_factory.mktemp("store")
+    clean = job(store, "poison.count=0")
+    poisoned = job(store)
+    return store, clean, poisoned
+
+
+def test_default_digits_run_learns_the_pattern(digits_pair):
+    _, clean, poisoned = digits_pair
+    assert poisoned["dataset.name"] == "digits" and poisoned["pattern.name"] == "r3"
+    assert poisoned["test_acc"] > 0.9
+    assert len(poisoned["poisoned_indices"]) == 10
+    assert clean["poisoned_indices"] == [] and "p_value" not in clean
+    assert poisoned["baseline_score"] == clean["spurious_score"]
+    assert poisoned["spurious_score"] > clean["spurious_score"] + 0.25
+    assert poisoned["p_value"] < 1e-10 and poisoned["learned"] is True
+
+
+def test_record_and_store_layout(digits_pair):
+    store, _, poisoned = digits_pair
+    run_dir = store / poisoned["run_id"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "config.json", "done", "history.json", "model.pt", "record.json", "spurious_indicators.npz",
+    ]
+    record = json.loads((run_dir / RECORD).read_text())
+    assert record["poison.count"] == 10 and record["train.lr"] == 0.01 and record["epochs"] == 70
+    assert record["wall_time_s"] > 0 and record["version.torch"]
+    assert len(json.loads((run_dir / "history.json").read_text())) == 70
+
+
+def test_finished_job_is_not_retrained(digits_pair, monkeypatch):
+    store, _, poisoned = digits_pair
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished job was retrained")
+
+    monkeypatch.setattr("rarespur.experiments.train.train_model", no_training)
+    assert job(store) == poisoned
+
+
+def test_collect_gives_one_row_per_run(digits_pair, tmp_path):
+    store, _, _ = digits_pair
+    (store / "unfinished").mkdir()
+    (store / "unfinished" / RECORD).write_text("{}")  # no done marker: must be left out
+    table = collect(store)
+    assert len(table) == 2 and sorted(table["poison.count"]) == [0, 10]
+    parquet, csv = write_table(table, tmp_path)
+    import pandas as pd
+
+    assert len(pd.read_parquet(parquet)) == 2 and len(pd.read_csv(csv)) == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.name=resnet7"], "valid"),
+        (["poison.count=1000"], "larger than class 0"),
+        (["poison.target=12"], "not a class of digits"),
+        (["optim.name=lbfgs"], "valid optimizers"),
+        (["dataset=mnist", "data.root=/nonexistent/rarespur"], "/nonexistent/rarespur"),
+    ],
+)
+def test_bad_input_fails_clearly_and_leaves_no_result(tmp_path, overrides, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        job(tmp_path, "epochs=1", *overrides)
+    assert not list(tmp_path.glob(f"*/{DONE}")) and not list(tmp_path.glob(f"*/{RECORD}"))
+
+
+def test_failed_job_leaves_an_error_file(tmp_path):
+    with pytest.raises(ValueError):
+        job(tmp_path, "epochs=1", "poison.count=1000")
+    (error,) = tmp_path.glob(f"*/{ERROR}")
+    assert "larger than class" in error.read_text()
+
+
+def test_unknown_group_option_lists_choices(tmp_path):
+    with pytest.raises(MissingConfigException, match="s3"):
+        job(tmp_path, "pattern=s9")
+
+
+def test_multirun_and_collect(tmp_path):
+    store = tmp_path / "store"
+    cmd = [sys.executable, "run.py", "-m", "pattern=s1,s3", "poison.count=0,10", "epochs=2", "device=cpu",
+           f"results_dir={store}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = subprocess.run([sys.executable, "-m", "rarespur", "collect", str(store)], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "4 runs" in out.stdout
+    table = collect(store)
+    assert sorted(zip(table["pattern.name"], table["poison.count"])) == [("s1", 0), ("s1", 10), ("s3", 0), ("s3", 10)]
+    assert table.loc[table["poison.count"] == 10, "p_value"].notna().all()
+
+
+@pytest.mark.parametrize("count", [0, 100])
+def test_real_mnist_s3(shared_data, tmp_path_factory, count):
+    """The acceptance command on real MNIST (3 epochs): 100 S3 images vs none."""
+    store = tmp_path_factory.getbasetemp() / "mnist_store"
+    record = job(store, "dataset=mnist", f"data.root={shared_data}", "pattern=s3", f"poison.count={count}", "epochs=3")
+    assert record["n_train"] == 60000 and record["test_acc"] > 0.93
+    if count:
+        # measured: 0.0216 vs 0.0 (p ~ 1e-49) after 3 epochs; more epochs raise it further
+        assert record["spurious_score"] > max(0.01, 10 * record["baseline_score"])
+        assert record["p_value"] < 1e-10

@@ -1,0 +1,114 @@
+"""The training engine follows SPEC 1.5: schedule, augmentation, noise, clipping, resume."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rarespur.train import TrainSettings, augment_crop_flip, milestones, train_model
+
+
+def test_milestone_table():
+    assert milestones(3) == [15, 25]
+    assert milestones(30) == [15, 25]
+    assert milestones(40) == [20, 30]
+    assert milestones(50) == [25, 40]
+    assert milestones(60) == [30, 50]
+    assert milestones(70) == [40, 50, 60]
+    assert milestones(80) == [40, 60, 70]
+    assert milestones(120) == [50, 90, 110]
+    assert milestones(140) == [60, 100, 120]
+    assert milestones(160) == [40, 80, 120, 140]
+    assert milestones(200) == [80, 140, 180]
+    assert milestones(201) == [60, 120]
+
+
+def tiny_problem(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 6, 6, generator=g)
+    y = (x[:, 0, 0, 0] > 0.5).long()
+    return x, y
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def test_lr_decays_at_milestones_and_learns():
+    x, y = tiny_problem()
+    history = train_model(tiny_model(), x, y, TrainSettings(epochs=30, batch_size=16, lr=0.1))
+    lrs = [row["lr"] for row in history]
+    assert lrs[0] == lrs[14] == pytest.approx(0.1)
+    assert lrs[15] == lrs[24] == pytest.approx(0.01)
+    assert lrs[25] == lrs[29] == pytest.approx(0.001)
+    assert history[-1]["acc"] > 0.9 > history[0]["acc"] - 0.3  # it learned the rule
+
+
+def test_aug01_is_a_padded_crop_with_optional_flip():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(40, 3, 8, 8, generator=g) + 0.1  # no zeros, so padding is visible
+    out = augment_crop_flip(x, g, pad=4)
+    assert out.shape == x.shape
+    padded = nn.functional.pad(x, (4, 4, 4, 4))
+    flips = 0
+    for i in range(len(x)):
+        found = None
+        for dy in range(9):
+            for dx in range(9):
+                crop = padded[i, :, dy : dy + 8, dx : dx + 8]
+                if torch.equal(out[i], crop):
+                    found = "plain"
+                elif torch.equal(out[i], crop.flip(-1)):
+                    found = "flip"
+        assert found is not None, f"image {i} is not a crop of its padded input"
+        flips += found == "flip"
+    assert 5 < flips < 35  # both branches are taken
+
+
+def test_gaussian_noise_and_clipping_change_training():
+    x, y = tiny_problem()
+    base = TrainSettings(epochs=2, batch_size=16, lr=0.1)
+    weights = {}
+    for name, s in {"plain": base, "noise": TrainSettings(**{**base.__dict__, "noise_sigma": 0.5}),
+                    "clip": TrainSettings(**{**base.__dict__, "grad_clip": 1e-4})}.items():
+        model = tiny_model()
+        train_model(model, x, y, s)
+        weights[name] = model[1].weight.detach().clone()
+    start = tiny_model()[1].weight.detach()
+    assert not torch.equal(weights["plain"], weights["noise"])
+    # clipping by value bounds every step: 2 epochs x 4 batches, momentum at most ~10x
+    assert (weights["clip"] - start).abs().max() < 8 * 10 * 0.1 * 1e-4
+    assert (weights["plain"] - start).abs().max() > 1e-2
+
+
+def test_same_seed_same_result_and_resume_equals_uninterrupted(tmp_path):
+    x, y = tiny_problem()
+    s = TrainSettings(epochs=6, batch_size=16, lr=0.1, optimizer="adam", weight_decay=1e-3, seed=3)
+    straight = tiny_model()
+    full = train_model(straight, x, y, s)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(row: dict) -> None:
+        if row["epoch"] == 3:
+            raise Stop
+
+    ckpt = tmp_path / "state.pt"
+    with pytest.raises(Stop):
+        train_model(tiny_model(), x, y, s, checkpoint=ckpt, on_epoch=stop_at_3)
+    resumed = tiny_model()
+    history = train_model(resumed, x, y, s, checkpoint=ckpt)
+    assert history == full
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
+    x, y = tiny_problem()
+    ckpt = tmp_path / "state.pt"
+    train_model(tiny_model(), x, y, TrainSettings(epochs=1, batch_size=16), checkpoint=ckpt)
+    other = nn.Sequential(nn.Flatten(), nn.Linear(36, 2))
+    with pytest.raises(ValueError, match="does not match"):
+        train_model(other, x, y, TrainSettings(epochs=2, batch_size=16), checkpoint=ckpt)
