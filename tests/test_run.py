@@ -129,3 +129,13 @@ def test_real_mnist_s3(shared_data, tmp_path_factory, count):
         # measured: 0.0216 vs 0.0 (p ~ 1e-49) after 3 epochs; more epochs raise it further
         assert record["spurious_score"] > max(0.01, 10 * record["baseline_score"])
         assert record["p_value"] < 1e-10
+
+
+def test_sweep_file_runs_its_grid(tmp_path):
+    store = tmp_path / "store"
+    cmd = [sys.executable, "run.py", "-m", "--config-dir", "sweeps", "--config-name", "example", "epochs=1",
+           "data.train_limit=300", "device=cpu", f"results_dir={store}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = collect(store)
+    assert len(table) == 8 and set(table["pattern.name"]) == {"s3", "r3"} and set(table["poison.seed"]) == {0, 1}

@@ -2,15 +2,18 @@
 
 ``dataset=mnistv8-3-0-0`` has no YAML file; this source answers for any name
 that matches the original pattern and hands Hydra the config from
-:func:`rarespur.config.dataset_name_config`. conf/config.yaml puts
-``rarespur-names://`` on the search path.
+:func:`rarespur.config.dataset_name_config`. The search-path plugin below puts
+``rarespur-names://`` on every search path, so it also works when a sweep file
+in sweeps/ is the primary config.
 """
 from __future__ import annotations
 
 from typing import List, Optional
 
+from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.object_type import ObjectType
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
 from rarespur.config import dataset_name_config
@@ -51,3 +54,8 @@ class DatasetNameConfigSource(ConfigSource):
 
     def list(self, config_path: str, results_filter: Optional[ObjectType]) -> List[str]:
         return []
+
+
+class DatasetNameSearchPath(SearchPathPlugin):
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        search_path.append(provider="rarespur", path=f"{DatasetNameConfigSource.scheme()}://")
