@@ -3,7 +3,8 @@
 Layout of ``<results_dir>/<key>/``: ``config.json`` (resolved config),
 ``record.json`` (one flat row), ``model.pt`` (final weights), ``train_state.pt``
 (per-epoch checkpoint while training), ``error.txt`` after a failure, and
-``done``, written last. Every file is written to a temporary name and renamed,
+``running.json`` (host, pid, start time) while a job works on it, and ``done``,
+written last. Every file is written to a temporary name and renamed,
 so a killed job never leaves something that looks finished.
 """
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ CONFIG = "config.json"
 MODEL = "model.pt"
 TRAIN_STATE = "train_state.pt"
 ERROR = "error.txt"
+RUNNING = "running.json"
 
 
 def config_key(resolved: dict[str, Any]) -> str:
@@ -66,17 +70,21 @@ class RunDir:
         return json.loads(self.file(RECORD).read_text())
 
     def start(self, resolved: dict[str, Any]) -> None:
-        """Create the directory, clear a previous failure, store the config."""
+        """Create the directory, clear a previous failure, store the config, say who runs it."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.file(ERROR).unlink(missing_ok=True)
         write_atomic(self.file(CONFIG), json.dumps(resolved, indent=2, sort_keys=True, default=str))
+        owner = {"host": platform.node(), "pid": os.getpid(), "started": time.time()}
+        write_atomic(self.file(RUNNING), json.dumps(owner))
 
     def finish(self, record: dict[str, Any]) -> None:
         """Write the record, then the done marker: the marker is the commit point."""
         write_atomic(self.file(RECORD), json.dumps(record, indent=2, default=str))
         self.file(TRAIN_STATE).unlink(missing_ok=True)
         write_atomic(self.file(DONE), "")
+        self.file(RUNNING).unlink(missing_ok=True)
 
     def fail(self, message: str) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         write_atomic(self.file(ERROR), message)
+        self.file(RUNNING).unlink(missing_ok=True)
