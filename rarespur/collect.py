@@ -6,9 +6,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from rarespur.store import DONE, RECORD
+from rarespur.experiments.train import baseline_comparison, load_indicators
+from rarespur.store import CONFIG, DONE, RECORD
 
 TABLE_NAME = "runs"
+
+
+def _with_late_baseline(record: dict, run: Path, results_dir: Path) -> dict:
+    """Fill baseline_score / p_value of a poisoned run whose clean baseline finished after it."""
+    if record.get("experiment.name") != "train" or record.get("poison.count", 0) == 0 or "p_value" in record:
+        return record
+    cfg = json.loads((run / CONFIG).read_text())
+    return {**record, **baseline_comparison(cfg, load_indicators(run), results_dir)}
 
 
 def collect(results_dir: str | Path) -> pd.DataFrame:
@@ -17,7 +26,7 @@ def collect(results_dir: str | Path) -> pd.DataFrame:
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results directory {results_dir} does not exist; pass the run store (results_dir)")
     rows = [
-        json.loads((run / RECORD).read_text())
+        _with_late_baseline(json.loads((run / RECORD).read_text()), run, results_dir)
         for run in sorted(results_dir.iterdir())
         if (run / DONE).exists()
     ]

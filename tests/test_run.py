@@ -139,3 +139,25 @@ def test_sweep_file_runs_its_grid(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     table = collect(store)
     assert len(table) == 8 and set(table["pattern.name"]) == {"s3", "r3"} and set(table["poison.seed"]) == {0, 1}
+
+
+def test_baseline_that_finishes_later_is_used_at_collect_time(tmp_path):
+    poisoned = job(tmp_path, "epochs=20", "pattern=r3", "poison.count=30")
+    assert "p_value" not in poisoned  # no baseline yet
+    clean = job(tmp_path, "epochs=20", "pattern=r3", "poison.count=0")
+    row = collect(tmp_path).set_index("poison.count").loc[30]
+    assert row["baseline_score"] == clean["spurious_score"] and row["baseline_run_id"] == clean["run_id"]
+    assert 0 <= row["p_value"] < 0.05 and row["spurious_score"] == poisoned["spurious_score"]
+
+
+def test_failed_job_does_not_stop_the_sweep(tmp_path):
+    store = tmp_path / "store"
+    cmd = [sys.executable, "run.py", "-m", "poison.count=1000,10", "epochs=1", "device=cpu",
+           f"results_dir={store}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0  # the sweep reports the failure ...
+    assert "larger than class 0" in done.stderr
+    (error,) = store.glob(f"*/{ERROR}")
+    assert not (error.parent / DONE).exists()
+    table = collect(store)  # ... after the other job finished
+    assert table["poison.count"].tolist() == [10]

@@ -38,21 +38,31 @@ def save_indicators(run: RunDir, indicators: dict[int, np.ndarray]) -> None:
     tmp.replace(run.file(INDICATORS))
 
 
-def baseline_comparison(cfg: dict[str, Any], indicators: dict[int, np.ndarray]) -> dict[str, Any]:
-    """Baseline score and Welch p-value against the finished clean run of this config, if any."""
+def load_indicators(run_path: Path) -> dict[int, np.ndarray]:
+    """Per-image spurious indicators of a finished run, by target class."""
+    with np.load(run_path / INDICATORS) as stored:
+        return {int(t): stored[t].astype(np.float64) for t in stored.files}
+
+
+def baseline_comparison(cfg: dict[str, Any], indicators: dict[int, np.ndarray], results_dir: Path) -> dict[str, Any]:
+    """Baseline score and Welch p-value against the finished clean run of this config, if any.
+
+    Called when a poisoned run finishes and again by ``collect`` for runs that
+    finished before their baseline, so the order of jobs in a sweep does not matter.
+    """
     if cfg["poison"]["count"] == 0:
         return {}
     clean_cfg = copy.deepcopy(cfg)
     clean_cfg["poison"]["count"] = 0
-    baseline = RunDir(Path(cfg["results_dir"]), clean_cfg)
+    baseline = RunDir(results_dir, clean_cfg)
     if not (baseline.done and baseline.file(INDICATORS).exists()):
         log.info("no finished clean baseline at %s yet; run poison.count=0 for the p-value", baseline.path)
         return {}
-    stored = np.load(baseline.file(INDICATORS))
+    stored = load_indicators(baseline.path)
     out: dict[str, Any] = {"baseline_run_id": baseline.key}
     scores, pvals = [], []
     for target, ind in indicators.items():
-        base = stored[str(target)].astype(np.float64)
+        base = stored[target]
         scores.append(float(base.mean()))
         pvals.append(welch_p_value(ind, base))
         if len(indicators) > 1:
@@ -93,7 +103,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     write_atomic(run_dir.file("history.json"), json.dumps(history))
     return {
         **metrics,
-        **baseline_comparison(cfg, indicators),
+        **baseline_comparison(cfg, indicators, Path(cfg["results_dir"])),
         "train_loss": history[-1]["loss"],
         "train_acc": history[-1]["acc"],
         "n_train": int(len(data.train_y)),
