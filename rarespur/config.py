@@ -81,6 +81,21 @@ def identity(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def training_identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that determines the trained weights.
+
+    Evaluation settings never do; for a clean run (poison.count=0) neither do the
+    pattern, target and data seed, which only matter for scoring. Runs that share
+    this identity can share one trained model.
+    """
+    out = identity(cfg)
+    out.pop("eval", None)
+    if out["poison"]["count"] == 0:
+        out.pop("pattern", None)
+        out["poison"] = {"count": 0}
+    return out
+
+
 def dataset_name_config(name: str) -> dict[str, Any] | None:
     """The Hydra config an original dataset string stands for, or None if `name` is not one.
 

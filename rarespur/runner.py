@@ -72,7 +72,7 @@ def run_job(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         **{f"version.{k}": v for k, v in versions().items()},
         "argv": " ".join(sys.argv[1:]),
     }
-    run.finish(record)
+    run.finish(record, resolved)
     print(summary(record))
     log.info("record written to %s", run.path)
     return record

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rarespur.config import identity
+from rarespur.config import identity, training_identity
 
 DONE = "done"
 RECORD = "record.json"
@@ -26,12 +26,36 @@ MODEL = "model.pt"
 TRAIN_STATE = "train_state.pt"
 ERROR = "error.txt"
 RUNNING = "running.json"
+TRAINED_INDEX = ".trained"  # <results_dir>/.trained/<training key> holds the run key of a finished model
+
+
+def _digest(tree: dict[str, Any]) -> str:
+    blob = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def config_key(resolved: dict[str, Any]) -> str:
     """Stable 16-hex key of a resolved config: sorted-key JSON of its identity part."""
-    blob = json.dumps(identity(resolved), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return _digest(identity(resolved))
+
+
+def find_trained(results_dir: str | Path, resolved: dict[str, Any]) -> Path | None:
+    """A finished run directory whose model was trained exactly as `resolved` would train it.
+
+    Clean baselines of one dataset/model/optimizer differ only in how they are
+    scored, so a sweep trains each such model once and scores it many times.
+    """
+    entry = Path(results_dir) / TRAINED_INDEX / _digest(training_identity(resolved))
+    if not entry.exists():
+        return None
+    run = Path(results_dir) / entry.read_text().strip()
+    return run if (run / DONE).exists() and (run / MODEL).exists() else None
+
+
+def register_trained(results_dir: str | Path, resolved: dict[str, Any], run_key: str) -> None:
+    index = Path(results_dir) / TRAINED_INDEX
+    index.mkdir(parents=True, exist_ok=True)
+    write_atomic(index / _digest(training_identity(resolved)), run_key)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -77,12 +101,14 @@ class RunDir:
         owner = {"host": platform.node(), "pid": os.getpid(), "started": time.time()}
         write_atomic(self.file(RUNNING), json.dumps(owner))
 
-    def finish(self, record: dict[str, Any]) -> None:
+    def finish(self, record: dict[str, Any], resolved: dict[str, Any]) -> None:
         """Write the record, then the done marker: the marker is the commit point."""
         write_atomic(self.file(RECORD), json.dumps(record, indent=2, default=str))
         self.file(TRAIN_STATE).unlink(missing_ok=True)
         write_atomic(self.file(DONE), "")
         self.file(RUNNING).unlink(missing_ok=True)
+        if self.file(MODEL).exists():
+            register_trained(self.path.parent, resolved, self.key)
 
     def fail(self, message: str) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,8 @@ def test_kill_and_relaunch(tmp_path):
     assert f"resuming from {interrupted / TRAIN_STATE} at epoch" in log
 
     runs = [p.parent for p in store.glob(f"*/{DONE}")]
-    assert len(runs) == 4 and len(list(store.iterdir())) == 4  # every job exactly once
+    run_dirs = [p for p in store.iterdir() if not p.name.startswith(".")]
+    assert len(runs) == 4 and len(run_dirs) == 4  # every job exactly once
     for run in runs:
         json.loads((run / RECORD).read_text())  # complete, parseable
         assert not (run / TRAIN_STATE).exists()

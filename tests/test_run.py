@@ -161,3 +161,18 @@ def test_failed_job_does_not_stop_the_sweep(tmp_path):
     assert not (error.parent / DONE).exists()
     table = collect(store)  # ... after the other job finished
     assert table["poison.count"].tolist() == [10]
+
+
+def test_clean_model_is_trained_once_and_scored_per_pattern(tmp_path, monkeypatch):
+    first = job(tmp_path, "epochs=5", "poison.count=0", "pattern=s3", "poison.seed=1")
+    assert first["model_trained_in"] == first["run_id"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the clean model was trained twice")
+
+    monkeypatch.setattr("rarespur.experiments.train.train_model", no_training)
+    second = job(tmp_path, "epochs=5", "poison.count=0", "pattern=r3", "poison.target=3")
+    assert second["run_id"] != first["run_id"] and second["model_trained_in"] == first["run_id"]
+    assert second["test_acc"] == first["test_acc"] and second["train_loss"] == first["train_loss"]
+    with pytest.raises(AssertionError, match="trained twice"):  # a poisoned run still trains
+        job(tmp_path, "epochs=5", "poison.count=10", "pattern=r3")

@@ -24,12 +24,13 @@ from rarespur.experiments.common import (
     poisoned_data,
     train_settings,
 )
-from rarespur.store import MODEL, TRAIN_STATE, RunDir, write_atomic
+from rarespur.store import MODEL, TRAIN_STATE, RunDir, find_trained, write_atomic
 from rarespur.train import train_model
 
 log = logging.getLogger(__name__)
 
 INDICATORS = "spurious_indicators.npz"
+HISTORY = "history.json"
 
 
 def save_indicators(run: RunDir, indicators: dict[int, np.ndarray]) -> None:
@@ -84,14 +85,20 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
         cfg["model"]["name"], cfg["dataset"]["name"], len(data.train_y), len(poisoned.indices),
         poisoned.pattern.name, poisoned.targets, device,
     )
-    history = train_model(
-        model,
-        to_tensor(poisoned.train_x, device),
-        torch.from_numpy(data.train_y).to(device),
-        settings,
-        checkpoint=run_dir.file(TRAIN_STATE),
-        on_epoch=epoch_logger(settings.epochs, cfg["progress"]),
-    )
+    trained = find_trained(run_dir.path.parent, cfg)
+    if trained is not None:
+        log.info("the same model was already trained in %s: scoring it instead of training again", trained)
+        model.load_state_dict(torch.load(trained / MODEL, map_location=device, weights_only=True))
+        history = json.loads((trained / HISTORY).read_text())
+    else:
+        history = train_model(
+            model,
+            to_tensor(poisoned.train_x, device),
+            torch.from_numpy(data.train_y).to(device),
+            settings,
+            checkpoint=run_dir.file(TRAIN_STATE),
+            on_epoch=epoch_logger(settings.epochs, cfg["progress"]),
+        )
     tmp = run_dir.file(MODEL + ".tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(run_dir.file(MODEL))
@@ -100,7 +107,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
         cfg["eval"]["eps"], device, cfg["eval"]["batch_size"],
     )
     save_indicators(run_dir, indicators)
-    write_atomic(run_dir.file("history.json"), json.dumps(history))
+    write_atomic(run_dir.file(HISTORY), json.dumps(history))
     return {
         **metrics,
         **baseline_comparison(cfg, indicators, Path(cfg["results_dir"])),
@@ -110,4 +117,5 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
         "n_test": int(len(data.test_y)),
         "poisoned_indices": poisoned.indices.tolist(),
         "device_used": str(device),
+        "model_trained_in": trained.name if trained is not None else run_dir.key,
     }
