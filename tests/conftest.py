@@ -16,3 +16,17 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "MNIST" / "raw").is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA}; set RARESPUR_TEST_DATA to ../shared/data")
     return SHARED_DATA
+
+
+def extract_cifar_subset(shared_data: Path, dest: Path, classes: tuple[str, ...], per_split: dict[str, int]) -> Path:
+    """Unpack the first images of some classes from the CIFAR-10 JPEG zip into `dest` (never into shared data)."""
+    import zipfile
+
+    with zipfile.ZipFile(shared_data / "cifar10-jpeg.zip") as archive:
+        names = archive.namelist()
+        for split, count in per_split.items():
+            for cls in classes:
+                prefix = f"cifar10-jpeg/{split}/{cls}/"
+                for name in sorted(n for n in names if n.startswith(prefix) and n.endswith(".jpg"))[:count]:
+                    archive.extract(name, dest)
+    return dest / "cifar10-jpeg"

@@ -6,7 +6,6 @@ import os
 import pickle
 import shutil
 import struct
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import extract_cifar_subset
 from rarespur.data import (
     DATASET_NAMES,
     CorruptDataError,
@@ -260,15 +260,8 @@ def test_imagefolder_unreadable_image(tmp_path):
 
 
 def test_imagefolder_real_cifar_jpeg_subset(shared_data, tmp_path):
-    classes, per_class = ("airplane", "bird", "cat"), {"train": 20, "test": 5}
-    with zipfile.ZipFile(shared_data / "cifar10-jpeg.zip") as archive:
-        for split, count in per_class.items():
-            for cls in classes:
-                prefix = f"cifar10-jpeg/{split}/{cls}/"
-                names = sorted(n for n in archive.namelist() if n.startswith(prefix) and n.endswith(".jpg"))
-                for name in names[:count]:
-                    archive.extract(name, tmp_path)
-    tree = tmp_path / "cifar10-jpeg"
+    classes = ("airplane", "bird", "cat")
+    tree = extract_cifar_subset(shared_data, tmp_path, classes, {"train": 20, "test": 5})
     data = load_dataset("imagefolder", path=tree)
     assert data.classes == classes and data.image_shape == (32, 32, 3)
     assert data.train_x.shape == (60, 32, 32, 3) and data.test_x.shape == (15, 32, 32, 3)

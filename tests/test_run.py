@@ -14,7 +14,7 @@ from rarespur.config import CONF_DIR
 from rarespur.runner import run_job
 from rarespur.store import DONE, ERROR, RECORD
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, extract_cifar_subset
 
 
 def job(tmp_path, *overrides: str) -> dict:
@@ -176,3 +176,13 @@ def test_clean_model_is_trained_once_and_scored_per_pattern(tmp_path, monkeypatc
     assert second["test_acc"] == first["test_acc"] and second["train_loss"] == first["train_loss"]
     with pytest.raises(AssertionError, match="trained twice"):  # a poisoned run still trains
         job(tmp_path, "epochs=5", "poison.count=10", "pattern=r3")
+
+
+def test_imagefolder_cifar_subset_with_resnet_and_aug01(shared_data, tmp_path):
+    classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    tree = extract_cifar_subset(shared_data, tmp_path / "data", classes, {"train": 30, "test": 10})
+    record = job(tmp_path / "store", "dataset=imagefolder", f"dataset.path={tree}", "model=resnet20", "pattern=s3",
+                 "poison.count=5", "poison.target=3", "epochs=2", "train.augment=aug01")
+    assert record["n_train"] == 300 and record["n_test"] == 100 and record["train.augment"] == "aug01"
+    assert all(300 > i >= 0 and i // 30 == 3 for i in record["poisoned_indices"])  # class 3 = cat, file order
+    assert 0 <= record["spurious_score"] <= 1 and record["train.lr"] == 0.01
