@@ -44,6 +44,9 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         train["weight_decay"] = recipe["weight_decay"]
     if train["augment"] is None:
         train["augment"] = recipe["augment"]
+    from rarespur.models import resolve_model_name  # torch stays out of the Hydra plugin's imports
+
+    out["model"]["name"] = resolve_model_name(out["model"]["name"])
     reg = out["regularizer"]
     if reg["name"] == "l2":
         train["weight_decay"] = reg["strength"]

@@ -186,3 +186,14 @@ def test_imagefolder_cifar_subset_with_resnet_and_aug01(shared_data, tmp_path):
     assert record["n_train"] == 300 and record["n_test"] == 100 and record["train.augment"] == "aug01"
     assert all(300 > i >= 0 and i // 30 == 3 for i in record["poisoned_indices"])  # class 3 = cat, file order
     assert 0 <= record["spurious_score"] <= 1 and record["train.lr"] == 0.01
+
+
+@pytest.mark.parametrize("spelling", ["model=paper_mlp", "model.name=LargeMLP", "model=largemlp"])
+def test_model_aliases_resolve_to_one_run(spelling):
+    from rarespur.config import resolve
+    from rarespur.store import config_key
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        resolved = resolve(compose("config", overrides=[spelling]))
+        default = resolve(compose("config"))
+    assert resolved["model"]["name"] == "largemlp" and config_key(resolved) == config_key(default)
