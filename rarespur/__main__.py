@@ -4,16 +4,53 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hydra.errors import HydraException
+
 from rarespur.collect import collect, write_table
+from rarespur.status import STALE_AFTER_S, report
+from rarespur.sweep import expand
+
+STATUS_EPILOG = """\
+Give the sweep exactly as it was launched: the same --sweep file(s) and the same overrides
+(python run.py -m --config-dir sweeps --config-name NAME OVERRIDES  ->  --sweep NAME OVERRIDES).
+Without --sweep and overrides, every run directory in RESULTS_DIR is reported.
+States: done; running (its process is alive, or on another host its directory changed within
+--stale-after seconds); failed (error.txt); stale (abandoned: killed, preempted); missing (no directory)."""
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rarespur", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_collect = sub.add_parser("collect", help="merge all finished runs into runs.parquet and runs.csv")
     p_collect.add_argument("results_dir", help="the run store (results_dir of the jobs)")
     p_collect.add_argument("--out", help="folder for the table (default: the results directory)")
-    args = parser.parse_args(argv)
+
+    p_status = sub.add_parser(
+        "status", help="count done / running / failed / stale / missing jobs of a sweep",
+        epilog=STATUS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_status.add_argument("results_dir", help="the run store (results_dir of the jobs)")
+    p_status.add_argument("overrides", nargs="*", help="the sweep's Hydra overrides, as given to run.py -m")
+    p_status.add_argument("--sweep", action="append", default=[],
+                          help="sweep file: a name in sweeps/ or a path; repeat for a study of several files")
+    p_status.add_argument("--by", default="",
+                          help="config keys to count by, comma-separated (e.g. dataset.name,optim.name)")
+    p_status.add_argument("--stale-after", type=float, default=STALE_AFTER_S, metavar="SECONDS",
+                          help="a job on another host is stale after this long without a change "
+                               f"(default {STALE_AFTER_S:.0f})")
+    p_status.add_argument("--limit", type=int, default=20,
+                          help="list at most this many failed / stale runs each (0 = all)")
+    p_status.add_argument("--delete-incomplete", action="store_true",
+                          help="delete the failed and stale run directories (never done or running ones)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    # Hydra overrides may follow options (status DIR --sweep X a=1 b=2): argparse hands those back as extras.
+    args, extras = parser.parse_known_args(argv)
+    if (args.command != "status" and extras) or any(e.startswith("-") for e in extras):
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
 
     if args.command == "collect":
         table = collect(args.results_dir)
@@ -22,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         parquet, csv = write_table(table, args.out or args.results_dir)
         print(f"{len(table)} runs -> {parquet} and {csv}")
+    elif args.command == "status":
+        overrides = [*args.overrides, *extras]
+        by = [key for key in args.by.split(",") if key]
+        try:
+            jobs = expand(args.sweep, overrides, args.results_dir) if args.sweep or overrides else None
+            report(args.results_dir, jobs, by, args.stale_after, args.delete_incomplete, args.limit)
+        except (FileNotFoundError, ValueError, HydraException) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     return 0
 
 

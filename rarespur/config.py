@@ -35,6 +35,7 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     else:
         out = copy.deepcopy(cfg)
     out.pop("hydra", None)
+    _cast_floats(out)
     train, recipe, optim = out["train"], out["dataset"]["recipe"], out["optim"]
     if optim["name"] not in recipe["lr"]:
         raise ValueError(f"optim={optim['name']} unknown; valid optimizers: {sorted(recipe['lr'])}")
@@ -64,6 +65,19 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     if out["epochs"] < 1 or train["batch_size"] < 1:
         raise ValueError("epochs and train.batch_size must be >= 1")
     return out
+
+
+# Values that are floats whatever the user typed: grad_clip=0 and grad_clip=0.0 are one run.
+FLOAT_KEYS = ("train.lr", "train.weight_decay", "train.grad_clip", "eval.eps", "regularizer.strength",
+              "regularizer.sigma", "optim.momentum")
+
+
+def _cast_floats(cfg: dict[str, Any]) -> None:
+    for dotted in FLOAT_KEYS:
+        group, key = dotted.split(".")
+        node = cfg.get(group, {})
+        if isinstance(node.get(key), (int, float)) and not isinstance(node.get(key), bool):
+            node[key] = float(node[key])
 
 
 def targets_of(cfg: dict[str, Any]) -> list[int]:

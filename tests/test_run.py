@@ -197,3 +197,13 @@ def test_model_aliases_resolve_to_one_run(spelling):
         resolved = resolve(compose("config", overrides=[spelling]))
         default = resolve(compose("config"))
     assert resolved["model"]["name"] == "largemlp" and config_key(resolved) == config_key(default)
+
+
+def test_int_and_float_spellings_are_one_run():
+    from rarespur.config import resolve
+    from rarespur.store import config_key
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        a = resolve(compose("config", overrides=["train.grad_clip=0", "train.lr=1", "regularizer=l2", "regularizer.strength=1"]))
+        b = resolve(compose("config", overrides=["train.grad_clip=0.0", "train.lr=1.0", "regularizer=l2", "regularizer.strength=1.0"]))
+    assert a == b and config_key(a) == config_key(b) and isinstance(a["train"]["weight_decay"], float)
