@@ -6,6 +6,7 @@ retraining, so re-launching a sweep only runs what is missing or failed.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import sys
 import time
@@ -42,6 +43,19 @@ def summary(record: dict[str, Any]) -> str:
     return f"run {record['run_id']} ({record['experiment.name']}): " + "  ".join(parts)
 
 
+def match_threads_to_allocation() -> None:
+    """Use as many intra-op threads as CPUs the scheduler gave the task, not as the node has.
+
+    Several jobs on one node each spinning all-core OpenMP pools slow every one
+    of them down many times over; OMP_NUM_THREADS, when set, is left to torch.
+    """
+    import torch
+
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(int(cpus))
+
+
 def run_job(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """Run (or fetch) the job of `cfg`; returns its one-row record."""
     from rarespur.experiments import get_experiment
@@ -56,6 +70,7 @@ def run_job(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         print(summary(record), "(stored)")
         return record
     run.start(resolved)
+    match_threads_to_allocation()
     started = time.perf_counter()
     try:
         metrics = experiment(resolved, run)

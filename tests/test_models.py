@@ -280,11 +280,13 @@ def test_bad_num_classes_raises() -> None:
 
 
 def test_config_files_name_registered_models() -> None:
-    conf = Path(__file__).resolve().parents[1] / "conf" / "model"
-    files = sorted(conf.glob("*.yaml"))
-    if not files:
-        pytest.skip("no conf/model/*.yaml")
-    for path in files:
-        names = [ln.split(":", 1)[1].strip() for ln in path.read_text().splitlines() if ln.startswith("name:")]
-        assert names, path
-        assert resolve_model_name(names[0]) == names[0], path
+    """Every conf/model option (canonical file or paper-name alias) composes to a canonical model name."""
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    options = sorted(p.stem for p in (conf / "model").glob("*.yaml"))
+    assert set(MODEL_NAMES) <= set(options)
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        for option in options:
+            name = compose("config", overrides=[f"model={option}"]).model.name
+            assert name in MODEL_NAMES and resolve_model_name(option) == name, option
