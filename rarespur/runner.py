@@ -74,9 +74,11 @@ def run_job(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         metrics = experiment(resolved, run)
-    except BaseException:
+    except Exception:
         run.fail(traceback.format_exc())
         raise
+    # SystemExit / KeyboardInterrupt (submitit's requeue, Ctrl-C) are interruptions, not failures:
+    # nothing is written, and the next launch resumes from the epoch checkpoint.
     record = {
         "run_id": run.key,
         **flatten(identity(resolved)),

@@ -1,0 +1,197 @@
+"""Sweeps through a REAL SLURM cluster: Hydra's submitit_slurm launcher with +cluster=slurm_ci.
+
+Needs the single-node CI cluster (partition ``debug``) of ../shared/slurm:
+``bash ../shared/slurm/slurm-ci-up.sh`` (root, ~30 s the first time); .ci/run starts it.
+Every test here is marked ``slurm`` (the requeue test also ``slow``) and skips
+when ``sinfo`` is not on PATH or no partition ``debug`` answers; with
+``RARESPUR_REQUIRE_SLURM=1`` (set by .ci/run once the cluster is up) a missing
+cluster is a failure instead of a skip.
+
+The store and sweep folders live under pytest's tmp_path: absolute paths the
+jobs can see because the cluster is this machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from rarespur.collect import collect
+from rarespur.store import DONE, RECORD, TRAIN_STATE
+
+from conftest import REPO_ROOT
+
+PARTITION = "debug"
+REQUIRED = os.environ.get("RARESPUR_REQUIRE_SLURM") == "1"
+NO_SINFO = "SLURM not available: `sinfo` is not on PATH (start one with bash ../shared/slurm/slurm-ci-up.sh)"
+
+
+def _cluster_problem() -> str | None:
+    """Why the CI cluster cannot be used here, or None when it can."""
+    if shutil.which("sinfo") is None:
+        return NO_SINFO
+    try:
+        out = subprocess.run(["sinfo", "-h", "-p", PARTITION, "-o", "%a"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 15 s (is the SLURM controller up?)"
+    if out.returncode != 0:
+        return f"sinfo cannot reach a SLURM controller: {out.stderr.strip()[:300]}"
+    if "up" not in out.stdout.split():
+        return f"no partition {PARTITION!r} that is up (the CI cluster of ../shared/slurm/slurm-ci-up.sh)"
+    return None
+
+
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(shutil.which("sinfo") is None and not REQUIRED, reason=NO_SINFO)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_cluster():
+    """Skip (or, with RARESPUR_REQUIRE_SLURM=1, fail) unless the CI cluster answers; asked only when a test runs."""
+    problem = _cluster_problem()
+    if problem and REQUIRED:
+        pytest.fail(f"RARESPUR_REQUIRE_SLURM=1 but {problem}", pytrace=False)
+    if problem:
+        pytest.skip(problem)
+
+
+def sweep_command(tmp_path: Path, name: str, *overrides: str) -> list[str]:
+    return [sys.executable, "run.py", "-m", "+cluster=slurm_ci", *overrides,
+            f"results_dir={tmp_path / 'store'}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
+            f"hydra.launcher.name={name}"]
+
+
+def job_logs(sweep: Path) -> dict[str, str]:
+    """SLURM job id (``123`` or array task ``123_4``) -> text of its submitit log."""
+    logs = {}
+    for folder in (sweep / ".submitit").iterdir():
+        log = folder / f"{folder.name}_0_log.out"
+        if re.fullmatch(r"\d+(_\d+)?", folder.name) and log.exists():
+            logs[folder.name] = log.read_text()
+    return logs
+
+
+def sacct_states(job_ids: list[str], name: str, timeout: float = 30) -> dict[str, str]:
+    """Final accounting state of each job; waits while slurmdbd catches up (it records asynchronously)."""
+    base_ids = sorted({j.split("_")[0] for j in job_ids})
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,JobName,State", "-j", ",".join(base_ids)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        states = {}
+        for line in out.stdout.splitlines():
+            job_id, job_name, state = line.split("|")
+            if job_id in job_ids and job_name == name:
+                states[job_id] = state.split()[0]  # "CANCELLED by 0" -> "CANCELLED"
+        if (len(states) == len(job_ids) and all(s == "COMPLETED" for s in states.values())) \
+                or time.monotonic() > deadline:
+            return states
+        time.sleep(1)
+
+
+def test_sweep_runs_on_slurm_and_lands_in_the_store(tmp_path):
+    """3 jobs as one SLURM array: 3 records in the store, 3 rows from collect, 3 COMPLETED jobs in sacct."""
+    name = f"rarespur-test-{uuid.uuid4().hex[:8]}"
+    cmd = sweep_command(tmp_path, name, "pattern=s1,s3,r3", "poison.count=10", "epochs=2", "data.train_limit=400")
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    store, sweep = tmp_path / "store", tmp_path / "multirun"
+
+    assert len(list(store.glob(f"*/{DONE}"))) == 3 and len(list(store.glob(f"*/{RECORD}"))) == 3
+    out = subprocess.run([sys.executable, "-m", "rarespur", "collect", str(store)], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "3 runs" in out.stdout, out.stdout + out.stderr
+    table = collect(store)
+    assert sorted(table["pattern.name"]) == ["r3", "s1", "s3"] and (table["epochs"] == 2).all()
+
+    logs = job_logs(sweep)
+    assert len(logs) == 3 and all("_" in j for j in logs), sorted(logs)  # one array, three tasks
+    for job_id, text in logs.items():
+        # the job's own logging (Hydra's job_logging) reaches the submitit log: one line per epoch
+        assert "epoch 1/2" in text and "epoch 2/2" in text, (job_id, text[-2000:])
+        assert "record written to" in text and "Job completed successfully" in text
+    runs_in_logs = {m for t in logs.values() for m in re.findall(r"record written to (\S+)", t)}
+    assert {Path(p).name for p in runs_in_logs} == set(table["run_id"])
+
+    # jobs run the interpreter of the venv that launched the sweep
+    (array_id,) = {j.split("_")[0] for j in logs}
+    script = (sweep / ".submitit" / array_id / f"{array_id}_submission.sh").read_text()
+    assert "srun --unbuffered --output" in script and f"{shlex.quote(sys.executable)} -u -m submitit" in script
+    assert "#SBATCH --partition=debug" in script
+
+    states = sacct_states(sorted(logs), name)
+    assert states == {j: "COMPLETED" for j in logs}, states
+
+
+def _wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_timed_out_job_is_requeued_and_resumes(tmp_path):
+    """SIGUSR2 (what SLURM sends signal_delay_s before the time limit): submitit checkpoints and requeues
+    (slurm_ci has max_num_timeout=1), the requeued job resumes from train_state.pt instead of starting
+    over, and the record is complete. 15-40 s, so marked slow: pytest -m "slurm and slow" (.ci/run does)."""
+    name = f"rarespur-requeue-{uuid.uuid4().hex[:8]}"
+    epochs = 200  # long enough to be caught mid-training, even on a fast machine
+    cmd = sweep_command(tmp_path, name, "pattern=s3", "poison.count=5", f"epochs={epochs}", "data.train_limit=200",
+                        "model=mlp")
+    sweep = tmp_path / "multirun"
+    launcher_log = tmp_path / "launcher.log"
+    with launcher_log.open("w") as sink:
+        launcher = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        def training() -> str | None:
+            logs = job_logs(sweep) if (sweep / ".submitit").exists() else {}
+            return next((j for j, t in logs.items() if re.search(r"epoch \d+/", t)), None)
+
+        job_id = _wait_for(training, 120, "the job to finish its first epoch")
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+
+        def requeued() -> bool:
+            if "Job completed successfully" in job_logs(sweep)[job_id]:
+                raise AssertionError(f"the job finished before the signal reached it; raise epochs above {epochs}")
+            out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+            return out.stdout.strip() == "PENDING" or "resuming from" in job_logs(sweep)[job_id]
+
+        _wait_for(requeued, 60, "the job to be requeued")
+        # SLURM holds a requeued job for a while (BeginTime, ~2 min); let it start now
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], timeout=30)
+        launcher.wait(timeout=240)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            subprocess.run(["scancel", "--name", name], timeout=30)
+    assert launcher.returncode == 0, launcher_log.read_text()[-3000:]
+
+    text = job_logs(sweep)[job_id]
+    assert "Requeued job" in text, text[-3000:]
+    resumed = re.search(r"resuming from \S+ at epoch (\d+)", text)
+    assert resumed and 1 < int(resumed.group(1)) <= epochs, text[-3000:]
+    (run_dir,) = [p.parent for p in (tmp_path / "store").glob(f"*/{DONE}")]
+    assert not (run_dir / TRAIN_STATE).exists()
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
+
+    def attempts() -> list[str] | None:  # every attempt of the job (-D), once slurmdbd has the last one
+        out = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", job_id],
+                             capture_output=True, text=True, timeout=30)
+        states = out.stdout.split()
+        return states if states[-1:] == ["COMPLETED"] else None
+
+    assert _wait_for(attempts, 30, "sacct to list the finished job", poll=1) == ["REQUEUED", "COMPLETED"]
