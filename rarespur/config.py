@@ -18,7 +18,7 @@ from rarespur.poisoning import parse_dataset_name
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # Keys that say where or how a job runs, not what it computes: left out of the run-store key.
-RUNTIME_KEYS = ("data.root", "data.download", "device", "results_dir", "progress")
+RUNTIME_KEYS = ("data.root", "data.download", "device", "results_dir", "progress", "checkpoint_every")
 
 
 def _group_options(group: str) -> list[str]:
@@ -62,8 +62,8 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     for key in ("count", "seed"):
         if not isinstance(poison[key], int) or poison[key] < 0:
             raise ValueError(f"poison.{key} must be a non-negative integer, got {poison[key]!r}")
-    if out["epochs"] < 1 or train["batch_size"] < 1:
-        raise ValueError("epochs and train.batch_size must be >= 1")
+    if out["epochs"] < 1 or train["batch_size"] < 1 or out["checkpoint_every"] < 1:
+        raise ValueError("epochs, train.batch_size and checkpoint_every must be >= 1")
     return out
 
 

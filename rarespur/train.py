@@ -106,10 +106,11 @@ def train_model(
     s: TrainSettings,
     checkpoint: Path | None = None,
     on_epoch: EpochCallback | None = None,
+    checkpoint_every: int = 1,
 ) -> list[dict]:
     """Train `model` in place on tensors `x` (N x C x H x W) and `y` already on the device.
 
-    With `checkpoint`, state is saved after every epoch and a run that finds one
+    With `checkpoint`, state is saved every `checkpoint_every` epochs and a run that finds one
     continues from it (model, optimizer, schedule and shuffling generator), so a
     resumed run gives the same numbers as an uninterrupted one.
     Returns one dict per epoch: epoch, loss, acc, lr.
@@ -162,7 +163,7 @@ def train_model(
         scheduler.step()
         row = {"epoch": epoch, "loss": total_loss.item() / n, "acc": correct.item() / n, "lr": lr}
         history.append(row)
-        if checkpoint is not None:
+        if checkpoint is not None and epoch % checkpoint_every == 0:
             _atomic_save(
                 {
                     "model": model.state_dict(),

@@ -112,3 +112,19 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
     other = nn.Sequential(nn.Flatten(), nn.Linear(36, 2))
     with pytest.raises(ValueError, match="does not match"):
         train_model(other, x, y, TrainSettings(epochs=2, batch_size=16), checkpoint=ckpt)
+
+
+def test_checkpoint_every_n_epochs_resumes_from_the_last_one(tmp_path):
+    x, y = tiny_problem()
+    s = TrainSettings(epochs=5, batch_size=16, lr=0.1, seed=1)
+    straight = train_model(tiny_model(), x, y, s)
+    ckpt = tmp_path / "state.pt"
+
+    def stop_at_3(row: dict) -> None:
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(tiny_model(), x, y, s, checkpoint=ckpt, on_epoch=stop_at_3, checkpoint_every=2)
+    assert len(torch.load(ckpt, weights_only=True)["history"]) == 2  # epoch 3 was not saved
+    assert train_model(tiny_model(), x, y, s, checkpoint=ckpt, checkpoint_every=2) == straight

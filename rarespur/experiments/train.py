@@ -98,6 +98,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
             settings,
             checkpoint=run_dir.file(TRAIN_STATE),
             on_epoch=epoch_logger(settings.epochs, cfg["progress"]),
+            checkpoint_every=cfg["checkpoint_every"],
         )
     tmp = run_dir.file(MODEL + ".tmp")
     torch.save(model.state_dict(), tmp)
