@@ -46,12 +46,14 @@ def summary(record: dict[str, Any]) -> str:
 def match_threads_to_allocation() -> None:
     """Use as many intra-op threads as CPUs the scheduler gave the task, not as the node has.
 
+    SLURM says so in SLURM_CPUS_PER_TASK; rarespur's local launchers in RARESPUR_THREADS.
+
     Several jobs on one node each spinning all-core OpenMP pools slow every one
     of them down many times over; OMP_NUM_THREADS, when set, is left to torch.
     """
     import torch
 
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    cpus = os.environ.get("RARESPUR_THREADS") or os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(int(cpus))
 
