@@ -34,14 +34,22 @@ def collect(results_dir: str | Path) -> pd.DataFrame:
 
 
 def write_table(table: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``runs.parquet`` (lists kept as lists) and ``runs.csv`` (lists as JSON text)."""
+    """Write ``runs.parquet`` and ``runs.csv``.
+
+    List columns stay lists in Parquet when every row holds a list
+    (``poisoned_indices``); a column mixing lists and scalars (``poison.target``
+    of single- and two-class runs) and every list in the CSV become JSON text.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parquet, csv = out_dir / f"{TABLE_NAME}.parquet", out_dir / f"{TABLE_NAME}.csv"
-    table.to_parquet(parquet, index=False)
-    as_text = table.copy()
-    for column in as_text.columns:
-        if as_text[column].map(lambda v: isinstance(v, list)).any():
-            as_text[column] = as_text[column].map(json.dumps)
-    as_text.to_csv(csv, index=False)
+    for_parquet, for_csv = table.copy(), table.copy()
+    for column in table.columns:
+        is_list = table[column].map(lambda v: isinstance(v, list))
+        if is_list.any():
+            for_csv[column] = table[column].map(json.dumps)
+            if not is_list.all():
+                for_parquet[column] = for_csv[column]
+    for_parquet.to_parquet(parquet, index=False)
+    for_csv.to_csv(csv, index=False)
     return parquet, csv

@@ -7,8 +7,6 @@ clean baseline by a one-sided Welch t-test.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from scipy import stats
@@ -85,7 +83,6 @@ def welch_p_value(poisoned: np.ndarray, baseline: np.ndarray) -> float:
     Indicator vectors are often constant (all zeros); then the test is
     undefined and we answer by the means: 0 if poisoned is higher, 1 otherwise.
     """
-    p = stats.ttest_ind(poisoned, baseline, equal_var=False, alternative="greater").pvalue
-    if math.isnan(p):
+    if poisoned.var() == 0 and baseline.var() == 0:
         return 0.0 if poisoned.mean() > baseline.mean() else 1.0
-    return float(p)
+    return float(stats.ttest_ind(poisoned, baseline, equal_var=False, alternative="greater").pvalue)

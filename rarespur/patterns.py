@@ -2,7 +2,8 @@
 
 Images are float32 arrays N x H x W x C in [0, 1] (channels last, as in the
 original code), so a pattern defined here means the same on MNIST and CIFAR.
-The paper's seven patterns are ordinary config entries (``conf/pattern``);
+The paper's seven patterns are ordinary config entries (``conf/pattern``; the
+original code's names v1..v30 are alias files there);
 users add new ones in YAML with the same three kinds.
 """
 from __future__ import annotations
@@ -12,11 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
-
-# Paper name -> name in the original code; both are accepted everywhere.
-PAPER_TO_ORIGINAL = {"s1": "v1", "s2": "v3", "s3": "v8", "r1": "v18", "r2": "v19", "r3": "v20", "core": "v30"}
-ORIGINAL_TO_PAPER = {v: k for k, v in PAPER_TO_ORIGINAL.items()}
-
 
 class Pattern:
     """A transformation P(x) of a batch of images; `seed` is the poisoning seed."""

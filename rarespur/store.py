@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rarespur.atomic import write_atomic
 from rarespur.config import identity, training_identity
 
 DONE = "done"
@@ -53,15 +54,10 @@ def find_trained(results_dir: str | Path, resolved: dict[str, Any]) -> Path | No
 
 
 def register_trained(results_dir: str | Path, resolved: dict[str, Any], run_key: str) -> None:
+    """Make the finished model of run `run_key` findable by :func:`find_trained`."""
     index = Path(results_dir) / TRAINED_INDEX
     index.mkdir(parents=True, exist_ok=True)
     write_atomic(index / _digest(training_identity(resolved)), run_key)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -110,7 +106,12 @@ class RunDir:
         if self.file(MODEL).exists():
             register_trained(self.path.parent, resolved, self.key)
 
+    def heartbeat(self) -> None:
+        """Touch running.json so `status` on another host sees the job is alive."""
+        self.file(RUNNING).touch(exist_ok=True)
+
     def fail(self, message: str) -> None:
+        """Record a failure: error.txt with the traceback, and no done marker."""
         self.path.mkdir(parents=True, exist_ok=True)
         write_atomic(self.file(ERROR), message)
         self.file(RUNNING).unlink(missing_ok=True)

@@ -8,7 +8,6 @@ There is no per-sample Python loading anywhere.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,6 +15,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rarespur.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +91,21 @@ def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4)
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 EpochCallback = Callable[[dict], None]
+
+
+def _global_rng(device: torch.device) -> dict[str, torch.Tensor]:
+    """torch's global generator(s): dropout draws from them, so a resume must restore them."""
+    rng = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _set_global_rng(rng: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(rng["cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 def train_model(
@@ -111,7 +120,7 @@ def train_model(
     """Train `model` in place on tensors `x` (N x C x H x W) and `y` already on the device.
 
     With `checkpoint`, state is saved every `checkpoint_every` epochs and a run that finds one
-    continues from it (model, optimizer, schedule and shuffling generator), so a
+    continues from it (model, optimizer, schedule, shuffling and global generators), so a
     resumed run gives the same numbers as an uninterrupted one.
     Returns one dict per epoch: epoch, loss, acc, lr.
     """
@@ -124,15 +133,21 @@ def train_model(
     start = 1
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state.get("device_type") != device.type:
+            raise ValueError(
+                f"checkpoint {checkpoint} was written on {state.get('device_type')}, this run is on {device.type}; "
+                f"relaunch with device={state.get('device_type')} or delete it to train from scratch"
+            )
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError) as err:
+            scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            _set_global_rng(state["global_rng"], device)
+        except (RuntimeError, ValueError, KeyError) as err:
             raise ValueError(
                 f"checkpoint {checkpoint} does not match this model/optimizer ({err}); delete it to train from scratch"
             ) from None
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
         history = state["history"]
         start = len(history) + 1
         log.info("resuming from %s at epoch %d", checkpoint, start)
@@ -164,16 +179,17 @@ def train_model(
         row = {"epoch": epoch, "loss": total_loss.item() / n, "acc": correct.item() / n, "lr": lr}
         history.append(row)
         if checkpoint is not None and epoch % checkpoint_every == 0:
-            _atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(),
-                    "history": history,
-                },
-                checkpoint,
-            )
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "global_rng": _global_rng(device),
+                "device_type": device.type,
+                "history": history,
+            }
+            with atomic_path(checkpoint) as tmp:
+                torch.save(state, tmp)
         if on_epoch is not None:
             on_epoch(row)
     return history

@@ -84,6 +84,8 @@ def test_collect_gives_one_row_per_run(digits_pair, tmp_path):
         (["poison.count=1000"], "larger than class 0"),
         (["poison.target=12"], "not a class of digits"),
         (["optim.name=lbfgs"], "valid optimizers"),
+        (["regularizer=l2", "train.weight_decay=0.1"], "give regularizer.strength"),
+        (["data.train_limit=0"], "positive number of images"),
         (["dataset=mnist", "data.root=/nonexistent/rarespur"], "/nonexistent/rarespur"),
     ],
 )

@@ -128,3 +128,37 @@ def test_checkpoint_every_n_epochs_resumes_from_the_last_one(tmp_path):
         train_model(tiny_model(), x, y, s, checkpoint=ckpt, on_epoch=stop_at_3, checkpoint_every=2)
     assert len(torch.load(ckpt, weights_only=True)["history"]) == 2  # epoch 3 was not saved
     assert train_model(tiny_model(), x, y, s, checkpoint=ckpt, checkpoint_every=2) == straight
+
+
+def test_resume_restores_the_dropout_generator(tmp_path):
+    x, y = tiny_problem()
+    s = TrainSettings(epochs=4, batch_size=16, lr=0.1, seed=2)
+
+    def dropout_model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(36, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 2))
+
+    straight = dropout_model()
+    full = train_model(straight, x, y, s)
+
+    def stop_at_2(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(dropout_model(), x, y, s, checkpoint=ckpt, on_epoch=stop_at_2)
+    torch.rand(100)  # whatever else the new process draws before resuming
+    resumed = dropout_model()
+    assert train_model(resumed, x, y, s, checkpoint=ckpt) == full
+    assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters()))
+
+
+def test_checkpoint_from_another_device_is_a_clear_error(tmp_path):
+    x, y = tiny_problem()
+    ckpt = tmp_path / "state.pt"
+    train_model(tiny_model(), x, y, TrainSettings(epochs=1, batch_size=16), checkpoint=ckpt)
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({**state, "device_type": "cuda"}, ckpt)
+    with pytest.raises(ValueError, match="written on cuda, this run is on cpu; relaunch with device=cuda"):
+        train_model(tiny_model(), x, y, TrainSettings(epochs=2, batch_size=16), checkpoint=ckpt)

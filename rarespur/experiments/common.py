@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,11 +10,12 @@ import torch
 from torch import nn
 
 from rarespur.config import targets_of
-from rarespur.data import ImageData, default_data_root, load_dataset
+from rarespur.data import ImageData, load_dataset
 from rarespur.models import build_model
 from rarespur.patterns import Pattern, build_pattern
 from rarespur.poisoning import choose_poison_indices, poison_images
-from rarespur.train import TrainSettings
+from rarespur.store import RunDir
+from rarespur.train import EpochCallback, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,7 @@ def pick_device(name: str) -> torch.device:
 def load_data(cfg: dict[str, Any]) -> ImageData:
     """The clean dataset of the config, cut to data.train_limit / data.test_limit if set."""
     data_cfg, ds_cfg = cfg["data"], cfg["dataset"]
-    root = Path(data_cfg["root"]).expanduser() if data_cfg["root"] else default_data_root()
-    data = load_dataset(ds_cfg["name"], root=root, download=data_cfg["download"], path=ds_cfg.get("path"))
+    data = load_dataset(ds_cfg["name"], root=data_cfg["root"], download=data_cfg["download"], path=ds_cfg.get("path"))
     train_n, test_n = data_cfg["train_limit"], data_cfg["test_limit"]
     if train_n is None and test_n is None:
         return data
@@ -80,6 +79,7 @@ def make_model(cfg: dict[str, Any], data: ImageData, device: torch.device) -> nn
 
 
 def train_settings(cfg: dict[str, Any]) -> TrainSettings:
+    """The engine's settings from a resolved config (regularizer included)."""
     t, reg, optim = cfg["train"], cfg["regularizer"], cfg["optim"]
     return TrainSettings(
         epochs=cfg["epochs"],
@@ -95,11 +95,12 @@ def train_settings(cfg: dict[str, Any]) -> TrainSettings:
     )
 
 
-def epoch_logger(total: int, enabled: bool):
-    """Callback printing one progress line per epoch through logging."""
+def epoch_callback(total: int, enabled: bool, run_dir: RunDir) -> EpochCallback:
+    """Per epoch: one progress line through logging, and a heartbeat for `status`."""
 
     def on_epoch(row: dict) -> None:
         if enabled:
             log.info("epoch %d/%d  loss %.4f  acc %.4f  lr %.2g", row["epoch"], total, row["loss"], row["acc"], row["lr"])
+        run_dir.heartbeat()
 
     return on_epoch

@@ -17,14 +17,15 @@ import torch
 
 from rarespur.evaluate import score_model, to_tensor, welch_p_value
 from rarespur.experiments.common import (
-    epoch_logger,
+    epoch_callback,
     load_data,
     make_model,
     pick_device,
     poisoned_data,
     train_settings,
 )
-from rarespur.store import MODEL, TRAIN_STATE, RunDir, find_trained, write_atomic
+from rarespur.atomic import atomic_path, write_atomic
+from rarespur.store import MODEL, TRAIN_STATE, RunDir, find_trained
 from rarespur.train import train_model
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,8 @@ HISTORY = "history.json"
 
 
 def save_indicators(run: RunDir, indicators: dict[int, np.ndarray]) -> None:
-    tmp = run.file(INDICATORS + ".tmp.npz")
-    np.savez_compressed(tmp, **{str(t): ind.astype(np.uint8) for t, ind in indicators.items()})
-    tmp.replace(run.file(INDICATORS))
+    with atomic_path(run.file(INDICATORS)) as tmp:
+        np.savez_compressed(tmp, **{str(t): ind.astype(np.uint8) for t, ind in indicators.items()})
 
 
 def load_indicators(run_path: Path) -> dict[int, np.ndarray]:
@@ -75,6 +75,7 @@ def baseline_comparison(cfg: dict[str, Any], indicators: dict[int, np.ndarray], 
 
 
 def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
+    """Poison, train (or reuse the identical finished model), score, compare with the baseline."""
     device = pick_device(cfg["device"])
     poisoned = poisoned_data(cfg, load_data(cfg))
     data = poisoned.data
@@ -97,12 +98,11 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
             torch.from_numpy(data.train_y).to(device),
             settings,
             checkpoint=run_dir.file(TRAIN_STATE),
-            on_epoch=epoch_logger(settings.epochs, cfg["progress"]),
+            on_epoch=epoch_callback(settings.epochs, cfg["progress"], run_dir),
             checkpoint_every=cfg["checkpoint_every"],
         )
-    tmp = run_dir.file(MODEL + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(run_dir.file(MODEL))
+    with atomic_path(run_dir.file(MODEL)) as tmp:
+        torch.save(model.state_dict(), tmp)
     metrics, indicators = score_model(
         model, data.test_x, data.test_y, poisoned.pattern, poisoned.seed, poisoned.targets,
         cfg["eval"]["eps"], device, cfg["eval"]["batch_size"],

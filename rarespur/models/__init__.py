@@ -32,13 +32,10 @@ from torch import nn
 
 # Importing the family modules registers their builders.
 from . import cnn, mlp, resnet, vgg  # noqa: F401
-from .registry import build_model, model_aliases, model_names, register_model, resolve_model_name
+from .registry import build_model, model_names, register_model, resolve_model_name
 
 #: Sorted canonical model names (the values accepted in ``conf/model``).
 MODEL_NAMES: tuple[str, ...] = model_names()
-
-#: Lowercase name or alias -> canonical name.
-MODEL_ALIASES: dict[str, str] = model_aliases()
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -47,7 +44,6 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = [
-    "MODEL_ALIASES",
     "MODEL_NAMES",
     "build_model",
     "count_parameters",

@@ -52,11 +52,6 @@ def model_names() -> tuple[str, ...]:
     return tuple(sorted(_BUILDERS))
 
 
-def model_aliases() -> dict[str, str]:
-    """A copy of the lookup table: lowercase name or alias -> canonical name."""
-    return dict(_ALIASES)
-
-
 def resolve_model_name(name: str) -> str:
     """Map a canonical name or alias (any case) to the canonical name.
 

@@ -1,0 +1,74 @@
+"""The metrics of SPEC 1.6 on a model whose behaviour is known exactly."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from rarespur.collect import write_table
+from rarespur.evaluate import score_model, welch_p_value
+from rarespur.patterns import BoxPattern
+
+
+class CornerDetector(nn.Module):
+    """3 classes: predicts its label from pixel (1,1); a white corner pixel (0,0) pushes towards class 2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        label_pixel, corner = x[:, 0, 1, 1], x[:, 0, 0, 0]
+        logits = torch.stack([(label_pixel < 0.3).float(), ((label_pixel >= 0.3) & (label_pixel < 0.6)).float(),
+                              (label_pixel >= 0.6).float()], dim=1) * 4.0
+        logits[:, 2] += corner * self.push
+        return logits
+
+    def __init__(self, push: float) -> None:
+        super().__init__()
+        self.push = push
+
+
+def images(labels: list[int]) -> np.ndarray:
+    x = np.zeros((len(labels), 4, 4, 1), np.float32)
+    x[:, 1, 1, 0] = np.array(labels) * 0.3 + 0.1
+    return x
+
+
+def test_metrics_on_a_known_model():
+    y = np.array([0, 0, 1, 1, 2, 2], np.int64)
+    x = images(y.tolist())
+    pattern = BoxPattern("s1", 0, 0, 1, 1)
+    metrics, ind = score_model(CornerDetector(push=10.0), x, y, pattern, 0, [2], 0.1, torch.device("cpu"))
+    # every non-target image flips to class 2 (its p_2 rises by ~1); class-2 images are already at p_2 ~ 1
+    assert ind[2].tolist() == [1, 1, 1, 1, 0, 0]
+    assert metrics["test_acc"] == 1.0
+    assert metrics["spurious_score"] == pytest.approx(4 / 6)
+    assert metrics["spurious_score_nontarget"] == 1.0
+    assert metrics["patched_nontarget_to_target"] == 1.0
+    assert metrics["spurious_test_acc"] == 0.0
+
+
+def test_threshold_is_strict_and_two_targets_average():
+    y = np.array([0, 1, 2], np.int64)
+    x = images(y.tolist())
+    metrics, ind = score_model(CornerDetector(push=0.0), x, y, BoxPattern("s1", 0, 0, 1, 1), 0, [0, 2], 0.0,
+                               torch.device("cpu"))
+    assert ind[0].tolist() == [0, 0, 0]  # a rise of exactly 0 is not > eps = 0
+    assert metrics["spurious_score@0"] == metrics["spurious_score@2"] == metrics["spurious_score"] == 0
+    assert metrics["spurious_test_acc@0"] == 1.0
+
+
+def test_welch_p_value():
+    assert welch_p_value(np.zeros(10), np.zeros(10)) == 1.0
+    assert welch_p_value(np.ones(10), np.zeros(10)) == 0.0
+    rising = np.r_[np.ones(30), np.zeros(70)]
+    base = np.r_[np.ones(5), np.zeros(95)]
+    assert welch_p_value(rising, base) < 1e-4 < 0.5 < welch_p_value(base, rising)
+
+
+def test_collect_table_mixes_single_and_two_class_targets(tmp_path):
+    table = pd.DataFrame([{"poison.target": 0, "poisoned_indices": [3, 1]},
+                          {"poison.target": [0, 1], "poisoned_indices": [5, 7, 9]}])
+    parquet, csv = write_table(table, tmp_path)
+    back = pd.read_parquet(parquet)
+    assert back["poison.target"].tolist() == ["0", "[0, 1]"] and list(back["poisoned_indices"][1]) == [5, 7, 9]
+    assert pd.read_csv(csv)["poisoned_indices"].tolist() == ["[3, 1]", "[5, 7, 9]"]
