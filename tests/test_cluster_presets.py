@@ -27,6 +27,7 @@ PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "cluster").glob("*.yaml"))
 SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
 LOCAL_GPUS = "hydra_plugins.rarespur_launchers.LocalGpuLauncher"
+LOCAL_CPU = "hydra_plugins.rarespur_launchers.LocalCpuLauncher"
 
 
 def compose_with_hydra(*overrides: str):
@@ -56,7 +57,7 @@ def test_the_expected_presets_exist():
 def test_every_preset_composes(name):
     cfg = compose_with_hydra(f"+cluster={name}")
     launcher = cfg.hydra.launcher
-    assert launcher._target_ in (SLURM, LOCAL, LOCAL_GPUS)
+    assert launcher._target_ in (SLURM, LOCAL, LOCAL_GPUS, LOCAL_CPU)
     assert launcher.tasks_per_node == 1 and launcher.nodes == 1
     if launcher._target_ == SLURM and name != "slurm_site":
         assert launcher.max_num_timeout >= 1, "time-outs must be requeued (jobs resume from train_state.pt)"
@@ -86,8 +87,10 @@ def test_gpu_and_cpu_presets():
     assert ci.hydra.launcher.mem_gb <= 4 and ci.hydra.launcher.timeout_min <= 15 and ci.device == "cpu"
     assert ci.hydra.launcher.account is None and ci.hydra.launcher.setup is None  # the site file is not used
     local = compose_with_hydra("+cluster=local_cpu")
-    assert local.hydra.launcher._target_ == LOCAL and local.hydra.launcher.gpus_per_node == 0
-    assert local.hydra.sweeper.max_batch_size >= 1 and local.device == "cpu"
+    assert local.hydra.launcher._target_ == LOCAL_CPU and local.hydra.launcher.gpus_per_node == 0
+    assert local.hydra.launcher.cpus_per_task == 1 and local.device == "cpu"
+    # the launcher runs the jobs in rounds; sweeper batches would stop the sweep at the first failed job
+    assert local.hydra.sweeper.max_batch_size is None
     gpus = compose_with_hydra("+cluster=local_gpus")
     assert gpus.hydra.launcher._target_ == LOCAL_GPUS and gpus.hydra.launcher.gpus_per_node == 1
     assert gpus.device == "cuda"
@@ -180,3 +183,29 @@ def test_local_cpu_sweep(tmp_path):
     assert len(list(store.glob("*/done"))) == 2
     logs = [p.read_text() for p in (sweep / ".submitit").glob("*/*_log.out")]
     assert len(logs) == 2 and all("epoch 1/2" in t and "epoch 2/2" in t for t in logs)
+
+
+def test_local_cpu_runs_every_job_when_one_fails(tmp_path):
+    """local_cpu with a job that fails (1000 poisoned images: more than its class has): the other jobs
+    still run, those of later rounds too, the failed one leaves error.txt and no done marker, and the
+    sweep exits non-zero at the end.
+
+    cpus_per_task is half the cores (rounded up), so at most 2 jobs run at once on any machine: the
+    failing job 0 is in the first round and job 2 in a later one (what max_batch_size used to lose).
+    """
+    store, sweep = tmp_path / "store", tmp_path / "multirun"
+    threads = -(-(os.cpu_count() or 1) // 2)
+    cmd = [sys.executable, "run.py", "-m", "+cluster=local_cpu", f"hydra.launcher.cpus_per_task={threads}",
+           "poison.count=1000,10,20", "epochs=1", "data.train_limit=300",
+           f"results_dir={store}", f"hydra.sweep.dir={sweep}"]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # OMP_NUM_THREADS would win
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0, done.stderr[-3000:]
+    errors, dones = list(store.glob("*/error.txt")), list(store.glob("*/done"))
+    assert len(errors) == 1 and not (errors[0].parent / "done").exists(), done.stderr[-3000:]
+    assert len(dones) == 2 and errors[0].parent not in {d.parent for d in dones}, done.stderr[-3000:]
+    logs = [p.read_text() for p in (sweep / ".submitit").glob("*/*_log.out")]
+    assert len(logs) == 3
+    for text in logs:  # the thread count reached torch in every job, the failed one included
+        assert f"RARESPUR_THREADS={threads}" in text, text[-2000:]
+        assert f"ran with {threads} torch thread(s)" in text, text[-2000:]
