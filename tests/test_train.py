@@ -30,6 +30,16 @@ def tiny_problem(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
     return x, y
 
 
+def stop_at(epoch: int):
+    """An epoch callback that interrupts training after `epoch` (as a kill or requeue would)."""
+
+    def on_epoch(row: dict) -> None:
+        if row["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    return on_epoch
+
+
 def tiny_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 2))
@@ -88,16 +98,9 @@ def test_same_seed_same_result_and_resume_equals_uninterrupted(tmp_path):
     straight = tiny_model()
     full = train_model(straight, x, y, s)
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_3(row: dict) -> None:
-        if row["epoch"] == 3:
-            raise Stop
-
     ckpt = tmp_path / "state.pt"
-    with pytest.raises(Stop):
-        train_model(tiny_model(), x, y, s, checkpoint=ckpt, on_epoch=stop_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(tiny_model(), x, y, s, checkpoint=ckpt, on_epoch=stop_at(3))
     resumed = tiny_model()
     history = train_model(resumed, x, y, s, checkpoint=ckpt)
     assert history == full
@@ -120,12 +123,8 @@ def test_checkpoint_every_n_epochs_resumes_from_the_last_one(tmp_path):
     straight = train_model(tiny_model(), x, y, s)
     ckpt = tmp_path / "state.pt"
 
-    def stop_at_3(row: dict) -> None:
-        if row["epoch"] == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train_model(tiny_model(), x, y, s, checkpoint=ckpt, on_epoch=stop_at_3, checkpoint_every=2)
+        train_model(tiny_model(), x, y, s, checkpoint=ckpt, on_epoch=stop_at(3), checkpoint_every=2)
     assert len(torch.load(ckpt, weights_only=True)["history"]) == 2  # epoch 3 was not saved
     assert train_model(tiny_model(), x, y, s, checkpoint=ckpt, checkpoint_every=2) == straight
 
@@ -141,13 +140,9 @@ def test_resume_restores_the_dropout_generator(tmp_path):
     straight = dropout_model()
     full = train_model(straight, x, y, s)
 
-    def stop_at_2(row: dict) -> None:
-        if row["epoch"] == 2:
-            raise KeyboardInterrupt
-
     ckpt = tmp_path / "state.pt"
     with pytest.raises(KeyboardInterrupt):
-        train_model(dropout_model(), x, y, s, checkpoint=ckpt, on_epoch=stop_at_2)
+        train_model(dropout_model(), x, y, s, checkpoint=ckpt, on_epoch=stop_at(2))
     torch.rand(100)  # whatever else the new process draws before resuming
     resumed = dropout_model()
     assert train_model(resumed, x, y, s, checkpoint=ckpt) == full
