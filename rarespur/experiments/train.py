@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rarespur.atomic import atomic_path, write_atomic
 from rarespur.evaluate import score_model, to_tensor, welch_p_value
 from rarespur.experiments.common import (
     epoch_callback,
@@ -24,7 +25,6 @@ from rarespur.experiments.common import (
     poisoned_data,
     train_settings,
 )
-from rarespur.atomic import atomic_path, write_atomic
 from rarespur.store import MODEL, TRAIN_STATE, RunDir, find_trained
 from rarespur.train import train_model
 
