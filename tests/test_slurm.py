@@ -173,11 +173,18 @@ def test_timed_out_job_is_requeued_and_resumes(tmp_path):
         # SLURM holds a requeued job for a while (BeginTime, ~2 min); let it start now
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], timeout=30)
         launcher.wait(timeout=240)
+        if launcher.returncode != 0:
+            # submitit's watcher can poll sacct in the instant after the requeue, read FAILED and give up
+            # (UncompletedJobError) while SLURM runs the requeued job anyway; what must hold is that the
+            # job itself resumes and completes, so wait for its done marker.
+            log = launcher_log.read_text()
+            assert "UncompletedJobError" in log and f"Job {job_id} " in log, log[-3000:]
+            _wait_for(lambda: list((tmp_path / "store").glob(f"*/{DONE}")), 240, "the requeued job to finish")
     finally:
         if launcher.poll() is None:
             launcher.kill()
+        if not list((tmp_path / "store").glob(f"*/{DONE}")):
             subprocess.run(["scancel", "--name", name], timeout=30)
-    assert launcher.returncode == 0, launcher_log.read_text()[-3000:]
 
     text = job_logs(sweep)[job_id]
     assert "Requeued job" in text, text[-3000:]
