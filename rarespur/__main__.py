@@ -6,7 +6,7 @@ import sys
 
 from hydra.errors import HydraException
 
-from rarespur.collect import collect, write_table
+from rarespur.collect import collect, collect_tables, write_table
 from rarespur.status import STALE_AFTER_S, report
 from rarespur.sweep import expand
 
@@ -57,8 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         if table.empty:
             print(f"no finished runs in {args.results_dir}", file=sys.stderr)
             return 1
-        parquet, csv = write_table(table, args.out or args.results_dir)
+        out = args.out or args.results_dir
+        parquet, csv = write_table(table, out)
         print(f"{len(table)} runs -> {parquet} and {csv}")
+        for name, rows in collect_tables(args.results_dir).items():
+            parquet, _ = write_table(rows, out, name)
+            print(f"{len(rows)} {name} rows -> {parquet}")
     elif args.command == "status":
         overrides = [*args.overrides, *extras]
         by = [key for key in args.by.split(",") if key]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from rarespur.experiments.train import baseline_comparison, load_indicators
-from rarespur.store import CONFIG, DONE, RECORD
+from rarespur.store import CONFIG, DONE, RECORD, TABLES
 
 TABLE_NAME = "runs"
 
@@ -33,8 +33,24 @@ def collect(results_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_table(table: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``runs.parquet`` and ``runs.csv``.
+def collect_tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The extra tidy tables of the finished runs (``tables/<name>.csv``), merged per name.
+
+    Each row gets the ``run_id`` of its run, to join with the runs table.
+    """
+    parts: dict[str, list[pd.DataFrame]] = {}
+    for run in sorted(Path(results_dir).iterdir()):
+        if not (run / DONE).exists() or not (run / TABLES).is_dir():
+            continue
+        for csv in sorted((run / TABLES).glob("*.csv")):
+            part = pd.read_csv(csv)
+            part.insert(0, "run_id", run.name)
+            parts.setdefault(csv.stem, []).append(part)
+    return {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
+
+
+def write_table(table: pd.DataFrame, out_dir: str | Path, name: str = TABLE_NAME) -> tuple[Path, Path]:
+    """Write ``<name>.parquet`` and ``<name>.csv`` (``runs`` by default).
 
     List columns stay lists in Parquet when every row holds a list
     (``poisoned_indices``); a column mixing lists and scalars (``poison.target``
@@ -42,7 +58,7 @@ def write_table(table: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    parquet, csv = out_dir / f"{TABLE_NAME}.parquet", out_dir / f"{TABLE_NAME}.csv"
+    parquet, csv = out_dir / f"{name}.parquet", out_dir / f"{name}.csv"
     for_parquet, for_csv = table.copy(), table.copy()
     for column in table.columns:
         is_list = table[column].map(lambda v: isinstance(v, list))

@@ -48,7 +48,7 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     out["model"]["name"] = resolve_model_name(out["model"]["name"])
     reg = out["regularizer"]
     if reg["name"] == "l2":
-        if train["weight_decay"] is not None:
+        if train["weight_decay"] not in (None, reg["strength"]):  # equal: an already resolved config
             raise ValueError("regularizer=l2 sets the weight decay: give regularizer.strength, not train.weight_decay")
         train["weight_decay"] = reg["strength"]
     elif reg["name"] not in ("none", "gaussian_noise"):

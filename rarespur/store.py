@@ -27,6 +27,7 @@ MODEL = "model.pt"
 TRAIN_STATE = "train_state.pt"
 ERROR = "error.txt"
 RUNNING = "running.json"
+TABLES = "tables"  # <run>/tables/<name>.csv: extra tidy rows of a run (ROC points, removal curves, ...)
 TRAINED_INDEX = ".trained"  # <results_dir>/.trained/<training key> holds the run key of a finished model
 
 
@@ -105,6 +106,20 @@ class RunDir:
         self.file(RUNNING).unlink(missing_ok=True)
         if self.file(MODEL).exists():
             register_trained(self.path.parent, resolved, self.key)
+
+    def write_table(self, name: str, rows: list[dict[str, Any]]) -> Path:
+        """Store extra tidy rows of this run (one row per curve point, level, ...).
+
+        ``collect`` merges the tables of one name over all finished runs into
+        ``<name>.parquet``, with a ``run_id`` column to join with the runs table.
+        """
+        import pandas as pd
+
+        folder = self.path / TABLES
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.csv"
+        write_atomic(path, pd.DataFrame(rows).to_csv(index=False))
+        return path
 
     def heartbeat(self) -> None:
         """Touch running.json so `status` on another host sees the job is alive."""

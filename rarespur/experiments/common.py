@@ -1,8 +1,10 @@
 """Pipeline steps shared by experiment types: device, data (+ poisoning), model, settings."""
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,3 +106,32 @@ def epoch_callback(total: int, enabled: bool, run_dir: RunDir) -> EpochCallback:
         run_dir.heartbeat()
 
     return on_epoch
+
+
+def parent_train_config(cfg: dict[str, Any], own_keys: tuple[str, ...]) -> dict[str, Any]:
+    """The ``experiment=train`` config an experiment builds on: `cfg` without its own top-level keys."""
+    parent = copy.deepcopy(cfg)
+    for key in own_keys:
+        parent.pop(key, None)
+    parent["experiment"] = {"name": "train"}
+    return parent
+
+
+def parent_train_run(cfg: dict[str, Any], own_keys: tuple[str, ...]) -> tuple[Path, dict[str, Any]]:
+    """The finished ``train`` run of this config (trained now if the store lacks it): its dir and record.
+
+    The dir holds the run's final weights (``model.pt``).
+
+    Experiments that start from a trained model (deletion, sensitivity) find it
+    by config, exactly as ``python run.py experiment=train <same overrides>``
+    would store it, so a sweep of train jobs and a sweep built on them share models.
+    """
+    from rarespur.runner import run_job  # the runner imports the experiments
+
+    parent = parent_train_config(cfg, own_keys)
+    run = RunDir(cfg["results_dir"], parent)
+    if not run.done:
+        log.info("the train run this builds on is not in the store yet: training it first (%s)", run.path)
+        run_job(parent)
+    return run.path, run.read_record()
+
