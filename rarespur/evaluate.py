@@ -32,6 +32,16 @@ def spurious_indicators(clean_proba: torch.Tensor, patched_proba: torch.Tensor, 
     return ((patched_proba[:, target] - clean_proba[:, target]) > eps).cpu().numpy().astype(np.float64)
 
 
+def pattern_norm(images: np.ndarray, patched: np.ndarray) -> float:
+    """Mean ||x - P(x)||_2 over the images (SPEC 1.10): how much of the input the pattern changes.
+
+    Patterns with a larger norm are learned from fewer examples; the report
+    correlates this with the mean spurious score.
+    """
+    diff = (patched.astype(np.float64) - images.astype(np.float64)).reshape(len(images), -1)
+    return float(np.linalg.norm(diff, axis=1).mean())
+
+
 def score_model(
     model: nn.Module,
     test_x: np.ndarray,
@@ -43,7 +53,7 @@ def score_model(
     device: torch.device,
     batch_size: int = 2048,
 ) -> tuple[dict[str, float], dict[int, np.ndarray]]:
-    """Metrics of SPEC 1.6 and the per-image indicators for each target class.
+    """Metrics of SPEC 1.6 (+ the pattern norm of SPEC 1.10) and the per-image indicators per target class.
 
     With several targets (two-class variant) the metrics carry a ``@<class>``
     suffix per target and the unsuffixed ones are their mean.
@@ -52,8 +62,12 @@ def score_model(
     y = torch.from_numpy(test_y).to(device)
     clean = predict_proba(model, x, batch_size)
     del x
-    patched = predict_proba(model, to_tensor(pattern.apply(test_x, seed), device), batch_size)
-    metrics: dict[str, float] = {"test_acc": (clean.argmax(1) == y).float().mean().item()}
+    patched_x = pattern.apply(test_x, seed)
+    patched = predict_proba(model, to_tensor(patched_x, device), batch_size)
+    metrics: dict[str, float] = {
+        "test_acc": (clean.argmax(1) == y).float().mean().item(),
+        "pattern_norm": pattern_norm(test_x, patched_x),
+    }
     indicators: dict[int, np.ndarray] = {}
     per_target: list[dict[str, float]] = []
     for target in targets:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from rarespur.experiments import train
+from rarespur.experiments import sensitivity, train
 from rarespur.store import RunDir
 
 Experiment = Callable[[dict[str, Any], RunDir], dict[str, Any]]
 
 EXPERIMENTS: dict[str, Experiment] = {
     "train": train.run,
+    "sensitivity": sensitivity.run,
 }
 
 

@@ -1,0 +1,72 @@
+"""``experiment=sensitivity``: pixel-removal curve and MLP weight map of a trained model (SPEC 1.10).
+
+Works on the finished ``train`` run of the same config (the store trains it
+first when missing), so the sensitivity of the models of a whole sweep can be
+measured afterwards without training anything again.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.integrate import trapezoid
+
+from rarespur.atomic import atomic_path
+from rarespur.experiments.common import load_data, make_model, parent_train_run, pick_device, poisoned_data
+from rarespur.models.mlp import MLP
+from rarespur.sensitivity import first_layer_weight_map, pixel_removal_curve
+from rarespur.store import MODEL, RunDir
+
+log = logging.getLogger(__name__)
+
+OWN_KEYS = ("sensitivity",)
+WEIGHT_MAP = "weight_map.npy"
+PARENT_METRICS = ("test_acc", "spurious_score", "spurious_test_acc", "pattern_norm", "baseline_score", "p_value")
+
+
+def save_weight_map(run_dir: RunDir, weight_map: np.ndarray) -> None:
+    """The map as an array (for the report) and as a picture one can open directly."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with atomic_path(run_dir.file(WEIGHT_MAP)) as tmp:
+        np.save(tmp, weight_map)
+    with atomic_path(run_dir.file("weight_map.png")) as tmp:
+        plt.imsave(tmp, weight_map, cmap="viridis", format="png")
+
+
+def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
+    """Load the train run's model, measure the removal curve, save the weight map of an MLP."""
+    parent_path, parent = parent_train_run(cfg, OWN_KEYS)
+    device = pick_device(cfg["device"])
+    poisoned = poisoned_data(cfg, load_data(cfg))
+    train_x, train_y = poisoned.train_x, poisoned.data.train_y
+    settings = cfg["sensitivity"]
+    if not 1 <= settings["images"] <= len(train_y):
+        raise ValueError(
+            f"sensitivity.images={settings['images']} but the training set has {len(train_y)} images; "
+            f"choose 1..{len(train_y)}"
+        )
+    model = make_model(cfg, poisoned.data, device)
+    model.load_state_dict(torch.load(parent_path / MODEL, map_location=device, weights_only=True))
+    chosen = np.random.RandomState(settings["seed"]).choice(np.arange(len(train_y)), size=settings["images"],
+                                                            replace=False)
+    log.info("pixel removal on %d training images of run %s, %d levels", len(chosen), parent["run_id"],
+             settings["levels"])
+    rows = pixel_removal_curve(model, train_x[chosen], train_y[chosen], settings["levels"], device,
+                               cfg["eval"]["batch_size"])
+    run_dir.write_table("pixel_removal", rows)
+    record: dict[str, Any] = {
+        "parent_run_id": parent["run_id"],
+        **{key: parent[key] for key in PARENT_METRICS if key in parent},
+        "pixel_removal_auc": float(trapezoid([r["mean_true_prob"] for r in rows], [r["p"] for r in rows])),
+        "half_removed_true_prob": float(np.interp(0.5, [r["p"] for r in rows], [r["mean_true_prob"] for r in rows])),
+    }
+    if isinstance(model, MLP):
+        save_weight_map(run_dir, first_layer_weight_map(model))
+        record["weight_map_file"] = WEIGHT_MAP
+    return record
