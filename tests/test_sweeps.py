@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from rarespur.collect import collect
 from rarespur.config import CONF_DIR, resolve
+from rarespur.experiments.common import train_settings
 from rarespur.store import config_key
 from rarespur.sweep import SWEEPS_DIR, Sweep, expand, locate
 
@@ -29,6 +30,12 @@ GRIDS = {
     "cifar10_score": 1960,
     "cifar10_arch": 420,
     "cifar10_arch_vgg": 140,
+    "mnist_reg_l2": 700,
+    "mnist_reg_noise": 840,
+    "mnist_reg_none": 140,
+    "cifar10_reg_l2": 400,
+    "cifar10_reg_noise": 400,
+    "cifar10_reg_none": 80,
 }
 SMOKES = {
     "mnist_score_smoke": 8,
@@ -39,6 +46,12 @@ SMOKES = {
     "cifar10_score_smoke": 4,
     "cifar10_arch_smoke": 4,
     "cifar10_arch_vgg_smoke": 1,
+    "mnist_reg_l2_smoke": 2,
+    "mnist_reg_noise_smoke": 2,
+    "mnist_reg_none_smoke": 2,
+    "cifar10_reg_l2_smoke": 1,
+    "cifar10_reg_noise_smoke": 1,
+    "cifar10_reg_none_smoke": 1,
 }
 PATTERNS = ["s1", "s2", "s3", "r1", "r2", "r3", "core"]
 MNIST_N = [0, 3, 5, 10, 20, 100, 2000, 5000]
@@ -92,6 +105,35 @@ def test_grids_cover_the_papers_axes():
     assert values(cifar, "train.grad_clip") == {"0.0", "0.1"} and values(cifar, "pattern") == set(PATTERNS)
     assert values(Sweep("cifar10_arch"), "model") == {"resnet20", "resnet32", "resnet110"}
     assert values(Sweep("cifar10_arch_vgg"), "pattern") == {"s3", "r3"}
+
+
+def test_regularisation_grids_follow_the_paper():
+    """SPEC 1.8 strengths, S3 and R3, target 0, Adam, n with the clean model; the regulariser really applies."""
+    strengths = {
+        "mnist_reg_l2": ("regularizer.strength", {1e-5, 1e-4, 1e-3, 1e-2, 1e-1}),
+        "cifar10_reg_l2": ("regularizer.strength", {1e-6, 1e-5, 1e-4, 1e-3, 1e-2}),
+        "mnist_reg_noise": ("regularizer.sigma", {0.05, 0.1, 0.5, 1.0, 2.0, 5.0}),
+        "cifar10_reg_noise": ("regularizer.sigma", {0.1, 0.25, 0.5, 1.0, 2.0}),
+    }
+    for name, (key, want) in strengths.items():
+        sweep = Sweep(name)
+        assert {float(v) for v in values(sweep, key)} == want, name
+        cfg = sweep.resolved(sweep.job_overrides[-1])
+        assert cfg["optim"]["name"] == "adam" and cfg["poison"]["target"] == 0
+        if key == "regularizer.strength":
+            assert cfg["train"]["weight_decay"] == cfg["regularizer"]["strength"]
+        else:
+            assert train_settings(cfg).noise_sigma == cfg["regularizer"]["sigma"] > 0
+    for family, n in (("mnist", {0, 1, 3, 5, 10, 20, 100}), ("cifar10", {0, 1, 3, 5, 10, 20, 100, 1000})):
+        for kind in ("l2", "noise", "none"):
+            sweep = Sweep(f"{family}_reg_{kind}")
+            assert {int(v) for v in values(sweep, "poison.count")} == n
+            assert values(sweep, "pattern") == {"s3", "r3"} and values(sweep, "poison.seed") == {"0", "1", "2", "3", "4"}
+    # The unregularised reference shares its n >= 3 runs with the score grid (same run directories).
+    shared = ["pattern=s3", "poison.count=5", "poison.seed=2", "dataset=fashion"]
+    (reference,) = Sweep("mnist_reg_none", shared).jobs()
+    (score,) = Sweep("mnist_score", [*shared, "model=largemlp", "optim=adam", "poison.target=0"]).jobs()
+    assert reference.run.key == score.run.key
 
 
 @pytest.mark.parametrize("name", GRIDS)
