@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from rarespur.collect import write_table
-from rarespur.evaluate import score_model, welch_p_value
+from rarespur.evaluate import pattern_norm, score_model, welch_p_value
 from rarespur.patterns import BoxPattern
 
 
@@ -72,3 +72,13 @@ def test_collect_table_mixes_single_and_two_class_targets(tmp_path):
     back = pd.read_parquet(parquet)
     assert back["poison.target"].tolist() == ["0", "[0, 1]"] and list(back["poisoned_indices"][1]) == [5, 7, 9]
     assert pd.read_csv(csv)["poisoned_indices"].tolist() == ["[3, 1]", "[5, 7, 9]"]
+
+
+def test_pattern_norm_is_the_mean_l2_change():
+    """S3 on black images changes 25 pixels by 1 (norm 5); on images already white there it changes nothing."""
+    black = np.zeros((3, 28, 28, 1), np.float32)
+    white = black.copy()
+    white[:, :5, :5] = 1.0
+    s3 = BoxPattern("s3", 0, 0, 5, 5)
+    assert pattern_norm(black, s3.apply(black, 0)) == pytest.approx(5.0)
+    assert pattern_norm(np.concatenate([black, white]), s3.apply(np.concatenate([black, white]), 0)) == 2.5
