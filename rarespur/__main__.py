@@ -25,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     p_collect.add_argument("results_dir", help="the run store (results_dir of the jobs)")
     p_collect.add_argument("--out", help="folder for the table (default: the results directory)")
 
+    p_report = sub.add_parser("report", help="draw the paper's figures and summary tables from the finished runs")
+    p_report.add_argument("results_dir", help="the run store (results_dir of the jobs)")
+    p_report.add_argument("--out", help="folder for index.md, the PNGs and the tables (default: RESULTS_DIR/report)")
+
     p_status = sub.add_parser(
         "status", help="count done / running / failed / stale / missing jobs of a sweep",
         epilog=STATUS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -63,6 +67,18 @@ def main(argv: list[str] | None = None) -> int:
         for name, rows in collect_tables(args.results_dir).items():
             parquet, _ = write_table(rows, out, name)
             print(f"{len(rows)} {name} rows -> {parquet}")
+    elif args.command == "report":
+        import logging
+
+        from rarespur.report import write_report  # matplotlib loads only for this command
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        try:
+            index = write_report(args.results_dir, args.out)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(f"report -> {index}")
     elif args.command == "status":
         overrides = [*args.overrides, *extras]
         by = [key for key in args.by.split(",") if key]

@@ -1,8 +1,10 @@
 """The run store: one directory per job, keyed by a stable hash of what the job computes.
 
 Layout of ``<results_dir>/<key>/``: ``config.json`` (resolved config),
-``record.json`` (one flat row), ``model.pt`` (final weights), ``train_state.pt``
-(per-epoch checkpoint while training), ``error.txt`` after a failure, and
+``record.json`` (one flat row), ``model.pt`` (final weights), ``final_state.pt``
+(final optimizer and schedule state, which incremental retraining continues from),
+``train_state.pt`` (per-epoch checkpoint while training), ``tables/`` (extra tidy
+rows), ``error.txt`` after a failure, and
 ``running.json`` (host, pid, start time) while a job works on it, and ``done``,
 written last. Every file is written to a temporary name and renamed,
 so a killed job never leaves something that looks finished.

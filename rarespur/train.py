@@ -57,6 +57,7 @@ class TrainSettings:
     augment: str = "none"
     noise_sigma: float = 0.0
     seed: int = 0
+    lr_schedule: str = "milestones"  # milestones (SPEC 1.5) | constant (continuing at an already decayed lr)
 
 
 def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
@@ -68,8 +69,17 @@ def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer {s.optimizer!r} unknown; valid: sgd, adam")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.MultiStepLR:
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones(epochs), gamma=0.1)
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, epochs: int, schedule: str = "milestones"
+) -> torch.optim.lr_scheduler.MultiStepLR:
+    """The milestone schedule for `epochs` epochs, or (`constant`) one that never decays.
+
+    A constant schedule is still a scheduler, so checkpoints store and restore it like any other.
+    """
+    if schedule not in ("milestones", "constant"):
+        raise ValueError(f"lr_schedule {schedule!r} unknown; valid: milestones, constant")
+    marks = milestones(epochs) if schedule == "milestones" else []
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=marks, gamma=0.1)
 
 
 def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -108,6 +118,47 @@ def _set_global_rng(rng: dict[str, torch.Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(rng["cuda"], device)
 
 
+def _continue_from(
+    start_from: dict, optimizer: torch.optim.Optimizer, generator: torch.Generator, s: TrainSettings
+) -> None:
+    """Take over the optimizer state (momentum, Adam moments) and generators of a finished training.
+
+    The learning rate is the settings' one, so the caller decides whether the
+    continuation keeps the parent's final lr or starts the schedule again.
+    """
+    try:
+        optimizer.load_state_dict(start_from["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ValueError(f"the optimizer state to continue from does not match this model/optimizer ({err})") from None
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = s.lr
+    if start_from.get("device_type") == generator.device.type:
+        generator.set_state(start_from["generator"])
+        _set_global_rng(start_from["global_rng"], generator.device)
+    else:
+        log.info("the state to continue from was written on %s: shuffling seeded afresh", start_from.get("device_type"))
+
+
+def _full_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    device: torch.device,
+    history: list[dict],
+) -> dict:
+    """Everything a later run needs to go on exactly where this one stands."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "global_rng": _global_rng(device),
+        "device_type": device.type,
+        "history": history,
+    }
+
+
 def train_model(
     model: nn.Module,
     x: torch.Tensor,
@@ -116,19 +167,29 @@ def train_model(
     checkpoint: Path | None = None,
     on_epoch: EpochCallback | None = None,
     checkpoint_every: int = 1,
+    final_state: Path | None = None,
+    start_from: dict | None = None,
 ) -> list[dict]:
     """Train `model` in place on tensors `x` (N x C x H x W) and `y` already on the device.
 
     With `checkpoint`, state is saved every `checkpoint_every` epochs and a run that finds one
     continues from it (model, optimizer, schedule, shuffling and global generators), so a
     resumed run gives the same numbers as an uninterrupted one.
+    With `final_state`, that state (less the weights, which the caller saves) is also written
+    there after the last epoch, for experiments that continue training later (incremental
+    retraining, SPEC 1.9).
+    With `start_from` (such a final state; the model already holds its weights), training
+    continues from its optimizer state and generators at learning rate ``s.lr`` with the
+    schedule ``s.lr_schedule`` over ``s.epochs`` new epochs, numbered from 1.
     Returns one dict per epoch: epoch, loss, acc, lr.
     """
     device = x.device
     optimizer = make_optimizer(model, s)
-    scheduler = make_scheduler(optimizer, s.epochs)
     generator = torch.Generator(device=device)
     generator.manual_seed(s.seed)
+    if start_from is not None:
+        _continue_from(start_from, optimizer, generator, s)
+    scheduler = make_scheduler(optimizer, s.epochs, s.lr_schedule)
     history: list[dict] = []
     start = 1
     if checkpoint is not None and checkpoint.exists():
@@ -179,17 +240,13 @@ def train_model(
         row = {"epoch": epoch, "loss": total_loss.item() / n, "acc": correct.item() / n, "lr": lr}
         history.append(row)
         if checkpoint is not None and epoch % checkpoint_every == 0:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "global_rng": _global_rng(device),
-                "device_type": device.type,
-                "history": history,
-            }
             with atomic_path(checkpoint) as tmp:
-                torch.save(state, tmp)
+                torch.save(_full_state(model, optimizer, scheduler, generator, device, history), tmp)
         if on_epoch is not None:
             on_epoch(row)
+    if final_state is not None:  # the weights are the caller's model.pt: not stored twice
+        state = _full_state(model, optimizer, scheduler, generator, device, history)
+        del state["model"]
+        with atomic_path(final_state) as tmp:
+            torch.save(state, tmp)
     return history

@@ -47,7 +47,8 @@ def test_record_and_store_layout(digits_pair):
     store, _, poisoned = digits_pair
     run_dir = store / poisoned["run_id"]
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.json", "done", "history.json", "model.pt", "record.json", "spurious_indicators.npz",
+        "config.json", "done", "final_state.pt", "history.json", "model.pt", "record.json",
+        "spurious_indicators.npz",
     ]
     record = json.loads((run_dir / RECORD).read_text())
     assert record["poison.count"] == 10 and record["train.lr"] == 0.01 and record["epochs"] == 70

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from rarespur.experiments import sensitivity, train
+from rarespur.experiments import group_influence, incremental_retraining, retrain_exact, sensitivity, train
+from rarespur.experiments import mem_inference
 from rarespur.store import RunDir
 
 Experiment = Callable[[dict[str, Any], RunDir], dict[str, Any]]
 
 EXPERIMENTS: dict[str, Experiment] = {
     "train": train.run,
+    "mem_inference": mem_inference.run,
+    "group_influence": group_influence.run,
+    "incremental_retraining": incremental_retraining.run,
+    "retrain_exact": retrain_exact.run,
     "sensitivity": sensitivity.run,
 }
 

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 INDICATORS = "spurious_indicators.npz"
 HISTORY = "history.json"
+# optimizer, schedule and generators after the last epoch: incremental retraining goes on from it
+FINAL_STATE = "final_state.pt"
 
 
 def save_indicators(run: RunDir, indicators: dict[int, np.ndarray]) -> None:
@@ -100,6 +102,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
             checkpoint=run_dir.file(TRAIN_STATE),
             on_epoch=epoch_callback(settings.epochs, cfg["progress"], run_dir),
             checkpoint_every=cfg["checkpoint_every"],
+            final_state=run_dir.file(FINAL_STATE),
         )
     with atomic_path(run_dir.file(MODEL)) as tmp:
         torch.save(model.state_dict(), tmp)

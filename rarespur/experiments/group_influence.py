@@ -1,0 +1,105 @@
+"""``experiment=group_influence`` (SPEC 1.9): make the poisoned model forget with one influence update.
+
+Starts from the finished ``train`` run of the same config (trained first if
+missing), estimates sum_z H^-1 grad L(z) over the poisoned images z with
+LiSSA (or solves it with CG) and applies theta + sum_z h_z / ((1 - p) N)
+(rarespur/deletion/influence.py has the math and how it reads the original).
+The updated weights are saved as model.pt; the record has the model after,
+``before.*`` and, with ``influence.compare_exact``, ``exact.*`` side by side,
+plus the resolved ``influence.scale_used`` / ``influence.depth_used`` (the
+run-store key keeps the configured nulls).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import torch
+
+from rarespur.atomic import atomic_path
+from rarespur.config import targets_of
+from rarespur.deletion.influence import InfluenceSettings, apply_update, group_influence
+from rarespur.evaluate import to_tensor
+from rarespur.store import MODEL, RunDir
+
+log = logging.getLogger(__name__)
+
+OWN_KEYS = ("influence",)
+DEFAULT_SCALE = {"mnist": 25.0, "fashion": 100.0, "cifar10": 100.0}  # SPEC 1.9; any other dataset: 25
+HESSIAN_DATA = ("full", "clean")
+
+
+def default_scale(dataset: str) -> float:
+    """The original's LiSSA scale per dataset (run_group_influence): fashion/cifar10 100, else 25."""
+    return DEFAULT_SCALE.get(dataset, 25.0)
+
+
+def default_depth(dataset: str, n_removed: int) -> int:
+    """The original's recursion depth: cifar10 1000; otherwise 2000, or 1000 for >= 100 removed images."""
+    return 1000 if dataset == "cifar10" or n_removed >= 100 else 2000
+
+
+def influence_settings(influence: dict[str, Any], dataset: str, n_removed: int) -> InfluenceSettings:
+    """The solver settings of an ``influence`` config group, nulls resolved (fails on bad values)."""
+    if influence["hessian_data"] not in HESSIAN_DATA:
+        raise ValueError(f"influence.hessian_data={influence['hessian_data']!r} unknown; choose one of {HESSIAN_DATA}")
+    if not isinstance(influence["compare_exact"], bool):
+        raise ValueError(f"influence.compare_exact must be true or false, got {influence['compare_exact']!r}")
+    scale, depth = influence["scale"], influence["depth"]
+    return InfluenceSettings(
+        solver=influence["solver"],
+        damping=float(influence["damping"]),
+        scale=float(default_scale(dataset) if scale is None else scale),
+        depth=int(default_depth(dataset, n_removed) if depth is None else depth),
+        repeats=int(influence["repeats"]),
+        seed=int(influence["seed"]),
+        combine=influence["combine"],
+        chain_batch=int(influence["chain_batch"]),
+        vmap_chunk=influence["vmap_chunk"],
+        cg_lambda=None if influence["cg_lambda"] is None else float(influence["cg_lambda"]),
+        cg_max_iter=int(influence["cg_max_iter"]),
+        cg_tol=float(influence["cg_tol"]),
+        hvp_batch_size=int(influence["hvp_batch_size"]),
+        log_every=int(influence["log_every"]),
+        curvature_examples=int(influence["curvature_examples"]),
+        curvature_iters=int(influence["curvature_iters"]),
+    )
+
+
+def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
+    """Load the parent, apply the group-influence update, save it, score before / after / exact."""
+    # Imported here: rarespur.deletion.common builds on this package (see its docstring).
+    from rarespur.deletion.common import deletion_record, start_deletion
+
+    influence, dataset = cfg["influence"], cfg["dataset"]["name"]
+    # Checked before any training; n as start_deletion will remove it (count per target class).
+    settings = influence_settings(influence, dataset, cfg["poison"]["count"] * len(targets_of(cfg)))
+    start = start_deletion(cfg, OWN_KEYS)
+    if influence["hessian_data"] == "full":  # the set the parent was trained on, in training order
+        train_x = to_tensor(start.poisoned.train_x, start.device)
+        train_y = torch.from_numpy(start.poisoned.data.train_y).to(start.device)
+    else:
+        train_x, train_y = start.clean_x, start.clean_y
+    model = copy.deepcopy(start.model).eval()
+    began = time.perf_counter()
+    result = group_influence(model, start.removed_x, start.removed_y, train_x, train_y, settings, run_dir.heartbeat)
+    wall = time.perf_counter() - began
+    apply_update(model, result.delta)
+    with atomic_path(run_dir.file(MODEL)) as tmp:
+        torch.save(model.state_dict(), tmp)
+    n_removed, n_train = len(start.removed_y), len(train_y)
+    log.info("group influence (%s): |update| %.4g in %.1f s", settings.solver, float(result.delta.norm()), wall)
+    return {
+        **deletion_record(start, model, OWN_KEYS, influence["compare_exact"]),
+        "influence.scale_used": settings.scale,
+        "influence.depth_used": settings.depth,
+        "influence.lambda_used": settings.lam,
+        "influence.n_train_used": n_train,
+        "influence.p_used": n_removed / n_train,
+        "influence.update_norm": float(torch.linalg.vector_norm(result.delta)),
+        "influence.h_sum_norm": float(torch.linalg.vector_norm(result.h_sum)),
+        "influence.wall_s": wall,
+        **{f"influence.{key}": value for key, value in result.info.items()},
+    }

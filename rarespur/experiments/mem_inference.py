@@ -1,0 +1,199 @@
+"""``experiment=mem_inference`` (SPEC 1.7): are the rare poisoned images easier to identify as training members?
+
+Pool train + test (after data.train_limit / test_limit), split it by the data
+seed into target-train / target-test / shadow-train / shadow-test
+(:func:`rarespur.membership.split_pool`), plant the pattern into
+``poison.count`` target-train images of the target class, train a target
+model (poisoned target-train) and the paper's shadow model (clean
+shadow-train) with the configured recipe, plus ``mem.num_shadow`` LiRA shadows
+(random halves of target-train + target-test, model seeds
+``train.model_seed + 1 + k`` so they do not share the target's initialisation).
+Then run the attacks of ``mem.attacks`` on target-train (members) vs
+target-test (non-members); see :mod:`rarespur.membership` for how each scores
+and picks its threshold.
+
+Each model trains with its own resume checkpoint (``train_state_<model>.pt``)
+and leaves its weights in ``trained_<model>.pt`` when done, so a preempted job
+skips the models it already trained and resumes the one it was training;
+these files are deleted when the job ends.
+The target model's weights stay in ``target_model.pt`` (not ``model.pt``:
+this is not a ``train`` run and must not be reused as one).
+
+Record: ``attack.<name>.{acc,auc,tpr_at_1pct_fpr,tpr_at_0.1pct_fpr,members_flagged,
+poisoned_flagged,poisoned_rank}`` per attack; the target model's ``test_acc``
+and spurious-score metrics on target-test (with ``baseline_score`` / ``p_value``
+against the finished n = 0 job of the same config); ``target_train_acc``,
+``n_pool``, ``n_target_train``; ``poisoned_indices`` = indices into the pool
+(training images first, then test images, after the limits). Tables:
+``roc`` (attack, fpr, tpr; 200 points per attack).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rarespur.atomic import atomic_path
+from rarespur.config import targets_of
+from rarespur.data import ImageData
+from rarespur.evaluate import score_model, to_tensor
+from rarespur.experiments.common import epoch_callback, load_data, make_model, pick_device, train_settings
+from rarespur.experiments.train import baseline_comparison, save_indicators
+from rarespur.membership import (
+    ATTACKS,
+    LIRA_MIN_SHADOWS,
+    LiraShadows,
+    Outputs,
+    attack_metrics,
+    lira_assignment,
+    logit_confidence,
+    poison_target_train,
+    roc_rows,
+    run_attacks,
+    split_pool,
+)
+from rarespur.patterns import build_pattern
+from rarespur.store import RunDir
+from rarespur.train import train_model
+
+log = logging.getLogger(__name__)
+
+TARGET_MODEL = "target_model.pt"
+TRAINED_PREFIX = "trained_"  # trained_<model>.pt: weights of a model finished before an interruption
+
+
+def check_settings(mem: dict[str, Any]) -> list[str]:
+    """The attacks to run, after checking mem.* (bad values name the fix)."""
+    attacks = list(mem["attacks"])
+    unknown = sorted(set(attacks) - set(ATTACKS))
+    if unknown or not attacks:
+        raise ValueError(f"mem.attacks={attacks} has unknown or no entries {unknown}; valid: {list(ATTACKS)}")
+    if any(a.startswith("lira") for a in attacks) and mem["num_shadow"] < LIRA_MIN_SHADOWS:
+        raise ValueError(f"mem.num_shadow={mem['num_shadow']}: LiRA needs >= {LIRA_MIN_SHADOWS} shadow models")
+    return attacks
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, x: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+    """Logits (float32 NumPy) of channels-last images, in eval mode."""
+    model.eval()
+    t = to_tensor(x, device)
+    return torch.cat([model(t[i : i + batch_size]) for i in range(0, len(t), batch_size)]).cpu().numpy()
+
+
+def outputs_of(
+    model: torch.nn.Module, pool_x: np.ndarray, pool_y: np.ndarray, members: np.ndarray, nonmembers: np.ndarray,
+    device: torch.device, batch_size: int,
+) -> Outputs:
+    """The model's logits on its members and, separately, on its non-members (each from its own images)."""
+    return Outputs(
+        predict_logits(model, pool_x[members], device, batch_size), pool_y[members],
+        predict_logits(model, pool_x[nonmembers], device, batch_size), pool_y[nonmembers],
+    )
+
+
+def train_one(
+    name: str, cfg: dict[str, Any], run_dir: RunDir, x: np.ndarray, y: np.ndarray, model_seed: int,
+    data: ImageData, device: torch.device,
+) -> torch.nn.Module:
+    """Train one model of the attack with the recipe, resumable: mid-training from train_state_<name>.pt,
+    and a model already finished by an interrupted attempt is loaded from trained_<name>.pt."""
+    model = make_model({**cfg, "train": {**cfg["train"], "model_seed": model_seed}}, data, device)
+    trained = run_dir.file(f"{TRAINED_PREFIX}{name}.pt")
+    if trained.exists():
+        log.info("model %s: already trained by an earlier attempt, loading %s", name, trained.name)
+        model.load_state_dict(torch.load(trained, map_location=device, weights_only=True))
+        return model
+    settings = replace(train_settings(cfg), seed=model_seed)
+    checkpoint = run_dir.file(f"train_state_{name}.pt")
+    log.info("model %s: training on %d images, %d epochs", name, len(y), settings.epochs)
+    history = train_model(
+        model, to_tensor(x, device), torch.from_numpy(y).to(device), settings,
+        checkpoint=checkpoint, on_epoch=epoch_callback(settings.epochs, cfg["progress"], run_dir),
+        checkpoint_every=cfg["checkpoint_every"],
+    )
+    with atomic_path(trained) as tmp:
+        torch.save(model.state_dict(), tmp)
+    checkpoint.unlink(missing_ok=True)
+    log.info("model %s: done, train loss %.4f acc %.4f", name, history[-1]["loss"], history[-1]["acc"])
+    return model
+
+
+def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
+    """Split, poison, train target / shadow / LiRA models, attack, score the pattern on target-test."""
+    attacks = check_settings(cfg["mem"])
+    device = pick_device(cfg["device"])
+    data = load_data(cfg)
+    pattern = build_pattern(cfg["pattern"])
+    pattern.check_shape(data.image_shape)
+    seed, targets, batch = cfg["poison"]["seed"], targets_of(cfg), cfg["eval"]["batch_size"]
+    pool_x = np.concatenate([data.train_x, data.test_x])
+    pool_y = np.concatenate([data.train_y, data.test_y])
+    split = split_pool(len(pool_y), seed)
+    pool_x, poisoned = poison_target_train(pool_x, pool_y, split, cfg["poison"]["count"], targets, pattern, seed)
+    log.info(
+        "membership inference on %s: pool %d, four parts of %d, %d target-train images of class %s get %s",
+        cfg["dataset"]["name"], len(pool_y), len(split.target_train), len(poisoned), targets, pattern.name,
+    )
+    model_seed = cfg["train"]["model_seed"]
+    models = {
+        "target": train_one("target", cfg, run_dir, pool_x[split.target_train], pool_y[split.target_train],
+                            model_seed, data, device),
+    }
+    if {"shadow", "loss"} & set(attacks):
+        models["shadow"] = train_one("shadow", cfg, run_dir, pool_x[split.shadow_train], pool_y[split.shadow_train],
+                                     model_seed, data, device)
+    with atomic_path(run_dir.file(TARGET_MODEL)) as tmp:
+        torch.save(models["target"].state_dict(), tmp)
+
+    target = outputs_of(models["target"], pool_x, pool_y, split.target_train, split.target_test, device, batch)
+    shadow = None
+    if "shadow" in models:
+        shadow = outputs_of(models["shadow"], pool_x, pool_y, split.shadow_train, split.shadow_test, device, batch)
+    lira = None
+    if any(a.startswith("lira") for a in attacks):
+        candidates = np.concatenate([split.target_train, split.target_test])
+        keep = lira_assignment(cfg["mem"]["num_shadow"], len(candidates), seed)
+        phi = []
+        for k, chosen in enumerate(keep):
+            part = candidates[chosen]
+            models[f"lira{k}"] = train_one(f"lira{k}", cfg, run_dir, pool_x[part], pool_y[part],
+                                           model_seed + 1 + k, data, device)
+            logits = predict_logits(models[f"lira{k}"], pool_x[candidates], device, batch)
+            phi.append(logit_confidence(logits, pool_y[candidates]))
+        lira = LiraShadows(np.stack(phi), keep)
+    results = run_attacks(attacks, target, shadow, lira, seed)
+
+    members, nonmembers = split.target_train, split.target_test
+    poisoned_pos = np.searchsorted(members, poisoned)  # members is sorted; poisoned indices lie in it
+    record: dict[str, Any] = {}
+    roc: list[dict[str, Any]] = []
+    for name in attacks:
+        for key, value in attack_metrics(results[name], poisoned_pos).items():
+            record[f"attack.{name}.{key}"] = value
+        roc.extend(roc_rows(name, results[name]))
+        log.info("attack %s: acc %.4f auc %.4f members flagged %.3f poisoned flagged %.3f rank %.3f", name,
+                 record[f"attack.{name}.acc"], record[f"attack.{name}.auc"],
+                 record[f"attack.{name}.members_flagged"], record[f"attack.{name}.poisoned_flagged"],
+                 record[f"attack.{name}.poisoned_rank"])
+    run_dir.write_table("roc", roc)
+
+    metrics, indicators = score_model(models["target"], pool_x[nonmembers], pool_y[nonmembers], pattern, seed,
+                                      targets, cfg["eval"]["eps"], device, batch)
+    save_indicators(run_dir, indicators)
+    for name in models:
+        run_dir.file(f"{TRAINED_PREFIX}{name}.pt").unlink(missing_ok=True)
+    return {
+        **metrics,
+        **baseline_comparison(cfg, indicators, Path(cfg["results_dir"])),
+        **record,
+        "target_train_acc": float((target.member_logits.argmax(1) == target.member_y).mean()),
+        "n_pool": int(len(pool_y)),
+        "n_target_train": int(len(members)),
+        "poisoned_indices": poisoned.tolist(),
+        "device_used": str(device),
+    }

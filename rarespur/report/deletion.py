@@ -1,0 +1,55 @@
+"""Deletion figure (SPEC 1.9): spurious score and accuracy before and after forgetting the poisoned examples."""
+from __future__ import annotations
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from rarespur.report.data import DELETION_EXPERIMENTS, ReportData, panel_keys
+from rarespur.report.plot import SCORE_LABEL, curves_over_n, finish, grid, panels
+
+SPLIT = ["dataset.name", "model.name", "optim.name", "pattern.name", "poison.target", "deletion.mode"]
+# (column stem, legend label): unprefixed = after deletion (for retrain_exact: the retrained model itself).
+STAGES = [("before.", "before deletion"), ("", "after deletion"), ("exact.", "retrained from scratch")]
+COLORS = {"before deletion": "C3", "after deletion": "C0", "retrained from scratch": "C2", "clean baseline": "grey"}
+
+
+def deletion_runs(data: ReportData) -> pd.DataFrame:
+    runs = data.experiment(*DELETION_EXPERIMENTS)
+    return runs.dropna(subset=["spurious_score"]) if not runs.empty and "spurious_score" in runs else pd.DataFrame()
+
+
+def _long(rows: pd.DataFrame, metric: str, with_baseline: bool) -> pd.DataFrame:
+    """One row per (run, stage) with the stage's value of `metric` in ``value``."""
+    exact_itself = set(rows["experiment.name"]) == {"retrain_exact"}
+    parts = [rows.assign(stage="retrained from scratch" if exact_itself and not prefix else label,
+                         value=rows[prefix + metric])
+             for prefix, label in STAGES if prefix + metric in rows and rows[prefix + metric].notna().any()]
+    if with_baseline and "baseline_score" in rows and rows["baseline_score"].notna().any():
+        parts.append(rows.assign(stage="clean baseline", value=rows["baseline_score"]))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def deletion(data: ReportData) -> Figure | None:
+    """Fig. 9: per deletion method, score (top) and clean test accuracy (bottom) vs n, before / after / exact."""
+    runs = deletion_runs(data)
+    if runs.empty:
+        return None
+    keys = ["experiment.name"] + panel_keys(runs, [], SPLIT)
+    groups = list(panels(runs, keys))
+    fig, slots = grid(len(groups), ncols=3, size=(4.8, 3.4), nrows_per_panel=2)
+    for (name, rows), (top, bottom) in zip(groups, slots):
+        for ax, metric, ylabel, baseline in ((top, "spurious_score", SCORE_LABEL, True),
+                                              (bottom, "test_acc", "clean test accuracy", False)):
+            long = _long(rows, metric, baseline)
+            if long.empty:
+                ax.set_axis_off()
+                continue
+            curves_over_n(ax, long, "stage", "value", colors=COLORS)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        top.set_title(name, fontsize=9)
+        top.set_ylim(bottom=0)
+        bottom.set_ylim(0, 1.02)
+    return finish(fig, "Deleting the poisoned examples: before, after, and retrained from scratch "
+                       "(mean ± SEM over seeds)", len(runs))

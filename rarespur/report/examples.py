@@ -1,0 +1,102 @@
+"""Example poisoned images (SPEC 1.3): one test image clean and with each pattern pasted on, as the runs saw it.
+
+Each pattern is rebuilt from the config.json of a run that used it (so
+user-defined patterns show too) and applied with that run's data seed to a
+test image of that run's dataset. When the dataset files are not available
+here, the embedded digits dataset stands in (the panel says so).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+
+from rarespur.config import CONF_DIR
+from rarespur.data import ImageData, load_dataset
+from rarespur.patterns import build_pattern
+from rarespur.report.data import ReportData
+from rarespur.report.plot import grid
+
+log = logging.getLogger(__name__)
+
+FALLBACK = "digits"
+
+
+def pattern_configs(data: ReportData) -> list[dict[str, Any]]:
+    """One resolved run config per pattern name in the runs (first run), else every pattern in conf/pattern."""
+    configs: dict[str, dict[str, Any]] = {}
+    runs = data.runs
+    if data.results_dir is not None and not runs.empty and "pattern.name" in runs:
+        for _, run in runs.sort_values("run_id").iterrows():
+            config = data.results_dir / str(run["run_id"]) / "config.json"
+            if run["pattern.name"] not in configs and config.is_file():
+                configs[run["pattern.name"]] = json.loads(config.read_text())
+    if configs:
+        return [configs[name] for name in sorted(configs)]
+    return [{"pattern": p, "dataset": {"name": FALLBACK}, "data": {"root": None}, "poison": {"seed": 0}}
+            for p in _conf_patterns()]
+
+
+def _conf_patterns() -> list[dict[str, Any]]:
+    """The pattern files of conf/pattern that define a pattern (alias files such as v8 only point to one)."""
+    out = []
+    for path in sorted((CONF_DIR / "pattern").glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        if isinstance(spec, dict) and "kind" in spec:
+            out.append(spec)
+    return out
+
+
+def _dataset(cfg: dict[str, Any], cache: dict[tuple, ImageData | None]) -> tuple[ImageData, str]:
+    """The run's dataset, or the digits stand-in with a note when its files are missing here."""
+    name = cfg["dataset"]["name"]
+    key = (name, cfg.get("data", {}).get("root"), cfg["dataset"].get("path"))
+    if key not in cache:
+        try:
+            cache[key] = load_dataset(name, root=key[1], path=key[2])
+        except (OSError, ValueError) as err:  # DatasetNotFoundError is a FileNotFoundError
+            log.warning("example images: %s not available (%s); showing %s instead", name, err, FALLBACK)
+            cache[key] = None
+    if cache[key] is None:
+        if (FALLBACK, None, None) not in cache:
+            cache[(FALLBACK, None, None)] = load_dataset(FALLBACK)
+        return cache[(FALLBACK, None, None)], f"{FALLBACK} ({name} not found)"
+    return cache[key], name
+
+
+def example_images(data: ReportData) -> Figure | None:
+    """Fig. 10: per pattern, a test image without (top) and with (bottom) the pattern."""
+    cache: dict[tuple, ImageData | None] = {}
+    shown = []
+    for cfg in pattern_configs(data):
+        try:
+            pattern = build_pattern(cfg["pattern"])
+            images, source = _dataset(cfg, cache)
+            pattern.check_shape(images.image_shape)
+        except (OSError, ValueError) as err:
+            log.warning("example images: pattern %s left out: %s", cfg["pattern"].get("name"), err)
+            continue
+        clean = images.test_x[:1]
+        shown.append((pattern.name, source, clean[0], pattern.apply(clean, cfg["poison"]["seed"])[0]))
+    if not shown:
+        return None
+    fig, slots = grid(len(shown), ncols=min(len(shown), 7), size=(2.2, 2.4), nrows_per_panel=2)
+    for (name, source, clean, patched), (top, bottom) in zip(shown, slots):
+        for ax, image, what in ((top, clean, "clean"), (bottom, patched, f"with {name}")):
+            _show(ax, image)
+            ax.set_title(f"{what}\n{source}" if ax is top else what, fontsize=8)
+    fig.suptitle("Example test image without and with each pattern (pixel values in [0, 1])")
+    return fig
+
+
+def _show(ax, image: np.ndarray) -> None:
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(np.clip(image, 0, 1))
+    ax.set_xticks([])
+    ax.set_yticks([])

@@ -1,0 +1,102 @@
+"""Model-sensitivity figures (SPEC 1.10): pixel-removal curves and MLP first-layer weight maps."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from rarespur.report.data import SENSITIVITY, ReportData, panel_keys
+from rarespur.report.plot import finish, grid, panels, sem_band
+
+SPLIT = ["dataset.name", "optim.name", "train.grad_clip", "epochs", "data.train_limit"]
+PAIR_KEYS = ["dataset.name", "model.name", "optim.name", "train.grad_clip", "regularizer.name", "epochs",
+             "data.train_limit", "train.model_seed", "train.lr"]
+MAX_WEIGHT_MAP_ROWS = 4
+
+
+def removal_rows(data: ReportData) -> pd.DataFrame:
+    """Pixel-removal points of finished sensitivity runs, with the run's settings."""
+    table = data.table("pixel_removal")
+    runs = data.experiment(SENSITIVITY)
+    if table.empty or runs.empty or not {"run_id", "p", "mean_true_prob"} <= set(table.columns):
+        return pd.DataFrame()
+    return table.merge(runs[["run_id", "model.name", *[c for c in SPLIT if c in runs]]], on="run_id")
+
+
+def pixel_removal(data: ReportData) -> Figure | None:
+    """Fig. 6: mean true-class probability vs removal probability p, one curve per architecture (± SEM over runs)."""
+    rows = removal_rows(data)
+    if rows.empty:
+        return None
+    keys = panel_keys(rows, [], SPLIT)
+    groups = list(panels(rows, keys))
+    fig, slots = grid(len(groups), ncols=2, size=(5.0, 3.8))
+    for (name, part), (ax,) in zip(groups, slots):
+        for i, (model, curve) in enumerate(part.groupby("model.name")):
+            per_p = curve.groupby("p")["mean_true_prob"]
+            mean = per_p.mean()
+            err = per_p.std(ddof=1) / np.sqrt(per_p.count())
+            sem_band(ax, mean.index.to_numpy(), mean.to_numpy(), err.to_numpy(),
+                     f"{model} ({curve['run_id'].nunique()} runs)", f"C{i % 10}")
+        ax.set_xlabel("probability p of removing each non-zero pixel")
+        ax.set_ylabel("mean true-class probability")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return finish(fig, "Pixel removal: how fast each architecture loses confidence", rows["run_id"].nunique())
+
+
+def weight_map_runs(data: ReportData) -> pd.DataFrame:
+    """Sensitivity runs whose weight map file exists in the run store."""
+    runs = data.experiment(SENSITIVITY)
+    if runs.empty or "weight_map_file" not in runs or data.results_dir is None:
+        return pd.DataFrame()
+    runs = runs.dropna(subset=["weight_map_file"])
+    exists = runs.apply(lambda r: (data.results_dir / r["run_id"] / r["weight_map_file"]).is_file(), axis=1)
+    return runs[exists] if len(runs) else runs
+
+
+def _pairs(runs: pd.DataFrame) -> list[tuple[pd.Series | None, pd.Series | None]]:
+    """(clean, poisoned) runs of the same settings; the largest n first, at most MAX_WEIGHT_MAP_ROWS rows."""
+    keys = [k for k in PAIR_KEYS if k in runs]
+    poisoned = runs[runs["poison.count"] > 0].sort_values("poison.count", ascending=False)
+    clean = runs[runs["poison.count"] == 0]
+    pairs: list[tuple[pd.Series | None, pd.Series | None]] = []
+    for _, run in poisoned.iterrows():
+        match = clean
+        for k in keys:
+            match = match[match[k].astype(str) == str(run[k])]
+        pairs.append((match.iloc[0] if len(match) else None, run))
+    if not pairs:
+        pairs = [(run, None) for _, run in clean.iterrows()]
+    return pairs[:MAX_WEIGHT_MAP_ROWS]
+
+
+def weight_maps(data: ReportData) -> Figure | None:
+    """Fig. 7: per input pixel the largest first-layer weight of an MLP, clean next to poisoned."""
+    runs = weight_map_runs(data)
+    if runs.empty:
+        return None
+    pairs = _pairs(runs)
+    fig, slots = grid(2 * len(pairs), ncols=2, size=(4.2, 3.6))
+    used = 0
+    for row, (clean, poisoned) in enumerate(pairs):
+        for col, run in enumerate((clean, poisoned)):
+            ax = slots[2 * row + col][0]
+            if run is None:
+                ax.text(0.5, 0.5, "no matching clean run" if col == 0 else "no poisoned run", ha="center",
+                        va="center", transform=ax.transAxes)
+                ax.set_axis_off()
+                continue
+            used += 1
+            image = np.load(data.results_dir / run["run_id"] / run["weight_map_file"])
+            shown = ax.imshow(image, cmap="viridis")
+            fig.colorbar(shown, ax=ax, label="max first-layer weight")
+            what = "clean (n = 0)" if run["poison.count"] == 0 else \
+                f"poisoned: {run['pattern.name']}, n = {int(run['poison.count'])}, target {run['poison.target']}"
+            ax.set_title(f"{run['model.name']} on {run['dataset.name']}, {run['optim.name']}\n{what}", fontsize=9)
+            ax.set_xlabel("pixel column")
+            ax.set_ylabel("pixel row")
+    return finish(fig, "MLP weight maps: clean vs poisoned", used)
