@@ -18,7 +18,6 @@ from rarespur.data import (
     DATASET_NAMES,
     CorruptDataError,
     DatasetNotFoundError,
-    ImageData,
     default_data_root,
     load_dataset,
 )

@@ -33,9 +33,10 @@ from rarespur.experiments.common import (
     parent_train_run,
     pick_device,
     poisoned_data,
+    stored_run,
 )
 from rarespur.experiments.train import baseline_comparison, load_indicators
-from rarespur.store import MODEL, RunDir
+from rarespur.store import MODEL
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +131,7 @@ def exact_retrain_config(cfg: dict[str, Any], own_keys: tuple[str, ...]) -> dict
 
 def exact_retrain_run(cfg: dict[str, Any], own_keys: tuple[str, ...]) -> tuple[Path, dict[str, Any]]:
     """The finished ``retrain_exact`` run of this config (run now if the store lacks it): its dir and record."""
-    from rarespur.runner import run_job  # the runner imports the experiments
-
-    exact = exact_retrain_config(cfg, own_keys)
-    run = RunDir(cfg["results_dir"], exact)
-    if not run.done:
-        log.info("the exact retraining to compare with is not in the store yet: running it first (%s)", run.path)
-        run_job(exact)
-    return run.path, run.read_record()
+    return stored_run(exact_retrain_config(cfg, own_keys), "the exact retraining to compare with")
 
 
 def flat_parameters(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

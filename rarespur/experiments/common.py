@@ -117,6 +117,17 @@ def parent_train_config(cfg: dict[str, Any], own_keys: tuple[str, ...]) -> dict[
     return parent
 
 
+def stored_run(job_cfg: dict[str, Any], what: str) -> tuple[Path, dict[str, Any]]:
+    """The finished run of `job_cfg` in its run store (run now if missing): its dir and record."""
+    from rarespur.runner import run_job  # the runner imports the experiments
+
+    run = RunDir(job_cfg["results_dir"], job_cfg)
+    if not run.done:
+        log.info("%s is not in the store yet: running it first (%s)", what, run.path)
+        run_job(job_cfg)
+    return run.path, run.read_record()
+
+
 def parent_train_run(cfg: dict[str, Any], own_keys: tuple[str, ...]) -> tuple[Path, dict[str, Any]]:
     """The finished ``train`` run of this config (trained now if the store lacks it): its dir and record.
 
@@ -126,12 +137,4 @@ def parent_train_run(cfg: dict[str, Any], own_keys: tuple[str, ...]) -> tuple[Pa
     by config, exactly as ``python run.py experiment=train <same overrides>``
     would store it, so a sweep of train jobs and a sweep built on them share models.
     """
-    from rarespur.runner import run_job  # the runner imports the experiments
-
-    parent = parent_train_config(cfg, own_keys)
-    run = RunDir(cfg["results_dir"], parent)
-    if not run.done:
-        log.info("the train run this builds on is not in the store yet: training it first (%s)", run.path)
-        run_job(parent)
-    return run.path, run.read_record()
-
+    return stored_run(parent_train_config(cfg, own_keys), "the train run this builds on")

@@ -6,15 +6,13 @@ with it (``exact.*`` columns) and run it first when the store lacks it.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rarespur.atomic import atomic_path, write_atomic
-from rarespur.evaluate import score_model, to_tensor
+from rarespur.evaluate import to_tensor
 from rarespur.experiments.common import (
     epoch_callback,
     load_data,
@@ -24,8 +22,8 @@ from rarespur.experiments.common import (
     poisoned_data,
     train_settings,
 )
-from rarespur.experiments.train import HISTORY, baseline_comparison, save_indicators
-from rarespur.store import MODEL, TRAIN_STATE, RunDir
+from rarespur.experiments.train import baseline_comparison, save_and_score
+from rarespur.store import TRAIN_STATE, RunDir
 from rarespur.train import train_model
 
 log = logging.getLogger(__name__)
@@ -60,14 +58,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
         on_epoch=epoch_callback(settings.epochs, cfg["progress"], run_dir),
         checkpoint_every=cfg["checkpoint_every"],
     )
-    with atomic_path(run_dir.file(MODEL)) as tmp:
-        torch.save(model.state_dict(), tmp)
-    metrics, indicators = score_model(
-        model, data.test_x, data.test_y, poisoned.pattern, poisoned.seed, poisoned.targets,
-        cfg["eval"]["eps"], device, cfg["eval"]["batch_size"],
-    )
-    save_indicators(run_dir, indicators)
-    write_atomic(run_dir.file(HISTORY), json.dumps(history))
+    metrics, indicators = save_and_score(cfg, run_dir, model, poisoned, history, device)
     train_cfg = parent_train_config(cfg, ())
     return {
         **metrics,

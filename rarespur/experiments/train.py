@@ -18,6 +18,7 @@ import torch
 from rarespur.atomic import atomic_path, write_atomic
 from rarespur.evaluate import score_model, to_tensor, welch_p_value
 from rarespur.experiments.common import (
+    PoisonedData,
     epoch_callback,
     load_data,
     make_model,
@@ -76,6 +77,26 @@ def baseline_comparison(cfg: dict[str, Any], indicators: dict[int, np.ndarray], 
     return out
 
 
+def save_and_score(
+    cfg: dict[str, Any],
+    run_dir: RunDir,
+    model: torch.nn.Module,
+    poisoned: PoisonedData,
+    history: list[dict],
+    device: torch.device,
+) -> tuple[dict[str, float], dict[int, np.ndarray]]:
+    """Store a freshly trained model (weights, history, per-image indicators) and score it (SPEC 1.6)."""
+    with atomic_path(run_dir.file(MODEL)) as tmp:
+        torch.save(model.state_dict(), tmp)
+    write_atomic(run_dir.file(HISTORY), json.dumps(history))
+    metrics, indicators = score_model(
+        model, poisoned.data.test_x, poisoned.data.test_y, poisoned.pattern, poisoned.seed, poisoned.targets,
+        cfg["eval"]["eps"], device, cfg["eval"]["batch_size"],
+    )
+    save_indicators(run_dir, indicators)
+    return metrics, indicators
+
+
 def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     """Poison, train (or reuse the identical finished model), score, compare with the baseline."""
     device = pick_device(cfg["device"])
@@ -104,14 +125,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
             checkpoint_every=cfg["checkpoint_every"],
             final_state=run_dir.file(FINAL_STATE),
         )
-    with atomic_path(run_dir.file(MODEL)) as tmp:
-        torch.save(model.state_dict(), tmp)
-    metrics, indicators = score_model(
-        model, data.test_x, data.test_y, poisoned.pattern, poisoned.seed, poisoned.targets,
-        cfg["eval"]["eps"], device, cfg["eval"]["batch_size"],
-    )
-    save_indicators(run_dir, indicators)
-    write_atomic(run_dir.file(HISTORY), json.dumps(history))
+    metrics, indicators = save_and_score(cfg, run_dir, model, poisoned, history, device)
     return {
         **metrics,
         **baseline_comparison(cfg, indicators, Path(cfg["results_dir"])),
