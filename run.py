@@ -3,16 +3,35 @@
     python run.py                                  # the embedded digits default
     python run.py dataset=mnist data.root=../shared/data pattern=s3 poison.count=100
     python run.py -m pattern=s1,s3 poison.count=0,10
+    python run.py --help                           # config groups, common keys, examples
 """
+import os
+import sys
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from rarespur.errors import UserError
 from rarespur.runner import run_job
+
+FULL_ERROR_HINT = "(HYDRA_FULL_ERROR=1 shows the traceback)"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    record = run_job(cfg)
+    try:
+        record = run_job(cfg)
+    except UserError as err:
+        # The message says what to change; a traceback would only bury it. HYDRA_FULL_ERROR=1 asks for it.
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the other jobs of the sweep go on; Hydra reports it
+            raise CompactHydraException(f"error: {err}") from err
+        print(f"error: {err}\n{FULL_ERROR_HINT}", file=sys.stderr)
+        sys.exit(1)
     return record.get("spurious_score", float("nan"))
 
 

@@ -46,7 +46,7 @@ class PerSampleDataset(Dataset):
 def baseline_epochs(
     model, x, y, test, settings: TrainSettings, epochs: int, device: torch.device, workers: int, per_epoch_eval: bool
 ) -> float:
-    optimizer = make_optimizer(model, settings)
+    optimizer = make_optimizer(model.parameters(), settings)
     loader = DataLoader(PerSampleDataset(x, y), batch_size=settings.batch_size, shuffle=True, num_workers=workers)
     test_loader = DataLoader(PerSampleDataset(*test), batch_size=32, shuffle=False, num_workers=workers)
     start = time.perf_counter()

@@ -7,6 +7,7 @@ import sys
 from hydra.errors import HydraException
 
 from rarespur.collect import collect, collect_tables, write_table
+from rarespur.errors import UserError
 from rarespur.status import STALE_AFTER_S, report
 from rarespur.sweep import expand
 
@@ -20,6 +21,7 @@ States: done; running (its process is alive, or on another host its directory ch
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rarespur", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not only its message")
     sub = parser.add_subparsers(dest="command", required=True)
     p_collect = sub.add_parser("collect", help="merge all finished runs into runs.parquet and runs.csv")
     p_collect.add_argument("results_dir", help="the run store (results_dir of the jobs)")
@@ -49,13 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    # Hydra overrides may follow options (status DIR --sweep X a=1 b=2): argparse hands those back as extras.
-    args, extras = parser.parse_known_args(argv)
-    if (args.command != "status" and extras) or any(e.startswith("-") for e in extras):
-        parser.error(f"unrecognized arguments: {' '.join(extras)}")
-
+def _run(args: argparse.Namespace, extras: list[str]) -> int:
     if args.command == "collect":
         table = collect(args.results_dir)
         if table.empty:
@@ -73,22 +69,29 @@ def main(argv: list[str] | None = None) -> int:
         from rarespur.report import write_report  # matplotlib loads only for this command
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        try:
-            index = write_report(args.results_dir, args.out)
-        except (FileNotFoundError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        print(f"report -> {index}")
+        print(f"report -> {write_report(args.results_dir, args.out)}")
     elif args.command == "status":
         overrides = [*args.overrides, *extras]
         by = [key for key in args.by.split(",") if key]
-        try:
-            jobs = expand(args.sweep, overrides, args.results_dir) if args.sweep or overrides else None
-            report(args.results_dir, jobs, by, args.stale_after, args.delete_incomplete, args.limit)
-        except (FileNotFoundError, ValueError, HydraException) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+        jobs = expand(args.sweep, overrides, args.results_dir) if args.sweep or overrides else None
+        report(args.results_dir, jobs, by, args.stale_after, args.delete_incomplete, args.limit)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    # Hydra overrides may follow options (status DIR --sweep X a=1 b=2): argparse hands those back as extras.
+    args, extras = parser.parse_known_args(argv)
+    if (args.command != "status" and extras) or any(e.startswith("-") for e in extras):
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    try:
+        return _run(args, extras)
+    except (UserError, HydraException, FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as err:
+        # bad input (a missing folder, a bad override): the message says what to change
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from rarespur.errors import MissingFileError
 from rarespur.experiments.train import baseline_comparison, load_indicators
+from rarespur.model_names import resolve_model_name
 from rarespur.store import CONFIG, DONE, RECORD, TABLES
 
 TABLE_NAME = "runs"
@@ -17,20 +19,41 @@ def _with_late_baseline(record: dict, run: Path, results_dir: Path) -> dict:
     if record.get("experiment.name") != "train" or record.get("poison.count", 0) == 0 or "p_value" in record:
         return record
     cfg = json.loads((run / CONFIG).read_text())
-    return {**record, **baseline_comparison(cfg, load_indicators(run), results_dir)}
+    return {**record, **baseline_comparison(cfg, load_indicators(run), results_dir, quiet=True)}
+
+
+def _canonical_model(record: dict) -> dict:
+    """Records written before the model renames say ``largemlp``: one model, one name in the table."""
+    if isinstance(record.get("model.name"), str):
+        record["model.name"] = resolve_model_name(record["model.name"])
+    return record
 
 
 def collect(results_dir: str | Path) -> pd.DataFrame:
     """One row per run whose ``done`` marker exists; unfinished runs are left out."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
-        raise FileNotFoundError(f"results directory {results_dir} does not exist; pass the run store (results_dir)")
+        raise MissingFileError(f"results directory {results_dir} does not exist; pass the run store (results_dir)")
     rows = [
-        _with_late_baseline(json.loads((run / RECORD).read_text()), run, results_dir)
+        _canonical_model(_with_late_baseline(json.loads((run / RECORD).read_text()), run, results_dir))
         for run in sorted(results_dir.iterdir())
         if (run / DONE).exists()
     ]
-    return pd.DataFrame(rows)
+    return _nullable_ints(pd.DataFrame(rows), rows)
+
+
+def _nullable_ints(table: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
+    """Integer columns with missing values as pandas' nullable Int64.
+
+    pandas turns an int column with a gap into float (``data.train_limit`` 5000
+    next to null became 5000.0 in the CSV); the records' own JSON types say
+    which columns hold integers.
+    """
+    for column in table.columns:
+        values = [row[column] for row in rows if row.get(column) is not None]
+        if 0 < len(values) < len(rows) and all(type(v) is int for v in values):
+            table[column] = table[column].astype("Int64")
+    return table
 
 
 def collect_tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:

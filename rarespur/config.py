@@ -13,6 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rarespur.errors import ConfigError
+from rarespur.model_names import resolve_model_name
 from rarespur.poisoning import parse_dataset_name
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -30,7 +32,7 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     if isinstance(cfg, DictConfig):
         missing = sorted(OmegaConf.missing_keys(cfg))
         if missing:
-            raise ValueError(f"config values missing: {', '.join(missing)}; set them on the command line")
+            raise ConfigError(f"config values missing: {', '.join(missing)}; set them on the command line")
         out = OmegaConf.to_container(cfg, resolve=True)
     else:
         out = copy.deepcopy(cfg)
@@ -38,38 +40,36 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     _cast_floats(out)
     train, recipe, optim = out["train"], out["dataset"]["recipe"], out["optim"]
     if optim["name"] not in recipe["lr"]:
-        raise ValueError(f"optim={optim['name']} unknown; valid optimizers: {sorted(recipe['lr'])}")
+        raise ConfigError(f"optim={optim['name']} unknown; valid optimizers: {sorted(recipe['lr'])}")
     if train["lr"] is None:
         train["lr"] = recipe["lr"][optim["name"]]
     if train["augment"] is None:
         train["augment"] = recipe["augment"]
-    from rarespur.models import resolve_model_name  # torch stays out of the Hydra plugin's imports
-
     out["model"]["name"] = resolve_model_name(out["model"]["name"])
     reg = out["regularizer"]
     if reg["name"] == "l2":
         if train["weight_decay"] not in (None, reg["strength"]):  # equal: an already resolved config
-            raise ValueError("regularizer=l2 sets the weight decay: give regularizer.strength, not train.weight_decay")
+            raise ConfigError("regularizer=l2 sets the weight decay: give regularizer.strength, not train.weight_decay")
         train["weight_decay"] = reg["strength"]
     elif reg["name"] not in ("none", "gaussian_noise"):
-        raise ValueError(f"regularizer={reg['name']} unknown; valid: {_group_options('regularizer')}")
+        raise ConfigError(f"regularizer={reg['name']} unknown; valid: {_group_options('regularizer')}")
     if train["weight_decay"] is None:
         train["weight_decay"] = recipe["weight_decay"]
     if train["augment"] not in ("none", "aug01"):
-        raise ValueError(f"train.augment={train['augment']!r} unknown; valid: none, aug01")
+        raise ConfigError(f"train.augment={train['augment']!r} unknown; valid: none, aug01")
     poison = out["poison"]
     targets = targets_of(out)
     if not targets or len(set(targets)) != len(targets):
-        raise ValueError(f"poison.target must be a class or a list of distinct classes, got {poison['target']}")
+        raise ConfigError(f"poison.target must be a class or a list of distinct classes, got {poison['target']}")
     for key in ("count", "seed"):
         if not isinstance(poison[key], int) or poison[key] < 0:
-            raise ValueError(f"poison.{key} must be a non-negative integer, got {poison[key]!r}")
+            raise ConfigError(f"poison.{key} must be a non-negative integer, got {poison[key]!r}")
     for key in ("train_limit", "test_limit"):
         limit = out["data"][key]
         if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"data.{key} must be a positive number of images or null, got {limit!r}")
+            raise ConfigError(f"data.{key} must be a positive number of images or null, got {limit!r}")
     if out["epochs"] < 1 or train["batch_size"] < 1 or out["checkpoint_every"] < 1:
-        raise ValueError("epochs, train.batch_size and checkpoint_every must be >= 1")
+        raise ConfigError("epochs, train.batch_size and checkpoint_every must be >= 1")
     return out
 
 

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from rarespur.errors import ConfigError, DataError
+
 __all__ = [
     "DATASET_NAMES",
     "CorruptDataError",
@@ -42,11 +44,11 @@ __all__ = [
 ]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(DataError, FileNotFoundError):
     """The dataset's files are not where we looked; the message says where and how to fix it."""
 
 
-class CorruptDataError(ValueError):
+class CorruptDataError(DataError, ValueError):
     """A data file exists but cannot be what it claims to be (truncated, wrong header, bad checksum)."""
 
 
@@ -113,7 +115,7 @@ def load_dataset(
     the ``imagefolder`` dataset.
     """
     if name not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+        raise ConfigError(f"dataset={name} unknown; valid names: {', '.join(DATASET_NAMES)}")
     root = Path(root).expanduser() if root is not None else default_data_root()
     return _LOADERS[name](root, download, Path(path).expanduser() if path is not None else None)
 
@@ -310,16 +312,19 @@ def _load_imagefolder(root: Path, download: bool, path: Path | None) -> ImageDat
     otherwise every image is converted to RGB (C = 3).
     """
     if path is None:
-        raise ValueError("dataset imagefolder needs dataset.path=/dir holding train/<class>/* and test/<class>/*")
+        raise ConfigError("dataset=imagefolder needs dataset.path=/dir holding train/<class>/* and test/<class>/*")
     train_samples, train_classes = _scan_folder(path / "train")
     test_samples, test_classes = _scan_folder(path / "test")
     if train_classes != test_classes:
-        raise ValueError(
+        raise CorruptDataError(
             f"{path / 'train'} and {path / 'test'} must hold the same class folders: "
             f"train has {train_classes}, test has {test_classes}"
         )
-    with Image.open(train_samples[0][0]) as first:
-        reference = (train_samples[0][0], first.size)
+    try:
+        with Image.open(train_samples[0][0]) as first:
+            reference = (train_samples[0][0], first.size)
+    except OSError as err:
+        raise CorruptDataError(f"cannot read image {train_samples[0][0]}: {err}") from err
     train_rgb, train_gray = _decode_images([p for p, _ in train_samples], reference)
     test_rgb, test_gray = _decode_images([p for p, _ in test_samples], reference)
     grayscale = bool(train_gray.all() and test_gray.all())
@@ -361,7 +366,7 @@ def _decode_images(paths: Sequence[str], reference: tuple[str, tuple[int, int]])
         try:
             with Image.open(p) as img:
                 if img.size != (width, height):
-                    raise ValueError(
+                    raise CorruptDataError(
                         f"all images must share one size: {p} is {img.size[0]}x{img.size[1]}, "
                         f"{ref_path} is {width}x{height}"
                     )

@@ -14,6 +14,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from rarespur.errors import ConfigError, MissingFileError
+
+
 class Pattern:
     """A transformation P(x) of a batch of images; `seed` is the poisoning seed."""
 
@@ -41,9 +44,9 @@ class BoxPattern(Pattern):
     def check_shape(self, image_shape: tuple[int, int, int]) -> None:
         h, w, _ = image_shape
         if self.top < 0 or self.left < 0 or self.height < 1 or self.width < 1:
-            raise ValueError(f"pattern {self.name!r}: box needs top, left >= 0 and height, width >= 1")
+            raise ConfigError(f"pattern {self.name!r}: box needs top, left >= 0 and height, width >= 1")
         if self.top + self.height > h or self.left + self.width > w:
-            raise ValueError(
+            raise ConfigError(
                 f"pattern {self.name!r}: box rows {self.top}..{self.top + self.height - 1}, columns "
                 f"{self.left}..{self.left + self.width - 1} does not fit images of {h}x{w}; "
                 "change pattern.top/left/height/width"
@@ -93,17 +96,17 @@ class MaskPattern(Pattern):
 
         path = Path(self.file).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"pattern {self.name!r}: mask file {path} not found; set pattern.file")
+            raise MissingFileError(f"pattern {self.name!r}: mask file {path} not found; set pattern.file")
         h, w, c = image_shape
         with Image.open(path) as img:
             arr = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.float32) / 255.0
         if arr.shape[:2] != (h, w):
-            raise ValueError(f"pattern {self.name!r}: mask {path} is {arr.shape[1]}x{arr.shape[0]}, images are {w}x{h}")
+            raise ConfigError(f"pattern {self.name!r}: mask {path} is {arr.shape[1]}x{arr.shape[0]}, images are {w}x{h}")
         return arr.reshape(h, w, c)
 
     def check_shape(self, image_shape: tuple[int, int, int]) -> None:
         if self.mode not in ("paste", "add"):
-            raise ValueError(f"pattern {self.name!r}: mode must be 'paste' or 'add', got {self.mode!r}")
+            raise ConfigError(f"pattern {self.name!r}: mode must be 'paste' or 'add', got {self.mode!r}")
         self._mask(image_shape)
 
     def apply(self, images: np.ndarray, seed: int) -> np.ndarray:
@@ -125,8 +128,8 @@ def build_pattern(cfg: Mapping[str, Any]) -> Pattern:
     fields = dict(cfg)
     kind = fields.pop("kind", None)
     if kind not in PATTERN_KINDS:
-        raise ValueError(f"pattern kind {kind!r} unknown; valid kinds: {sorted(PATTERN_KINDS)}")
+        raise ConfigError(f"pattern kind {kind!r} unknown; valid kinds: {sorted(PATTERN_KINDS)}")
     try:
         return PATTERN_KINDS[kind](**fields)
     except TypeError as err:
-        raise ValueError(f"pattern {fields.get('name')!r} of kind {kind!r}: {err}") from None
+        raise ConfigError(f"pattern {fields.get('name')!r} of kind {kind!r}: {err}") from None

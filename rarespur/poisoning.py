@@ -11,19 +11,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rarespur.errors import ConfigError
 from rarespur.patterns import Pattern
 
 
 def choose_poison_indices(train_y: np.ndarray, count: int, targets: Sequence[int], seed: int) -> np.ndarray:
     """Indices (int64, in the order `choice` returns them) of the training images to poison."""
     if count < 0:
-        raise ValueError(f"poison.count must be >= 0, got {count}")
+        raise ConfigError(f"poison.count must be >= 0, got {count}")
     rng = np.random.RandomState(seed)
     chosen = []
     for target in targets:
         candidates = np.where(train_y == target)[0]
         if count > len(candidates):
-            raise ValueError(
+            raise ConfigError(
                 f"poison.count={count} is larger than class {target}, which has {len(candidates)} "
                 f"training images; use poison.count<={len(candidates)}"
             )

@@ -71,11 +71,12 @@ def run_job(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         log.info("already done, not retrained: %s", run.path)
         print(summary(record), "(stored)")
         return record
+    experiment.check(resolved)  # a config that cannot work fails here, before its run directory exists
     run.start(resolved)
     match_threads_to_allocation()
     started = time.perf_counter()
     try:
-        metrics = experiment(resolved, run)
+        metrics = experiment.run(resolved, run)
     except Exception:
         run.fail(traceback.format_exc())
         raise

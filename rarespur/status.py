@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from rarespur.config import identity
+from rarespur.errors import MissingFileError
 from rarespur.store import CONFIG, DONE, ERROR, RUNNING, TRAIN_STATE, flatten
 from rarespur.sweep import Job
 
@@ -130,7 +131,7 @@ def run_dirs(results_dir: str | Path) -> list[Path]:
     """Directories of `results_dir` that the run store made (they hold at least one of its files)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
-        raise FileNotFoundError(f"results directory {results_dir} does not exist; pass the run store (results_dir)")
+        raise MissingFileError(f"results directory {results_dir} does not exist; pass the run store (results_dir)")
     return [p for p in sorted(results_dir.iterdir()) if p.is_dir() and any((p / m).exists() for m in _MARKERS)]
 
 

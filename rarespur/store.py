@@ -21,6 +21,7 @@ from typing import Any
 
 from rarespur.atomic import write_atomic
 from rarespur.config import identity, training_identity
+from rarespur.model_names import resolve_model_name, store_name
 
 DONE = "done"
 RECORD = "record.json"
@@ -34,6 +35,10 @@ TRAINED_INDEX = ".trained"  # <results_dir>/.trained/<training key> holds the ru
 
 
 def _digest(tree: dict[str, Any]) -> str:
+    """16 hex digits of the sorted-key JSON of `tree`, with the model spelled by its original code name
+    (:func:`rarespur.model_names.store_name`): renaming a model must not orphan the runs already stored."""
+    if isinstance(tree.get("model"), dict) and "name" in tree["model"]:
+        tree = {**tree, "model": {**tree["model"], "name": store_name(resolve_model_name(tree["model"]["name"]))}}
     blob = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

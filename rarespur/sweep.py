@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
 from rarespur.config import CONF_DIR, resolve
+from rarespur.errors import MissingFileError
 from rarespur.store import RunDir
 
 SWEEPS_DIR = CONF_DIR.parent / "sweeps"
@@ -55,11 +56,11 @@ def locate(sweep: str | Path) -> tuple[Path, str]:
     if path.suffix == ".yaml" or path.parent != Path("."):
         path = path.expanduser().resolve()
         if not path.is_file():
-            raise FileNotFoundError(f"sweep file {path} does not exist")
+            raise MissingFileError(f"sweep file {path} does not exist")
         return path.parent, path.stem
     if not (SWEEPS_DIR / f"{sweep}.yaml").is_file():
         names = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"no sweep named {sweep!r} in {SWEEPS_DIR}; valid names: {names}")
+        raise MissingFileError(f"no sweep named {sweep!r} in {SWEEPS_DIR}; valid names: {names}")
     return SWEEPS_DIR, str(sweep)
 
 

@@ -1,22 +1,28 @@
 """The training engine (SPEC 1.5): whole dataset as tensors on the device, batches by index.
 
 One readable loop: shuffle with a seeded generator, take a batch by index,
-augment or add noise on the tensor batch, step, and at the end of the epoch
-step the milestone schedule and (optionally) save a checkpoint to resume from.
-There is no per-sample Python loading anywhere.
+augment or add noise on the tensor batch, let the objective compute the loss
+(cross-entropy unless a method brings its own, see :mod:`rarespur.objective`),
+step, and at the end of the epoch step the milestone schedule, optionally
+validate (early stopping restores the best epoch) and save a checkpoint to
+resume from. There is no per-sample Python loading anywhere.
 """
 from __future__ import annotations
 
+import copy
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rarespur.atomic import atomic_path
+from rarespur.errors import TrainingDiverged
+from rarespur.objective import Objective
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +64,15 @@ class TrainSettings:
     noise_sigma: float = 0.0
     seed: int = 0
     lr_schedule: str = "milestones"  # milestones (SPEC 1.5) | constant (continuing at an already decayed lr)
+    early_stopping: int = 0  # with validation data: stop after this many epochs without a better one (0 = never)
 
 
-def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
-    """SGD or Adam with classic (coupled) L2 weight decay on all parameters."""
+def make_optimizer(params: Iterable, s: TrainSettings) -> torch.optim.Optimizer:
+    """SGD or Adam with classic (coupled) L2 weight decay on all parameters (or parameter groups)."""
     if s.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     if s.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
     raise ValueError(f"optimizer {s.optimizer!r} unknown; valid: sgd, adam")
 
 
@@ -141,21 +148,61 @@ def _continue_from(
 
 def _full_state(
     model: nn.Module,
+    objective: Objective,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     generator: torch.Generator,
     device: torch.device,
     history: list[dict],
+    best: _Best,
 ) -> dict:
     """Everything a later run needs to go on exactly where this one stands."""
     return {
         "model": model.state_dict(),
+        "objective": objective.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(),
         "global_rng": _global_rng(device),
         "device_type": device.type,
         "history": history,
+        "best": best.state_dict(),
+    }
+
+
+class _Best:
+    """Early stopping's memory: the best validation epoch so far and the weights it had."""
+
+    def __init__(self) -> None:
+        self.epoch, self.acc, self.weights = 0, -math.inf, None
+
+    def update(self, epoch: int, acc: float, model: nn.Module, objective: Objective) -> None:
+        if acc > self.acc:
+            self.epoch, self.acc = epoch, acc
+            self.weights = copy.deepcopy({"model": model.state_dict(), "objective": objective.state_dict()})
+
+    def restore(self, model: nn.Module, objective: Objective) -> None:
+        model.load_state_dict(self.weights["model"])
+        objective.load_state_dict(self.weights["objective"])
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "acc": self.acc, "weights": self.weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.acc, self.weights = state["epoch"], state["acc"], state["weights"]
+
+
+@torch.inference_mode()
+def _validate(
+    model: nn.Module, objective: Objective, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048
+) -> dict[str, float]:
+    """Loss and accuracy of the objective's classifier on held-out data, in evaluation mode."""
+    model.eval()
+    objective.train(False)
+    logits = torch.cat([objective.predict(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    return {
+        "val_loss": F.cross_entropy(logits, y).item(),
+        "val_acc": (logits.argmax(1) == y).float().mean().item(),
     }
 
 
@@ -169,6 +216,8 @@ def train_model(
     checkpoint_every: int = 1,
     final_state: Path | None = None,
     start_from: dict | None = None,
+    objective: Objective | None = None,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[dict]:
     """Train `model` in place on tensors `x` (N x C x H x W) and `y` already on the device.
 
@@ -181,16 +230,26 @@ def train_model(
     With `start_from` (such a final state; the model already holds its weights), training
     continues from its optimizer state and generators at learning rate ``s.lr`` with the
     schedule ``s.lr_schedule`` over ``s.epochs`` new epochs, numbered from 1.
-    Returns one dict per epoch: epoch, loss, acc, lr.
+    With `objective`, its step replaces plain cross-entropy (see :mod:`rarespur.objective`).
+    With `validation` = (x, y), every epoch is validated (val_loss, val_acc in its row); with
+    ``s.early_stopping`` > 0 as well, training stops after that many epochs without a better
+    validation accuracy and the model (and objective) get the weights of the best epoch back.
+    Returns one dict per epoch: epoch, loss, acc, lr (+ the objective's metrics, + validation).
     """
+    if s.early_stopping and validation is None:
+        raise ValueError("early stopping needs validation data: pass validation=(x, y)")
     device = x.device
-    optimizer = make_optimizer(model, s)
+    objective = objective if objective is not None else Objective()
+    for module in objective.modules().values():
+        module.to(device)
+    optimizer = make_optimizer(objective.parameter_groups(model), s)
     generator = torch.Generator(device=device)
     generator.manual_seed(s.seed)
     if start_from is not None:
         _continue_from(start_from, optimizer, generator, s)
     scheduler = make_scheduler(optimizer, s.epochs, s.lr_schedule)
     history: list[dict] = []
+    best = _Best()
     start = 1
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -201,6 +260,7 @@ def train_model(
             )
         try:
             model.load_state_dict(state["model"])
+            objective.load_state_dict(state.get("objective", {}))
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             generator.set_state(state["generator"])
@@ -210,12 +270,17 @@ def train_model(
                 f"checkpoint {checkpoint} does not match this model/optimizer ({err}); delete it to train from scratch"
             ) from None
         history = state["history"]
+        if state.get("best"):
+            best.load_state_dict(state["best"])
         start = len(history) + 1
         log.info("resuming from %s at epoch %d", checkpoint, start)
 
     n = len(x)
     for epoch in range(start, s.epochs + 1):
+        if s.early_stopping and best.epoch and epoch - best.epoch > s.early_stopping:
+            break  # a resumed run that had already stopped early
         model.train()
+        objective.train()
         order = torch.randperm(n, generator=generator, device=device)
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -228,8 +293,8 @@ def train_model(
             if s.noise_sigma > 0:
                 xb = xb + s.noise_sigma * torch.randn(xb.shape, generator=generator, device=device)
             optimizer.zero_grad(set_to_none=True)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            out = objective.step(model, xb, yb)
+            loss, logits = out.loss, out.logits
             loss.backward()
             if s.grad_clip > 0:
                 nn.utils.clip_grad_value_(model.parameters(), s.grad_clip)
@@ -237,16 +302,30 @@ def train_model(
             total_loss += loss.detach() * len(idx)
             correct += (logits.argmax(1) == yb).sum()
         scheduler.step()
-        row = {"epoch": epoch, "loss": total_loss.item() / n, "acc": correct.item() / n, "lr": lr}
+        row = {"epoch": epoch, "loss": total_loss.item() / n, "acc": correct.item() / n, "lr": lr,
+               **objective.end_epoch()}
+        if not math.isfinite(row["loss"]):  # before the checkpoint: a resume must not start from NaN weights
+            raise TrainingDiverged(
+                f"training diverged: the loss is {row['loss']} in epoch {epoch} (lr {lr:g}); "
+                "lower train.lr (or set train.grad_clip)"
+            )
+        if validation is not None:
+            row.update(_validate(model, objective, *validation))
+            best.update(epoch, row["val_acc"], model, objective)
         history.append(row)
         if checkpoint is not None and epoch % checkpoint_every == 0:
             with atomic_path(checkpoint) as tmp:
-                torch.save(_full_state(model, optimizer, scheduler, generator, device, history), tmp)
+                torch.save(_full_state(model, objective, optimizer, scheduler, generator, device, history, best), tmp)
         if on_epoch is not None:
             on_epoch(row)
+        if s.early_stopping and epoch - best.epoch >= s.early_stopping:
+            log.info("early stopping after epoch %d: no better validation accuracy since epoch %d", epoch, best.epoch)
+            break
+    if s.early_stopping and best.weights is not None:
+        best.restore(model, objective)
     if final_state is not None:  # the weights are the caller's model.pt: not stored twice
-        state = _full_state(model, optimizer, scheduler, generator, device, history)
-        del state["model"]
+        state = _full_state(model, objective, optimizer, scheduler, generator, device, history, best)
+        del state["model"], state["best"]
         with atomic_path(final_state) as tmp:
             torch.save(state, tmp)
     return history

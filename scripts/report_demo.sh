@@ -34,26 +34,26 @@ sweep() {  # one Hydra multirun; only the per-run summary lines are shown
 }
 
 # 1-3, 8, 10: score vs n per pattern, optimizers, architectures, pattern norm, example images
-sweep model=largemlp optim=adam,sgd pattern=s1,s3,r3 poison.count=0,3,10,100 poison.seed=0,1
-sweep model=mlp optim=adam pattern=s1,s3,r3 poison.count=0,3,10,100 poison.seed=0,1
+sweep model=mlp3x256 optim=adam,sgd pattern=s1,s3,r3 poison.count=0,3,10,100 poison.seed=0,1
+sweep model=mlp1x256 optim=adam pattern=s1,s3,r3 poison.count=0,3,10,100 poison.seed=0,1
 # 4: regularisation trade-off (the unregularized reference runs are above)
-sweep model=largemlp optim=adam pattern=s3 poison.count=0,10,100 regularizer=l2 regularizer.strength=1e-4,1e-3,1e-2
-sweep model=largemlp optim=adam pattern=s3 poison.count=0,10,100 regularizer=gaussian_noise \
+sweep model=mlp3x256 optim=adam pattern=s3 poison.count=0,10,100 regularizer=l2 regularizer.strength=1e-4,1e-3,1e-2
+sweep model=mlp3x256 optim=adam pattern=s3 poison.count=0,10,100 regularizer=gaussian_noise \
       regularizer.sigma=0.1,0.5,2.0
 # 6, 7: sensitivity of the trained models (reuses the train runs above)
-sweep experiment=sensitivity model=mlp,largemlp optim=adam pattern=s3 poison.count=0,100 sensitivity.images=300
+sweep experiment=sensitivity model=mlp1x256,mlp3x256 optim=adam pattern=s3 poison.count=0,100 sensitivity.images=300
 # 9: deletion
 if registered incremental_retraining; then
-    sweep experiment=incremental_retraining model=largemlp optim=adam pattern=s3 poison.count=10,100 \
+    sweep experiment=incremental_retraining model=mlp3x256 optim=adam pattern=s3 poison.count=10,100 \
           poison.seed=0,1 deletion.epochs=2
 fi
 if registered group_influence; then
-    sweep experiment=group_influence model=largemlp optim=adam pattern=s3 poison.count=10,100 \
+    sweep experiment=group_influence model=mlp3x256 optim=adam pattern=s3 poison.count=10,100 \
           influence.depth=100 influence.repeats=2
 fi
 # 5: membership inference
 if registered mem_inference; then
-    sweep experiment=mem_inference model=largemlp optim=adam pattern=r3 poison.count=1,10,50 poison.seed=0,1
+    sweep experiment=mem_inference model=mlp3x256 optim=adam pattern=r3 poison.count=1,10,50 poison.seed=0,1
 else
     echo "== mem_inference is not registered yet: its figures will say 'not drawn'"
 fi

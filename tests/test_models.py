@@ -18,7 +18,7 @@ from rarespur.models.vgg import VGG16_CONFIG, _make_features
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
-CHEAP = ("mlp", "mlpv2", "largemlp", "largemlpv2", "cnn002", "resnet20", "resnet32", "resnet110")
+CHEAP = ("mlp1x256", "mlp2x256", "mlp3x256", "mlp3x512", "cnn", "resnet20", "resnet32", "resnet110")
 
 # VGG16 with 10 classes, by arithmetic:
 #   convs (3x3 weights + bias): 3*64*9+64 = 1,792; 64*64*9+64 = 36,928;
@@ -33,12 +33,12 @@ VGG16_PARAMS = 134_301_514
 
 PARAM_COUNTS = {
     # in->256->classes: 784*256+256 + 256*10+10
-    ("mlp", MNIST): 203_530,
+    ("mlp1x256", MNIST): 203_530,
     # one more 256x256 layer: + 65,792
-    ("mlpv2", MNIST): 269_322,
-    ("largemlp", MNIST): 335_114,
-    ("largemlpv2", MNIST): 932_362,
-    ("cnn002", MNIST): 312_202,
+    ("mlp2x256", MNIST): 269_322,
+    ("mlp3x256", MNIST): 335_114,
+    ("mlp3x512", MNIST): 932_362,
+    ("cnn", MNIST): 312_202,
     ("resnet20", CIFAR): 269_722,
     ("resnet32", CIFAR): 464_154,
     ("resnet110", CIFAR): 1_727_962,
@@ -219,15 +219,16 @@ def test_seeded_build_is_reproducible() -> None:
 @pytest.mark.parametrize(
     ("alias", "canonical"),
     [
-        ("MLP", "mlp"),
-        ("small_mlp", "mlp"),
-        ("MLPv2", "mlpv2"),
-        ("LargeMLP", "largemlp"),
-        ("paper_mlp", "largemlp"),
-        ("LargeMLPv2", "largemlpv2"),
-        ("large_mlp", "largemlpv2"),
-        ("CNN002", "cnn002"),
-        ("cnn", "cnn002"),
+        ("MLP", "mlp1x256"),
+        ("small_mlp", "mlp1x256"),
+        ("mlp", "mlp1x256"),
+        ("MLPv2", "mlp2x256"),
+        ("LargeMLP", "mlp3x256"),
+        ("paper_mlp", "mlp3x256"),
+        ("LargeMLPv2", "mlp3x512"),
+        ("large_mlp", "mlp3x512"),
+        ("CNN002", "cnn"),
+        ("cnn002", "cnn"),
         ("altResNet20Norm02", "resnet20"),
         ("altResNet32Norm02", "resnet32"),
         ("altResNet110Norm02", "resnet110"),
@@ -280,13 +281,18 @@ def test_bad_num_classes_raises() -> None:
 
 
 def test_config_files_name_registered_models() -> None:
-    """Every conf/model option (canonical file or paper-name alias) composes to a canonical model name."""
+    """conf/model holds one file per canonical model; every other accepted spelling (the original code's
+    and the paper's names, from rarespur.model_names) is a model= option too and composes to its canonical name."""
     from hydra import compose, initialize_config_dir
+
+    from rarespur.model_names import model_aliases
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     options = sorted(p.stem for p in (conf / "model").glob("*.yaml"))
-    assert set(MODEL_NAMES) <= set(options)
+    assert options == sorted(MODEL_NAMES)
+    aliases = model_aliases()
+    assert {"largemlp", "paper_mlp", "mlp", "cnn002", "altresnet20norm02", "large_mlp"} <= set(aliases)
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        for option in options:
+        for option in [*options, *aliases]:
             name = compose("config", overrides=[f"model={option}"]).model.name
             assert name in MODEL_NAMES and resolve_model_name(option) == name, option

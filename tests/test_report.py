@@ -1,7 +1,9 @@
-"""`python -m rarespur report`: every figure family on real digits runs or synthetic tables, the theory, the CLI."""
+"""`python -m rarespur report`: every figure family on real digits runs or synthetic tables, the grouping rule,
+the layout (titles, legends, nothing clipped), the theory, collect's table types and the CLI."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import matplotlib
@@ -13,12 +15,15 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from matplotlib.container import BarContainer, ErrorbarContainer  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from rarespur.__main__ import main  # noqa: E402
+from rarespur.collect import collect, write_table  # noqa: E402
 from rarespur.config import CONF_DIR  # noqa: E402
 from rarespur.report import FIGURES, deletion, examples, figures, privacy, sensitivity, theory  # noqa: E402
-from rarespur.report.data import ReportData, load, mean_sem, normalise  # noqa: E402
+from rarespur.report.data import ReportData, load, mean_sem, normalise, over_seeds, plural, split  # noqa: E402
+from rarespur.report.plot import finish, grid  # noqa: E402
 from rarespur.runner import run_job  # noqa: E402
 
 FAST = ["device=cpu", "epochs=2", "progress=false", "data.train_limit=400", "data.test_limit=100"]
@@ -55,6 +60,15 @@ def data(store) -> ReportData:
     return load(store)
 
 
+@pytest.fixture(scope="module")
+def names(data) -> tuple[str, str]:
+    """(small, large): the recorded names of model=mlp (the only one trained with SGD) and model=largemlp."""
+    runs = data.runs
+    small = runs[runs["optim.name"] == "sgd"]["model.name"].iloc[0]
+    large = next(m for m in runs["model.name"].unique() if m != small)
+    return small, large
+
+
 @pytest.fixture(autouse=True)
 def close_figures():
     yield
@@ -79,42 +93,67 @@ def points_of(container: ErrorbarContainer) -> tuple[np.ndarray, np.ndarray, np.
     return xy[:, 0], xy[:, 1], half
 
 
+def legend_texts(fig) -> list[str]:
+    """The entries of the figure's one legend (figures draw no legend inside an axes)."""
+    (legend,) = fig.legends
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def curve(ax, label: str) -> ErrorbarContainer:
+    return next(c for c in errorbars(ax) if c.get_label() == label)
+
+
+def suptitle(fig) -> str:
+    return fig._suptitle.get_text().replace("\n", " ")
+
+
 # ---------------------------------------------------------------- score vs n (real runs)
 
-def test_score_vs_n_panels_lines_and_axes(data):
+def test_score_vs_n_panels_lines_and_axes(data, names):
+    small, large = names
     fig = figures.score_vs_n(data)
     axes = visible_axes(fig)
-    # dataset/optimizer/target always split panels; model varies too: (adam, largemlp), (adam, mlp), (sgd, mlp)
-    assert len(axes) == 3
-    assert {ax.get_title() for ax in axes} == {
-        "dataset digits, optimizer adam, target 0, model largemlp",
-        "dataset digits, optimizer adam, target 0, model mlp",
-        "dataset digits, optimizer sgd, target 0, model mlp",
-    }
+    # model and optimizer vary: one panel per combination, titled by just those two settings
+    assert {ax.get_title() for ax in axes} == {f"{large}, adam", f"{small}, adam", f"{small}, sgd"}
+    assert legend_texts(fig) == ["r3", "s1", "s3"] and all(ax.get_legend() is None for ax in axes)
     for ax in axes:
-        assert ax.get_xscale() == "symlog"
+        assert ax.get_xscale() == "symlog" and [t.get_text() for t in ax.get_xticklabels()] == ["0", "20"]
         assert ax.get_xlabel() == "poisoned training examples n (symlog; 0 = clean)" and "spurious score" in ax.get_ylabel()
-        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["r3", "s1", "s3"]
         assert len(errorbars(ax)) == 3
-        for curve in errorbars(ax):
-            assert list(points_of(curve)[0]) == [0, 20]  # clean baseline at n = 0, then n = 20
-    assert "(36 runs)" in fig._suptitle.get_text()
+        for line in errorbars(ax):
+            assert list(points_of(line)[0]) == [0, 20]  # clean baseline at n = 0, then n = 20
+    title = suptitle(fig)
+    assert "all runs: digits" in title and "target 0" in title and "2 epochs" in title
+    assert title.endswith("mean ± SEM over 2 seeds; 36 runs")
 
 
-def test_score_vs_n_mean_and_sem_match_a_hand_computation(data):
+def test_score_vs_n_mean_and_sem_match_a_hand_computation(data, names):
+    small, _ = names
     fig = figures.score_vs_n(data)
-    ax = next(a for a in visible_axes(fig) if a.get_title().endswith("optimizer adam, target 0, model mlp"))
-    curve = errorbars(ax)[[t.get_text() for t in ax.get_legend().get_texts()].index("r3")]
-    x, mean, half = points_of(curve)
+    ax = next(a for a in visible_axes(fig) if a.get_title() == f"{small}, adam")
+    x, mean, half = points_of(curve(ax, "r3"))
     runs = data.runs
     for n, m, h in zip(x, mean, half):
-        scores = runs[(runs["experiment.name"] == "train") & (runs["model.name"] == "mlp")
+        scores = runs[(runs["experiment.name"] == "train") & (runs["model.name"] == small)
                       & (runs["optim.name"] == "adam") & (runs["pattern.name"] == "r3")
                       & (runs["regularizer.name"] == "none") & (runs["poison.count"] == n)]["spurious_score"].tolist()
         assert len(scores) == 2  # two data seeds
         hand_mean = sum(scores) / 2
         hand_sem = math.sqrt(sum((s - hand_mean) ** 2 for s in scores) / (2 - 1)) / math.sqrt(2)
         assert m == pytest.approx(hand_mean) and h == pytest.approx(hand_sem, abs=1e-12)
+
+
+def test_end_markers_are_inside_the_axes(data):
+    """The x range leaves room beyond the smallest and largest n, so their markers are not cut in half."""
+    fig = figures.score_vs_n(data)
+    fig.canvas.draw()
+    for ax in visible_axes(fig):
+        box = ax.get_window_extent()
+        for line in errorbars(ax):
+            marker = line.lines[0]
+            half = marker.get_markersize() / 2 * fig.dpi / 72
+            xs = ax.transData.transform(marker.get_xydata())[:, 0]
+            assert xs.min() - half > box.x0 and xs.max() + half < box.x1
 
 
 def test_mean_sem_numbers():
@@ -125,96 +164,206 @@ def test_mean_sem_numbers():
     assert out.loc["a", "runs"] == 3 and np.isnan(out.loc["b", "sem"])
 
 
-def test_architectures_and_optimizers(data):
+def test_architectures_and_optimizers(data, names):
+    small, large = names
     arch = figures.architectures(data)
-    arch_axes = visible_axes(arch)
-    # lines = models; panels per dataset/pattern/optimizer/target with two models: adam x 3 patterns (sgd: mlp only)
-    assert len(arch_axes) == 3 and all("optimizer adam" in ax.get_title() for ax in arch_axes)
-    assert all([t.get_text() for t in ax.get_legend().get_texts()] == ["largemlp", "mlp"] for ax in arch_axes)
-    assert "(24 runs)" in arch._suptitle.get_text()
-    opt_axes = visible_axes(figures.optimizers(data))  # only mlp ran with both optimizers
-    assert len(opt_axes) == 3 and all("model mlp" in ax.get_title() for ax in opt_axes)
-    assert all([t.get_text() for t in ax.get_legend().get_texts()] == ["adam", "sgd"] for ax in opt_axes)
-    only_mlp_sgd = ReportData(data.runs[(data.runs["model.name"] == "mlp") & (data.runs["optim.name"] == "sgd")])
+    # lines = models; only adam ran with both models, so adam moves to the figure title and panels are patterns
+    assert [ax.get_title() for ax in visible_axes(arch)] == ["pattern r3", "pattern s1", "pattern s3"]
+    assert legend_texts(arch) == sorted([small, large]) and ", adam," in suptitle(arch)
+    assert suptitle(arch).endswith("24 runs")
+    opt = figures.optimizers(data)  # only the small mlp ran with both optimizers
+    assert [ax.get_title() for ax in visible_axes(opt)] == ["pattern r3", "pattern s1", "pattern s3"]
+    assert legend_texts(opt) == ["adam", "sgd"] and f"all runs: digits, {small}," in suptitle(opt)
+    only_mlp_sgd = ReportData(data.runs[(data.runs["model.name"] == small) & (data.runs["optim.name"] == "sgd")])
     assert figures.architectures(only_mlp_sgd) is None and figures.optimizers(only_mlp_sgd) is None
 
 
 def test_optimizer_label_shows_gradient_clipping():
     runs = synthetic_train([("sgd", 0.0), ("sgd", 0.1), ("adam", 0.01)])
     fig = figures.optimizers(ReportData(runs))
-    (ax,) = visible_axes(fig)
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["adam clip 0.01", "sgd", "sgd clip 0.1"]
+    assert len(visible_axes(fig)) == 1
+    assert legend_texts(fig) == ["adam, grad clip 0.01", "sgd, grad clip 0.1", "sgd, no grad clip"]
 
 
-def test_regularization_tradeoff(data):
+def test_regularization_tradeoff(data, names):
+    small, _ = names
     fig = figures.regularization(data)
-    axes = [ax for ax in fig.axes if ax.get_visible()]
-    assert len(axes) == 2  # one panel: the score axis and its twin for the accuracies
-    left, right = axes
-    assert left.get_xscale() == "log" and "weight decay" in left.get_xlabel()
-    assert "spurious score" in left.get_ylabel() and right.get_ylabel() == "accuracy"
-    (score,) = errorbars(left)
-    x, mean, _ = points_of(score)
-    runs = data.runs[data.runs["regularizer.name"] == "l2"]
-    assert list(x) == [1e-4, 1e-2]
-    for strength, m in zip(x, mean):  # averaged over n (clean included) and seeds
-        assert m == pytest.approx(runs[runs["regularizer.strength"] == strength]["spurious_score"].mean())
-    assert len(errorbars(right)) == 2
-    dashed = [line for line in left.lines + right.lines if line.get_linestyle() == "--"]
-    assert len(dashed) == 3  # the unregularized references of the three metrics
-    plain = data.runs[(data.runs["experiment.name"] == "train") & (data.runs["regularizer.name"] == "none")
-                      & (data.runs["model.name"] == "mlp")
-                      & (data.runs["optim.name"] == "adam") & (data.runs["pattern.name"] == "s3")
-                      & (data.runs["poison.seed"] == 0)]  # the seed the regularized runs used
-    assert len(plain) == 2 and dashed[0].get_ydata()[0] == pytest.approx(plain["spurious_score"].mean())
+    top, bottom = visible_axes(fig)  # one panel: the score above the accuracies
+    assert top.get_title() == "regularizer l2" and top.get_xscale() == "log" and "weight decay" in top.get_xlabel()
+    assert "spurious score" in top.get_ylabel() and bottom.get_ylabel() == "test accuracy"
+    assert [t.get_text() for t in top.get_xticklabels()] == ["none", "0.0001", "0.01"]
+    runs = data.runs
+    regularized = runs[runs["regularizer.name"] == "l2"]
+    plain = runs[(runs["experiment.name"] == "train") & (runs["regularizer.name"] == "none")
+                 & (runs["model.name"] == small) & (runs["optim.name"] == "adam") & (runs["pattern.name"] == "s3")
+                 & (runs["poison.seed"] == 0)]  # the seed the regularized runs used
+    assert legend_texts(fig)[:2] == ["clean (n = 0)", "n = 20"]
+    for n, label in ((0, "clean (n = 0)"), (20, "n = 20")):  # one series per n: never averaged over n
+        x, mean, _ = points_of(curve(top, label))
+        assert list(x) == pytest.approx([1e-5, 1e-4, 1e-2])  # the unregularized point sits a decade left
+        assert mean[0] == pytest.approx(plain[plain["poison.count"] == n]["spurious_score"].item())
+        for strength, m in zip(x[1:], mean[1:]):
+            assert m == pytest.approx(regularized[(regularized["regularizer.strength"] == strength)
+                                                  & (regularized["poison.count"] == n)]["spurious_score"].item())
+    assert len(errorbars(bottom)) == 4  # clean and spurious accuracy per n
+    assert suptitle(fig).endswith("one run per point, not averaged; 6 runs")  # 4 regularized + 2 references
 
 
-def test_pattern_norm_pearson_r_matches_scipy(data):
+def test_pattern_norm_points_and_pearson_r(data, names):
+    small, _ = names
     table = figures.pattern_norm_table(data)
-    assert sorted(table["pattern.name"]) == ["r3", "s1", "s3"]
-    poisoned = data.runs[(data.runs["experiment.name"] == "train") & (data.runs["poison.count"] > 0)
-                         & (data.runs["regularizer.name"] == "none")]
+    # one row per (model, optimizer) group and pattern: runs of different settings are never pooled
+    assert len(table) == 9 and set(table["runs"]) == {2} and {"model.name", "optim.name"} <= set(table.columns)
+    runs = data.runs
+    poisoned = runs[(runs["experiment.name"] == "train") & (runs["poison.count"] > 0)
+                    & (runs["regularizer.name"] == "none") & (runs["model.name"] == small)
+                    & (runs["optim.name"] == "adam")]
     means = poisoned.groupby("pattern.name")[["pattern_norm", "spurious_score"]].mean()
     r = stats.pearsonr(means["pattern_norm"], means["spurious_score"]).statistic
-    assert figures.pearson(table) == pytest.approx(r)
-    (ax,) = visible_axes(figures.pattern_norm(data))
-    assert f"Pearson r = {r:.2f} over 3 patterns" in ax.get_title()
-    assert "pattern norm" in ax.get_xlabel()
+    fig = figures.pattern_norm(data)
+    axes = visible_axes(fig)
+    assert len(axes) == 3
+    ax = next(a for a in axes if a.get_title().startswith(f"{small}, adam\n"))
+    assert ax.get_title().endswith(f"Pearson r over 3 patterns: {r:.2f} (n = 20)")
+    (line,) = errorbars(ax)
+    x, y, _ = points_of(line)
+    assert list(x) == pytest.approx(sorted(means["pattern_norm"])) and "pattern norm" in ax.get_xlabel()
+    assert list(y) == pytest.approx(list(means.sort_values("pattern_norm")["spurious_score"]))
     assert means.loc["r3", "pattern_norm"] > means.loc["s3", "pattern_norm"] > means.loc["s1", "pattern_norm"] == 1.0
 
 
 # ---------------------------------------------------------------- sensitivity (real runs)
 
-def test_pixel_removal_and_weight_maps(data):
+def test_pixel_removal_and_weight_maps(data, names):
+    small, _ = names
     fig = sensitivity.pixel_removal(data)
-    (ax,) = visible_axes(fig)
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mlp (2 runs)"]
-    (line,) = ax.lines
-    assert list(line.get_xdata()) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    removal = data.table("pixel_removal")
-    assert line.get_ydata()[0] == pytest.approx(removal[removal["p"] == 0]["mean_true_prob"].mean())
+    axes = visible_axes(fig)
+    # the clean and the poisoned model are different runs: one panel each, not one averaged curve
+    assert [ax.get_title() for ax in axes] == ["clean (n = 0)", "n = 20"] and legend_texts(fig) == [small]
+    removal = data.table("pixel_removal").merge(data.runs[["run_id", "poison.count"]], on="run_id")
+    for ax, n in zip(axes, (0, 20)):
+        (line,) = ax.lines
+        assert list(line.get_xdata()) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        assert line.get_ydata()[0] == pytest.approx(
+            removal[(removal["p"] == 0) & (removal["poison.count"] == n)]["mean_true_prob"].item())
+    assert "one run per curve, not averaged; 2 runs" in suptitle(fig)
     maps = sensitivity.weight_maps(data)
     shown = [ax for ax in visible_axes(maps) if ax.images]
-    assert len(shown) == 2
-    assert "clean (n = 0)" in shown[0].get_title() and "poisoned: s3, n = 20" in shown[1].get_title()
+    assert [ax.get_title() for ax in shown] == ["clean (n = 0)", "n = 20"]
+    assert "pattern s3" in suptitle(maps)
     poisoned = data.runs[(data.runs["experiment.name"] == "sensitivity") & (data.runs["poison.count"] == 20)]
     stored = np.load(data.results_dir / poisoned["run_id"].iloc[0] / "weight_map.npy")
     assert np.array_equal(shown[1].images[0].get_array(), stored) and stored.shape == (28, 28)
 
 
-# ---------------------------------------------------------------- synthetic tables (kinds that may be missing)
+# ---------------------------------------------------------------- the grouping rule
 
-def synthetic_train(optimizers: list[tuple[str, float]]) -> pd.DataFrame:
+def synthetic_train(optimizers: list[tuple[str, float]], models: tuple[str, ...] = ("largemlp",),
+                    patterns: tuple[str, ...] = ("s3",)) -> pd.DataFrame:
     rows = []
-    for optim, clip in optimizers:
-        for n in (0, 3, 10):
-            for seed in (0, 1):
-                rows.append({"run_id": f"{optim}{clip}{n}{seed}", "experiment.name": "train", "dataset.name": "mnist",
-                             "model.name": "largemlp", "optim.name": optim, "train.grad_clip": clip,
-                             "pattern.name": "s3", "poison.count": n, "poison.target": 0, "poison.seed": seed,
-                             "regularizer.name": "none", "spurious_score": 0.1 * n / 10 + 0.01 * seed,
-                             "test_acc": 0.97, "spurious_test_acc": 0.9})
+    for model in models:
+        for pattern in patterns:
+            for optim, clip in optimizers:
+                for n in (0, 3, 10):
+                    for seed in (0, 1):
+                        rows.append({"run_id": f"{model}{pattern}{optim}{clip}{n}{seed}", "experiment.name": "train",
+                                     "dataset.name": "mnist", "model.name": model, "optim.name": optim,
+                                     "train.grad_clip": clip, "pattern.name": pattern, "poison.count": n,
+                                     "poison.target": 0, "poison.seed": seed, "regularizer.name": "none",
+                                     "spurious_score": 0.1 * n / 10 + 0.01 * seed + 0.3 * (model == "b"),
+                                     "pattern_norm": {"s1": 1.0, "s3": 5.0, "r3": 15.0}[pattern],
+                                     "test_acc": 0.97, "spurious_test_acc": 0.9})
     return normalise(pd.DataFrame(rows))
+
+
+def test_split_never_averages_runs_that_differ_in_a_setting():
+    rows = []
+    for model in ("a", "b"):
+        for epochs in (2, 4):
+            for limit in (5000, None):
+                for seed in (0, 1):
+                    rows.append({"model.name": model, "epochs": epochs, "data.train_limit": limit,
+                                 "poison.seed": seed, "train.model_seed": seed, "pattern.name": "s3",
+                                 "pattern.top": 0, "test_acc": 0.5 + 0.1 * seed})
+    frame = pd.DataFrame(rows).astype({"data.train_limit": "Int64"})
+    groups = split(frame)
+    assert len(groups) == 8  # 2 models x 2 epochs x 2 data limits, whatever the metrics do
+    for group in groups:  # every group holds exactly the two seeds of one setting
+        assert sorted(group.rows["poison.seed"]) == [0, 1]
+        assert group.rows[["model.name", "epochs", "data.train_limit"]].astype(str).nunique().max() == 1
+    assert {g.title for g in groups} >= {"a, 2 epochs, first 5,000 training images", "b, 4 epochs, all training images"}
+    frame.loc[frame["epochs"] == 4, ["pattern.name", "pattern.top"]] = ["r3", 3]
+    # pattern.top only follows pattern.name: it splits nothing new and stays out of the names; epochs follows
+    # the pattern too, but it is a setting a reader looks for, so it stays
+    titles = [g.title for g in split(frame)]
+    assert len(titles) == 8 and "a, pattern r3, 4 epochs, all training images" in titles
+    assert not any("pattern.top" in title for title in titles)
+
+
+def test_pattern_norm_with_two_models_gives_two_panels():
+    runs = synthetic_train([("adam", 0.0)], models=("a", "b"), patterns=("s1", "s3", "r3"))
+    fig = figures.pattern_norm(ReportData(runs))
+    axes = visible_axes(fig)
+    assert [ax.get_title().split("\n")[0] for ax in axes] == ["a", "b"]
+    assert [c.get_label() for c in errorbars(axes[0])] == ["n = 3", "n = 10"]  # one series per n
+    a_line, b_line = curve(axes[0], "n = 10"), curve(axes[1], "n = 10")
+    assert list(points_of(b_line)[1] - points_of(a_line)[1]) == pytest.approx([0.3] * 3)  # b's own scores
+    table = figures.pattern_norm_table(ReportData(runs))
+    assert len(table) == 2 * 2 * 3 and set(table["runs"]) == {2}  # model x n (3, 10) x pattern, 2 seeds each
+
+
+def test_panels_are_named_by_what_differs_and_the_rest_goes_to_the_figure_title():
+    runs = synthetic_train([("adam", 0.0), ("sgd", 0.0)]).assign(**{"deletion.mode": np.nan})
+    fig = figures.score_vs_n(ReportData(runs))
+    assert [ax.get_title() for ax in visible_axes(fig)] == ["adam", "sgd"]
+    assert "deletion" not in suptitle(fig)  # a setting these runs do not have is not named
+    assert suptitle(fig).startswith("Spurious score vs number of poisoned examples, per pattern "
+                                    "all runs: mnist, largemlp, no grad clip, no regularizer, pattern s3, target 0")
+
+
+def test_plural_wording():
+    assert plural(1, "run") == "1 run" and plural(3, "run") == "3 runs" and plural(1, "epoch") == "1 epoch"
+    fig, _ = grid(1)
+    assert suptitle(finish(fig, "A figure", "", over_seeds([1]), 1)) == "A figure one run per point, not averaged; 1 run"
+    assert over_seeds([2, 2]) == "mean ± SEM over 2 seeds" and over_seeds([1, 3]).endswith("1-3 seeds per point")
+    one = pd.DataFrame({"pattern_norm": [1.0], "spurious_score": [0.2]})
+    assert figures.pearson_text({"n = 3": one}) == "Pearson r not given: 1 pattern, needs 3 or more"
+
+
+# ---------------------------------------------------------------- layout of every figure
+
+def drawn_texts(fig) -> list[Text]:
+    """The texts the renderer really draws: visible, non-empty, not a tick label outside the axis' view."""
+    fig.canvas.draw()
+    hidden = {t for ax in fig.axes if not ax.get_visible() for t in ax.findobj(Text)}  # unused grid slots
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            every = {label for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+                     for label in (tick.label1, tick.label2)}
+            hidden |= every - {label for tick in axis._update_ticks() for label in (tick.label1, tick.label2)}
+    return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and t not in hidden]
+
+
+def layout_problems(fig) -> list[str]:
+    """Texts beyond the figure's edge, legends on the data, the figure title on a panel or a panel title."""
+    renderer = fig.canvas.get_renderer()
+    problems = []
+    for text in drawn_texts(fig):
+        box = text.get_window_extent(renderer)
+        if box.x0 < -1 or box.y0 < -1 or box.x1 > fig.bbox.x1 + 1 or box.y1 > fig.bbox.y1 + 1:
+            problems.append(f"clipped: {text.get_text()[:50]!r}")
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    problems += [f"legend inside {ax.get_title()!r}" for ax in axes if ax.get_legend() is not None]
+    for legend in fig.legends:
+        problems += [f"legend over {ax.get_title()!r}" for ax in axes
+                     if legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))]
+    if fig._suptitle is not None:
+        title = fig._suptitle.get_window_extent(renderer)
+        for ax in axes:
+            parts = [ax.get_window_extent(renderer), ax.title.get_window_extent(renderer),
+                     ax.yaxis.label.get_window_extent(renderer)]
+            problems += [f"figure title over {ax.get_title()!r}" for part in parts if title.overlaps(part)]
+    return problems
 
 
 def synthetic_membership() -> ReportData:
@@ -236,48 +385,72 @@ def synthetic_membership() -> ReportData:
     return ReportData(normalise(pd.DataFrame(rows)), {"roc": pd.DataFrame(roc)})
 
 
-def test_membership_bars_and_roc():
-    data = synthetic_membership()
-    fig = privacy.membership_bars(data)
-    axes = visible_axes(fig)
-    assert [ax.get_title() for ax in axes] == ["attack shadow", "attack loss"]
-    bars = [c for c in axes[0].containers if isinstance(c, BarContainer)]
-    assert len(bars) == 2 and all(len(b) == 3 for b in bars)  # members vs poisoned, for n = 1, 3, 10
-    assert [p.get_height() for p in bars[0]] == pytest.approx([0.5] * 3)
-    assert [p.get_height() for p in bars[1]] == pytest.approx([0.805] * 3)  # mean over seeds 0.80 and 0.81
-    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["1", "3", "10"]
-    roc = privacy.membership_roc(data)
-    roc_axes = visible_axes(roc)
-    assert len(roc_axes) == 2
-    for ax in roc_axes:
-        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-        assert len(ax.lines) == 4  # n = 1, 3, 10 and chance
-        assert ax.lines[0].get_ydata()[-1] == pytest.approx(1.0)
-
-
-def test_deletion_before_after_exact():
+def synthetic_deletion() -> ReportData:
     rows = []
     for method in ("incremental_retraining", "group_influence", "retrain_exact"):
         for n in (3, 100):
             for seed in (0, 1):
                 row = {"run_id": f"{method}{n}{seed}", "experiment.name": method, "dataset.name": "mnist",
                        "model.name": "largemlp", "optim.name": "adam", "pattern.name": "r3", "poison.count": n,
-                       "poison.target": 0, "spurious_score": 0.3, "test_acc": 0.95, "baseline_score": 0.05}
+                       "poison.target": 0, "poison.seed": seed, "spurious_score": 0.3, "test_acc": 0.95,
+                       "baseline_score": 0.05, "influence.wall_s": 1.0 + seed}  # a metric under a config name
                 if method != "retrain_exact":
                     row |= {"before.spurious_score": 0.4 + 0.1 * seed, "exact.spurious_score": 0.06,
                             "before.test_acc": 0.96, "exact.test_acc": 0.96}
                 rows.append(row)
-    fig = deletion.deletion(ReportData(normalise(pd.DataFrame(rows))))
+    return ReportData(normalise(pd.DataFrame(rows)))
+
+
+@pytest.mark.parametrize("spec", FIGURES, ids=[spec.slug for spec in FIGURES])
+def test_no_text_is_clipped_and_no_legend_covers_data(spec, data):
+    fig = spec.draw(data) or spec.draw(synthetic_membership()) or spec.draw(synthetic_deletion())
+    assert fig is not None
+    assert layout_problems(fig) == []
+
+
+def test_a_long_figure_title_is_wrapped_inside_the_figure():
+    runs = synthetic_train([("adam", 0.0), ("sgd", 0.0)]).assign(**{"data.train_limit": 12345, "epochs": 70})
+    fig = figures.score_vs_n(ReportData(runs))  # two narrow panels, a long list of shared settings
+    assert fig._suptitle.get_text().count("\n") >= 3 and layout_problems(fig) == []
+
+
+# ---------------------------------------------------------------- synthetic tables (kinds that may be missing)
+
+def test_membership_bars_and_roc():
+    data = synthetic_membership()
+    fig = privacy.membership_bars(data)
     axes = visible_axes(fig)
-    assert len(axes) == 6  # score and accuracy rows for three methods
-    top = next(ax for ax in axes if ax.get_title() == "method incremental_retraining")
-    assert [t.get_text() for t in top.get_legend().get_texts()] == [
-        "after deletion", "before deletion", "clean baseline", "retrained from scratch"]
-    before = errorbars(top)[1]
-    x, mean, half = points_of(before)
+    assert [ax.get_title() for ax in axes] == ["shadow attack", "loss attack"]
+    assert set(legend_texts(fig)) == {"all training members flagged", "poisoned examples flagged", "attack accuracy",
+                                      "chance level 0.5"}
+    bars = [c for c in axes[0].containers if isinstance(c, BarContainer)]
+    assert len(bars) == 2 and all(len(b) == 3 for b in bars)  # members vs poisoned, for n = 1, 3, 10
+    assert [p.get_height() for p in bars[0]] == pytest.approx([0.5] * 3)
+    assert [p.get_height() for p in bars[1]] == pytest.approx([0.805] * 3)  # mean over seeds 0.80 and 0.81
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["1", "3", "10"]
+    assert "fashion" in suptitle(fig) and "mean ± SEM over 2 seeds; 6 runs" in suptitle(fig)
+    roc = privacy.membership_roc(data)
+    roc_axes = visible_axes(roc)
+    assert [ax.get_title() for ax in roc_axes] == ["shadow attack", "loss attack"]
+    assert legend_texts(roc) == ["n = 1", "n = 3", "n = 10", "chance"]
+    for ax in roc_axes:
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+        assert len(ax.lines) == 4  # n = 1, 3, 10 and chance
+        assert ax.lines[0].get_ydata()[-1] == pytest.approx(1.0)
+    assert "mean TPR over 2 seeds" in suptitle(roc)
+
+
+def test_deletion_before_after_exact():
+    fig = deletion.deletion(synthetic_deletion())
+    axes = visible_axes(fig)
+    assert len(axes) == 6  # score and accuracy rows for three methods; influence.wall_s is no setting
+    assert legend_texts(fig) == ["before deletion", "after deletion", "retrained from scratch", "clean baseline"]
+    top = next(ax for ax in axes if ax.get_title() == "incremental_retraining")
+    x, mean, half = points_of(curve(top, "before deletion"))
     assert list(x) == [3, 100] and mean == pytest.approx([0.45, 0.45]) and half == pytest.approx([0.05, 0.05])
-    exact_top = next(ax for ax in axes if ax.get_title() == "method retrain_exact")
-    assert [t.get_text() for t in exact_top.get_legend().get_texts()] == ["clean baseline", "retrained from scratch"]
+    assert curve(top, "after deletion").lines[0].get_linestyle() == "--"  # visible where it lies on "before"
+    exact_top = next(ax for ax in axes if ax.get_title() == "retrain_exact")
+    assert exact_top.get_legend_handles_labels()[1] == ["retrained from scratch", "clean baseline"]
 
 
 def test_every_figure_is_none_without_its_runs():
@@ -294,7 +467,8 @@ def test_example_images_apply_each_runs_pattern(data):
     shown = [ax for ax in fig.axes if ax.get_visible() and ax.images]
     assert len(shown) == 6  # clean + patched for r3, s1, s3
     titles = [ax.get_title() for ax in shown]  # top row: clean images, bottom row: patched
-    assert titles == ["clean\ndigits"] * 3 + ["with r3", "with s1", "with s3"]
+    assert titles == ["clean"] * 3 + ["with r3", "with s1", "with s3"]
+    assert "first test image of digits" in suptitle(fig)
     clean, s3 = shown[2].images[0].get_array(), shown[5].images[0].get_array()
     assert np.all(s3[:5, :5] == 1.0) and np.array_equal(s3[5:, :], clean[5:, :])
 
@@ -308,8 +482,7 @@ def test_example_images_fall_back_to_digits(tmp_path):
         "poison": {"seed": 0}}))
     runs = pd.DataFrame({"run_id": ["abc"], "experiment.name": ["train"], "pattern.name": ["s2"]})
     fig = examples.example_images(ReportData(runs, {}, tmp_path))
-    top = next(ax for ax in fig.axes if ax.images)
-    assert top.get_title() == "clean\ndigits (mnist not found)"
+    assert "first test image of digits (mnist not found)" in suptitle(fig)
 
 
 # ---------------------------------------------------------------- theory
@@ -336,16 +509,49 @@ def test_theory_shape_and_noise_equivalence():
         theory.spurious_score(setting, 0.02, 0.02))
     with pytest.raises(ValueError, match=r"\[0, 0.5\]"):
         theory.ridge_weights(setting, 0.7, 0.0)
-    axes = visible_axes(theory.theory_figure())
-    assert [ax.get_ylabel() for ax in axes] == ["clean test accuracy", "spurious accuracy (patched non-target)",
-                                                "spurious score"]
+    fig = theory.theory_figure()
+    axes = visible_axes(fig)
+    assert [ax.get_title() for ax in axes] == ["clean test accuracy", "spurious accuracy (patched non-target)",
+                                               "spurious score"]
+    assert [ax.get_ylabel() for ax in axes] == ["accuracy", "accuracy", "spurious score"]
     assert all(len(ax.lines) == len(theory.LAMBDAS) and ax.get_xscale() == "log" for ax in axes)
+    assert legend_texts(fig)[0] == "λ = 0"
 
 
-# ---------------------------------------------------------------- the command
+# ---------------------------------------------------------------- collect's table and the command
+
+def fake_run(store, run_id: str, record: dict) -> None:
+    run = store / run_id
+    run.mkdir(parents=True)
+    (run / "record.json").write_text(json.dumps({"run_id": run_id, **record}))
+    (run / "config.json").write_text("{}")
+    (run / "done").write_text("")
+
+
+def test_collect_keeps_integer_settings_with_gaps_integer(tmp_path):
+    """data.train_limit 5000 next to null stays 5000 (nullable Int64), not 5000.0, and the report groups it."""
+    fake_run(tmp_path, "a", {"experiment.name": "other", "data.train_limit": 5000, "test_acc": 0.5})
+    fake_run(tmp_path, "b", {"experiment.name": "other", "data.train_limit": None, "test_acc": 1.0})
+    table = collect(tmp_path)
+    assert str(table["data.train_limit"].dtype) == "Int64" and table["test_acc"].dtype == float
+    _, csv = write_table(table, tmp_path / "out")
+    assert csv.read_text().splitlines()[1:] == ["a,other,5000,0.5", "b,other,,1.0"]
+    groups = split(normalise(table))
+    assert [g.title for g in groups] == ["first 5,000 training images", "all training images"]
+
+
+def test_collect_does_not_log_missing_baselines(tmp_path, caplog):
+    job(tmp_path, "pattern=s3", "poison.count=20")  # a poisoned run whose clean baseline never ran
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert len(collect(tmp_path)) == 1
+    assert "no finished clean baseline" not in caplog.text
+
 
 def test_report_command_writes_index_figures_and_tables(store, tmp_path, capsys):
     out = tmp_path / "report"
+    out.mkdir()
+    (out / "membership_bars.png").write_bytes(b"from an earlier report")
     assert main(["report", str(store), "--out", str(out)]) == 0
     index = (out / "index.md").read_text()
     drawn = ["score_vs_n", "architectures", "optimizers", "regularization", "pixel_removal", "weight_maps",
@@ -353,8 +559,8 @@ def test_report_command_writes_index_figures_and_tables(store, tmp_path, capsys)
     for slug in drawn:
         assert (out / f"{slug}.png").stat().st_size > 10_000 and f"]({slug}.png)" in index
     assert "Runs: 36." in index  # score vs n: 36 unregularized train runs
-    assert "pattern, optimizer and target where two or more architectures ran. Runs: 24." in index
-    assert "not drawn: no mem_inference runs" in index
+    assert "where two or more architectures ran. Runs: 24." in index
+    assert "not drawn: no mem_inference runs" in index and not (out / "membership_bars.png").exists()
     assert "not drawn: no incremental_retraining, group_influence or retrain_exact runs" in index
     for name in ("score_vs_n", "regularization", "sensitivity", "pattern_norm"):
         assert (out / f"{name}.csv").exists() and "\\begin{table}" in (out / f"{name}.tex").read_text()

@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+from conftest import REPO_ROOT, extract_cifar_subset
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
 from rarespur.collect import collect, write_table
 from rarespur.config import CONF_DIR
+from rarespur.errors import TrainingDiverged, UserError
 from rarespur.runner import run_job
 from rarespur.store import DONE, ERROR, RECORD
-
-from conftest import REPO_ROOT, extract_cifar_subset
 
 
 def job(tmp_path, *overrides: str) -> dict:
@@ -91,16 +92,41 @@ def test_collect_gives_one_row_per_run(digits_pair, tmp_path):
     ],
 )
 def test_bad_input_fails_clearly_and_leaves_no_result(tmp_path, overrides, message):
-    with pytest.raises((ValueError, FileNotFoundError), match=message):
+    """Config errors (data included) are found before the run directory is made: nothing is left behind."""
+    with pytest.raises(UserError, match=message):
         job(tmp_path, "epochs=1", *overrides)
-    assert not list(tmp_path.glob(f"*/{DONE}")) and not list(tmp_path.glob(f"*/{RECORD}"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_job_leaves_an_error_file(tmp_path):
-    with pytest.raises(ValueError):
-        job(tmp_path, "epochs=1", "poison.count=1000")
+    """A run that fails while working (here: training diverges) keeps error.txt for `status`, and no record."""
+    with pytest.raises(TrainingDiverged, match="in epoch 1 .*lower train.lr"):
+        job(tmp_path, "epochs=2", "train.lr=1e6")
     (error,) = tmp_path.glob(f"*/{ERROR}")
-    assert "larger than class" in error.read_text()
+    assert "training diverged" in error.read_text()
+    assert not list(tmp_path.glob(f"*/{RECORD}")) and not list(tmp_path.glob(f"*/{DONE}"))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["poison.count=-1"], "poison.count must be a non-negative integer, got -1"),
+        (["poison.count=1000"], "poison.count=1000 is larger than class 0, which has 143"),
+        (["poison.target=12"], "poison.target=12 is not a class of digits"),
+        (["dataset=mnist", "data.root=/nonexistent/rarespur"], "not found in /nonexistent/rarespur/MNIST/raw"),
+        (["experiment=mem_inference", "mem.num_shadow=2"], "LiRA needs >= 4 shadow models"),
+    ],
+)
+def test_user_errors_print_one_message_without_traceback(tmp_path, overrides, message):
+    cmd = [sys.executable, "run.py", *overrides, f"results_dir={tmp_path / 'store'}", f"hydra.run.dir={tmp_path}/out"]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) <= 3 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert "Traceback" not in done.stderr and not (tmp_path / "store").exists()
+    full = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr and message in full.stderr
 
 
 def test_unknown_group_option_lists_choices(tmp_path):
@@ -155,15 +181,15 @@ def test_baseline_that_finishes_later_is_used_at_collect_time(tmp_path):
 
 def test_failed_job_does_not_stop_the_sweep(tmp_path):
     store = tmp_path / "store"
-    cmd = [sys.executable, "run.py", "-m", "poison.count=1000,10", "epochs=1", "device=cpu",
+    cmd = [sys.executable, "run.py", "-m", "poison.count=1000,10", "train.lr=1e6,0.01", "epochs=1", "device=cpu",
            f"results_dir={store}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0  # the sweep reports the failure ...
-    assert "larger than class 0" in done.stderr
-    (error,) = store.glob(f"*/{ERROR}")
-    assert not (error.parent / DONE).exists()
+    assert "error: poison.count=1000 is larger than class 0" in done.stderr and "Traceback" not in done.stderr
+    (error,) = store.glob(f"*/{ERROR}")  # the diverged job; the impossible counts left no directory
+    assert not (error.parent / DONE).exists() and len(list(store.glob("*/config.json"))) == 2
     table = collect(store)  # ... after the other job finished
-    assert table["poison.count"].tolist() == [10]
+    assert table["poison.count"].tolist() == [10] and table["train.lr"].tolist() == [0.01]
 
 
 def test_clean_model_is_trained_once_and_scored_per_pattern(tmp_path, monkeypatch):
@@ -191,7 +217,7 @@ def test_imagefolder_cifar_subset_with_resnet_and_aug01(shared_data, tmp_path):
     assert 0 <= record["spurious_score"] <= 1 and record["train.lr"] == 0.01
 
 
-@pytest.mark.parametrize("spelling", ["model=paper_mlp", "model.name=LargeMLP", "model=largemlp"])
+@pytest.mark.parametrize("spelling", ["model=paper_mlp", "model.name=LargeMLP", "model=largemlp", "model=mlp3x256"])
 def test_model_aliases_resolve_to_one_run(spelling):
     from rarespur.config import resolve
     from rarespur.store import config_key
@@ -199,7 +225,20 @@ def test_model_aliases_resolve_to_one_run(spelling):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         resolved = resolve(compose("config", overrides=[spelling]))
         default = resolve(compose("config"))
-    assert resolved["model"]["name"] == "largemlp" and config_key(resolved) == config_key(default)
+    assert resolved["model"]["name"] == "mlp3x256" and config_key(resolved) == config_key(default)
+
+
+def test_run_keys_survive_the_model_renames():
+    """Keys are made of the original code's model names, so runs stored before the renames
+    (largemlp -> mlp3x256, cnn002 -> cnn, ...) are still found and skipped. Pinned keys from that version."""
+    from rarespur.config import resolve
+    from rarespur.store import config_key
+
+    pinned = {(): "707e11a95848fa76", ("model=cnn",): "e539d73dd9913cb8",
+              ("model=mlp1x256", "dataset=mnist"): "4a277a54fa5b6101"}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for overrides, key in pinned.items():
+            assert config_key(resolve(compose("config", overrides=list(overrides)))) == key, overrides
 
 
 def test_int_and_float_spellings_are_one_run():
@@ -210,3 +249,26 @@ def test_int_and_float_spellings_are_one_run():
         a = resolve(compose("config", overrides=["train.grad_clip=0", "train.lr=1", "regularizer=l2", "regularizer.strength=1"]))
         b = resolve(compose("config", overrides=["train.grad_clip=0.0", "train.lr=1.0", "regularizer=l2", "regularizer.strength=1.0"]))
     assert a == b and config_key(a) == config_key(b) and isinstance(a["train"]["weight_decay"], float)
+
+
+def test_help_is_the_projects_own():
+    out = subprocess.run([sys.executable, "run.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "powered by Hydra" not in out.stdout
+    for text in ("One job = one experiment", "== Config groups", "model: cnn, mlp1x256", "poison.count=10",
+                 "== Examples ==", "--config-name mnist_score", "python -m rarespur report", "HYDRA_FULL_ERROR=1",
+                 "mlp3x256 (paper's MLP)"):
+        assert text in out.stdout, text
+    (models,) = [line for line in out.stdout.splitlines() if line.startswith("model: ")]
+    assert "largemlp" not in models and "paper_mlp" not in models  # aliases are accepted, not listed
+
+
+@pytest.mark.parametrize("command", ["collect", "report", "status"])
+def test_tools_on_a_missing_store_print_one_line(tmp_path, command):
+    missing = tmp_path / "nowhere"
+    out = subprocess.run([sys.executable, "-m", "rarespur", command, str(missing)], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        f"error: results directory {missing} does not exist; pass the run store (results_dir)"
+    ]

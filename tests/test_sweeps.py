@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 from hydra import compose, initialize_config_dir
 
 from rarespur.collect import collect
@@ -17,8 +18,6 @@ from rarespur.config import CONF_DIR, resolve
 from rarespur.experiments.common import train_settings
 from rarespur.store import config_key
 from rarespur.sweep import SWEEPS_DIR, Sweep, expand, locate
-
-from conftest import REPO_ROOT
 
 # Full grids and their job counts (SPEC 1.11), as each file's header states them.
 GRIDS = {
@@ -97,8 +96,8 @@ def test_grids_cover_the_papers_axes():
         assert {int(n) for n in values(sweep, "poison.count")} == set(MNIST_N)
         assert values(sweep, "poison.seed") == {"0", "1", "2", "3", "4"}
     assert values(score, "pattern") == set(PATTERNS) and values(fashion, "pattern") == set(PATTERNS) - {"core"}
-    assert values(score, "optim") == {"sgd", "adam"} and values(score, "model") == {"largemlp", "cnn002"}
-    assert values(arch, "model") == {"mlp", "mlpv2", "largemlp", "largemlpv2", "cnn002"}
+    assert values(score, "optim") == {"sgd", "adam"} and values(score, "model") == {"mlp3x256", "cnn"}
+    assert values(arch, "model") == {"mlp1x256", "mlp2x256", "mlp3x256", "mlp3x512", "cnn"}
     assert values(arch, "poison.target") == {"0", "1", "[0,1]"}
     assert values(Sweep("mnist_clip_adam"), "train.grad_clip") == {"1.0", "0.1", "0.01"}
     assert values(Sweep("mnist_clip_sgd"), "optim") == {"sgd"}

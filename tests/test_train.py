@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from rarespur.objective import Objective, StepOutput
 from rarespur.train import TrainSettings, augment_crop_flip, milestones, train_model
 
 
@@ -157,3 +159,72 @@ def test_checkpoint_from_another_device_is_a_clear_error(tmp_path):
     torch.save({**state, "device_type": "cuda"}, ckpt)
     with pytest.raises(ValueError, match="written on cuda, this run is on cpu; relaunch with device=cuda"):
         train_model(tiny_model(), x, y, TrainSettings(epochs=2, batch_size=16), checkpoint=ckpt)
+
+
+class Reconstructing(Objective):
+    """A toy objective with an extra module (a decoder on the logits), its own parameter group
+    and a per-epoch metric: the shape SiH's VAEs and decoder need."""
+
+    name = "reconstructing"
+
+    def __init__(self) -> None:
+        torch.manual_seed(5)
+        self.decoder = nn.Linear(2, 36)
+        self.rec_sum, self.batches = 0.0, 0
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"decoder": self.decoder}
+
+    def step(self, model, x, y) -> StepOutput:
+        logits = model(x)
+        rec = ((self.decoder(logits) - x.flatten(1)) ** 2).mean()
+        self.rec_sum, self.batches = self.rec_sum + rec.item(), self.batches + 1
+        return StepOutput(F.cross_entropy(logits, y) + rec, logits)
+
+    def end_epoch(self) -> dict[str, float]:
+        out = {"rec": self.rec_sum / self.batches}
+        self.rec_sum, self.batches = 0.0, 0
+        return out
+
+
+def test_objective_with_an_extra_module_trains_it_and_resumes_exactly(tmp_path):
+    x, y = tiny_problem()
+    s = TrainSettings(epochs=5, batch_size=16, lr=0.05, optimizer="adam", seed=4)
+    straight_obj = Reconstructing()
+    before = straight_obj.decoder.weight.detach().clone()
+    straight = tiny_model()
+    full = train_model(straight, x, y, s, objective=straight_obj)
+    assert not torch.equal(before, straight_obj.decoder.weight)  # the decoder is in the optimizer
+    assert full[-1]["rec"] < full[0]["rec"] and all("rec" in row for row in full)
+
+    ckpt = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(tiny_model(), x, y, s, checkpoint=ckpt, on_epoch=stop_at(2), objective=Reconstructing())
+    assert set(torch.load(ckpt, weights_only=True)["objective"]) == {"decoder"}
+    resumed_obj = Reconstructing()  # a fresh process: decoder at its initial weights
+    resumed = tiny_model()
+    assert train_model(resumed, x, y, s, checkpoint=ckpt, objective=resumed_obj) == full
+    assert torch.equal(straight_obj.decoder.weight, resumed_obj.decoder.weight)
+    assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters()))
+
+
+def test_early_stopping_restores_the_best_epoch_and_resumes_exactly(tmp_path):
+    x, y = tiny_problem(96)
+    val = tiny_problem(64, seed=1)
+    s = TrainSettings(epochs=40, batch_size=16, lr=0.5, optimizer="adam", seed=0, early_stopping=3)
+    model = tiny_model()
+    history = train_model(model, x, y, s, validation=val)
+    best = max(history, key=lambda row: row["val_acc"])
+    assert len(history) < 40 and len(history) - best["epoch"] == 3  # stopped 3 epochs after the best one
+    assert history.index(best) == next(i for i, r in enumerate(history) if r["val_acc"] == best["val_acc"])
+    with torch.no_grad():
+        assert (model(val[0]).argmax(1) == val[1]).float().mean().item() == best["val_acc"]  # best weights back
+
+    ckpt = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(tiny_model(), x, y, s, checkpoint=ckpt, on_epoch=stop_at(best["epoch"] + 1), validation=val)
+    resumed = tiny_model()
+    assert train_model(resumed, x, y, s, checkpoint=ckpt, validation=val) == history
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters()))
+    with pytest.raises(ValueError, match="validation data"):
+        train_model(tiny_model(), x, y, s)

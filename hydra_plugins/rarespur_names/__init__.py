@@ -1,14 +1,17 @@
-"""Hydra config source that makes the original dataset strings valid dataset options.
+"""Hydra config source for the names that have no YAML file of their own.
 
-``dataset=mnistv8-3-0-0`` has no YAML file; this source answers for any name
-that matches the original pattern and hands Hydra the config from
-:func:`rarespur.config.dataset_name_config`. The search-path plugin below puts
-``rarespur-names://`` on every search path, so it also works when a sweep file
-in sweeps/ is the primary config.
+- ``dataset=mnistv8-3-0-0``: any original dataset string; the config comes from
+  :func:`rarespur.config.dataset_name_config` (dataset, pattern and poison settings).
+- ``model=largemlp``, ``model=paper_mlp``, ...: every alias of
+  :mod:`rarespur.model_names`, so that table is the only place model names are listed.
+
+Neither kind is listed (``--help`` shows the canonical options only). The
+search-path plugin below puts ``rarespur-names://`` on every search path, so
+both also work when a sweep file in sweeps/ is the primary config.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.object_type import ObjectType
@@ -17,12 +20,25 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
 from rarespur.config import dataset_name_config
+from rarespur.model_names import model_aliases
 
 
-def _name(config_path: str) -> Optional[str]:
+def _split(config_path: str) -> tuple[str, str]:
     path = config_path[: -len(".yaml")] if config_path.endswith(".yaml") else config_path
     group, _, name = path.rpartition("/")
-    return name if group == "dataset" else None
+    return group, name
+
+
+def _config(config_path: str) -> Optional[tuple[Dict[str, Any], str]]:
+    """The config a name stands for and its package, or None when this source has no such name."""
+    group, name = _split(config_path)
+    if group == "dataset":
+        cfg = dataset_name_config(name)
+        return None if cfg is None else (cfg, "_global_")
+    if group == "model":
+        canonical = model_aliases().get(name.lower())
+        return None if canonical is None else ({"name": canonical}, "model")
+    return None
 
 
 class DatasetNameConfigSource(ConfigSource):
@@ -31,26 +47,25 @@ class DatasetNameConfigSource(ConfigSource):
         return "rarespur-names"
 
     def load_config(self, config_path: str) -> ConfigResult:
-        name = _name(config_path)
-        cfg = dataset_name_config(name) if name else None
-        if cfg is None:
+        found = _config(config_path)
+        if found is None:
             raise ConfigLoadError(f"Config not found: {config_path}")
+        cfg, package = found
         return ConfigResult(
             config=OmegaConf.create(cfg),
             path=f"{self.scheme()}://{self.path}",
             provider=self.provider,
-            header={"package": "_global_"},
+            header={"package": package},
         )
 
     def available(self) -> bool:
         return True
 
     def is_group(self, config_path: str) -> bool:
-        return config_path in ("", "dataset")
+        return config_path in ("", "dataset", "model")
 
     def is_config(self, config_path: str) -> bool:
-        name = _name(config_path)
-        return bool(name) and dataset_name_config(name) is not None
+        return _config(config_path) is not None
 
     def list(self, config_path: str, results_filter: Optional[ObjectType]) -> List[str]:
         return []

@@ -84,12 +84,6 @@ def start_deletion(cfg: dict[str, Any], own_keys: tuple[str, ...]) -> DeletionSt
     `own_keys` are the experiment's own top-level config groups (e.g. ``("deletion",)``):
     without them the config is the parent's ``experiment=train`` config.
     """
-    name = cfg["experiment"]["name"]
-    if cfg["poison"]["count"] == 0:
-        raise ValueError(
-            f"experiment={name} removes the poisoned training images, but poison.count=0 has none; "
-            "set poison.count to a positive number"
-        )
     parent_path, parent_record = parent_train_run(cfg, own_keys)
     device = pick_device(cfg["device"])
     poisoned = poisoned_data(cfg, load_data(cfg))

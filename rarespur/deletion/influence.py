@@ -51,6 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vjp, vmap
 
+from rarespur.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 SOLVERS = ("lissa", "cg")
@@ -148,19 +150,19 @@ class InfluenceSettings:
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
-            raise ValueError(f"influence.solver={self.solver!r} unknown; choose one of {SOLVERS}")
+            raise ConfigError(f"influence.solver={self.solver!r} unknown; choose one of {SOLVERS}")
         if self.combine not in COMBINES:
-            raise ValueError(f"influence.combine={self.combine!r} unknown; choose one of {COMBINES}")
+            raise ConfigError(f"influence.combine={self.combine!r} unknown; choose one of {COMBINES}")
         positive = {"scale": self.scale, "depth": self.depth, "repeats": self.repeats, "chain_batch": self.chain_batch,
                     "cg_max_iter": self.cg_max_iter, "hvp_batch_size": self.hvp_batch_size,
                     "log_every": self.log_every, "curvature_iters": self.curvature_iters}
         bad = [k for k, v in positive.items() if not v > 0]
         if bad:
-            raise ValueError(f"influence.{bad[0]}={positive[bad[0]]} must be positive")
+            raise ConfigError(f"influence.{bad[0]}={positive[bad[0]]} must be positive")
         if self.curvature_examples < 0:
-            raise ValueError(f"influence.curvature_examples={self.curvature_examples} must be >= 0 (0 = skip)")
+            raise ConfigError(f"influence.curvature_examples={self.curvature_examples} must be >= 0 (0 = skip)")
         if not 0 <= self.damping < 1:
-            raise ValueError(f"influence.damping={self.damping} must be in [0, 1)")
+            raise ConfigError(f"influence.damping={self.damping} must be in [0, 1)")
 
     @property
     def lam(self) -> float:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from rarespur.deletion.common import DeletionStart
+from rarespur.errors import MissingFileError
 from rarespur.experiments.common import train_settings
 from rarespur.experiments.train import FINAL_STATE
 from rarespur.train import EpochCallback, TrainSettings, train_model
@@ -43,7 +44,7 @@ def parent_final_state(start: DeletionStart) -> dict[str, Any]:
     path = trained_in / FINAL_STATE
     if not path.exists():
         dirs = sorted({str(start.parent_path), str(trained_in)})
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"the parent train run has no optimizer state ({path} is missing; runs finished before "
             f"{FINAL_STATE} was kept lack it). Delete {' and '.join(dirs)} and launch again: the parent "
             "is then retrained with its optimizer state"

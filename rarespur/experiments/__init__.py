@@ -2,30 +2,46 @@
 
 An experiment is a function ``(resolved_config, run_dir) -> record`` that
 returns the metrics of its one-row result; the runner adds config, timing and
-versions and commits the record. Adding one = one module + one entry here +
-one YAML in conf/experiment.
+versions and commits the record. Its ``check`` runs first, before the run
+directory exists, so a config that cannot work fails without leaving
+anything behind. Adding one = one module + one entry here + one YAML in
+conf/experiment.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from rarespur.experiments import group_influence, incremental_retraining, retrain_exact, sensitivity, train
-from rarespur.experiments import mem_inference
+from rarespur.errors import ConfigError
+from rarespur.experiments import (
+    group_influence,
+    incremental_retraining,
+    mem_inference,
+    retrain_exact,
+    sensitivity,
+    train,
+)
+from rarespur.experiments.common import check_train_config
 from rarespur.store import RunDir
 
-Experiment = Callable[[dict[str, Any], RunDir], dict[str, Any]]
+
+@dataclass(frozen=True)
+class Experiment:
+    run: Callable[[dict[str, Any], RunDir], dict[str, Any]]
+    check: Callable[[dict[str, Any]], None] = check_train_config
+
 
 EXPERIMENTS: dict[str, Experiment] = {
-    "train": train.run,
-    "mem_inference": mem_inference.run,
-    "group_influence": group_influence.run,
-    "incremental_retraining": incremental_retraining.run,
-    "retrain_exact": retrain_exact.run,
-    "sensitivity": sensitivity.run,
+    "train": Experiment(train.run),
+    "mem_inference": Experiment(mem_inference.run, mem_inference.check),
+    "group_influence": Experiment(group_influence.run, group_influence.check),
+    "incremental_retraining": Experiment(incremental_retraining.run, incremental_retraining.check),
+    "retrain_exact": Experiment(retrain_exact.run, retrain_exact.check),
+    "sensitivity": Experiment(sensitivity.run, sensitivity.check),
 }
 
 
 def get_experiment(name: str) -> Experiment:
     if name not in EXPERIMENTS:
-        raise ValueError(f"experiment={name} unknown; valid experiments: {sorted(EXPERIMENTS)}")
+        raise ConfigError(f"experiment={name} unknown; valid experiments: {', '.join(sorted(EXPERIMENTS))}")
     return EXPERIMENTS[name]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from torch import nn
 
 from rarespur.config import targets_of
 from rarespur.data import ImageData, load_dataset
+from rarespur.errors import ConfigError
 from rarespur.models import build_model
 from rarespur.patterns import Pattern, build_pattern
 from rarespur.poisoning import choose_poison_indices, poison_images
@@ -32,10 +34,20 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+@functools.lru_cache(maxsize=2)
+def _load_clean(name: str, root: str | None, download: bool, path: str | None) -> ImageData:
+    """The clean dataset, read once per process: the pre-flight check and the run share it, and so do
+    the jobs of a sweep that Hydra's basic launcher runs one after another in one process."""
+    return load_dataset(name, root=root, download=download, path=path)
+
+
 def load_data(cfg: dict[str, Any]) -> ImageData:
-    """The clean dataset of the config, cut to data.train_limit / data.test_limit if set."""
+    """The clean dataset of the config, cut to data.train_limit / data.test_limit if set.
+
+    The arrays are shared between calls (see :func:`_load_clean`): copy before changing them.
+    """
     data_cfg, ds_cfg = cfg["data"], cfg["dataset"]
-    data = load_dataset(ds_cfg["name"], root=data_cfg["root"], download=data_cfg["download"], path=ds_cfg.get("path"))
+    data = _load_clean(ds_cfg["name"], data_cfg["root"], data_cfg["download"], ds_cfg.get("path"))
     train_n, test_n = data_cfg["train_limit"], data_cfg["test_limit"]
     if train_n is None and test_n is None:
         return data
@@ -57,17 +69,57 @@ class PoisonedData:
     targets: list[int]
     seed: int
 
+    def describe(self) -> str:
+        """How many images were poisoned, in the terms of the config (poison.count is per target class)."""
+        if len(self.targets) == 1:
+            return f"{len(self.indices)} of class {self.targets[0]} poisoned"
+        per_class = len(self.indices) // len(self.targets)
+        return f"{len(self.indices)} poisoned ({per_class} per class of {self.targets})"
+
+
+def check_poisoning(cfg: dict[str, Any], train_y: np.ndarray, num_classes: int, image_shape: tuple) -> Pattern:
+    """Fail on a pattern, target or count that cannot work with this data (before anything is trained)."""
+    pattern = build_pattern(cfg["pattern"])
+    pattern.check_shape(image_shape)
+    targets = targets_of(cfg)
+    bad = [t for t in targets if not 0 <= t < num_classes]
+    if bad:
+        raise ConfigError(
+            f"poison.target={bad[0] if len(bad) == 1 else bad} is not a class of {cfg['dataset']['name']}; "
+            f"use a class in 0..{num_classes - 1}"
+        )
+    count = cfg["poison"]["count"]
+    for target in targets:
+        available = int((train_y == target).sum())
+        if count > available:
+            raise ConfigError(
+                f"poison.count={count} is larger than class {target}, which has {available} training images; "
+                f"use poison.count<={available}"
+            )
+    return pattern
+
+
+def check_train_config(cfg: dict[str, Any]) -> None:
+    """The pre-flight check of experiments that poison the training set: loads the data, so a missing
+    dataset also fails here, before the run directory exists."""
+    data = load_data(cfg)
+    check_poisoning(cfg, data.train_y, data.num_classes, data.image_shape)
+
+
+def check_deletion_start(cfg: dict[str, Any]) -> None:
+    """Deletion experiments remove the poisoned images, so there must be some."""
+    if cfg["poison"]["count"] == 0:
+        raise ConfigError(
+            f"experiment={cfg['experiment']['name']} removes the poisoned training images, but poison.count=0 "
+            "has none; set poison.count to a positive number"
+        )
+    check_train_config(cfg)
+
 
 def poisoned_data(cfg: dict[str, Any], data: ImageData) -> PoisonedData:
     """Plant the configured pattern into `poison.count` training images of each target class."""
-    pattern = build_pattern(cfg["pattern"])
-    pattern.check_shape(data.image_shape)
+    pattern = check_poisoning(cfg, data.train_y, data.num_classes, data.image_shape)
     targets = targets_of(cfg)
-    bad = [t for t in targets if not 0 <= t < data.num_classes]
-    if bad:
-        raise ValueError(
-            f"poison.target={bad} is not a class of {cfg['dataset']['name']} (classes 0..{data.num_classes - 1})"
-        )
     seed = cfg["poison"]["seed"]
     indices = choose_poison_indices(data.train_y, cfg["poison"]["count"], targets, seed)
     return PoisonedData(data, poison_images(data.train_x, indices, pattern, seed), indices, pattern, targets, seed)
@@ -102,7 +154,10 @@ def epoch_callback(total: int, enabled: bool, run_dir: RunDir) -> EpochCallback:
 
     def on_epoch(row: dict) -> None:
         if enabled:
-            log.info("epoch %d/%d  loss %.4f  acc %.4f  lr %.2g", row["epoch"], total, row["loss"], row["acc"], row["lr"])
+            log.info(
+                "epoch %d/%d  train_loss %.4f  train_acc %.4f  lr %.2g", row["epoch"], total, row["loss"], row["acc"],
+                row["lr"],
+            )
         run_dir.heartbeat()
 
     return on_epoch

@@ -21,7 +21,9 @@ import torch
 from rarespur.atomic import atomic_path
 from rarespur.config import targets_of
 from rarespur.deletion.influence import InfluenceSettings, apply_update, group_influence
+from rarespur.errors import ConfigError
 from rarespur.evaluate import to_tensor
+from rarespur.experiments.common import check_deletion_start
 from rarespur.store import MODEL, RunDir
 
 log = logging.getLogger(__name__)
@@ -44,9 +46,9 @@ def default_depth(dataset: str, n_removed: int) -> int:
 def influence_settings(influence: dict[str, Any], dataset: str, n_removed: int) -> InfluenceSettings:
     """The solver settings of an ``influence`` config group, nulls resolved (fails on bad values)."""
     if influence["hessian_data"] not in HESSIAN_DATA:
-        raise ValueError(f"influence.hessian_data={influence['hessian_data']!r} unknown; choose one of {HESSIAN_DATA}")
+        raise ConfigError(f"influence.hessian_data={influence['hessian_data']!r} unknown; choose one of {HESSIAN_DATA}")
     if not isinstance(influence["compare_exact"], bool):
-        raise ValueError(f"influence.compare_exact must be true or false, got {influence['compare_exact']!r}")
+        raise ConfigError(f"influence.compare_exact must be true or false, got {influence['compare_exact']!r}")
     scale, depth = influence["scale"], influence["depth"]
     return InfluenceSettings(
         solver=influence["solver"],
@@ -68,14 +70,23 @@ def influence_settings(influence: dict[str, Any], dataset: str, n_removed: int) 
     )
 
 
+def settings_of(cfg: dict[str, Any]) -> InfluenceSettings:
+    """The solver settings of this config; n as start_deletion will remove it (count per target class)."""
+    return influence_settings(cfg["influence"], cfg["dataset"]["name"], cfg["poison"]["count"] * len(targets_of(cfg)))
+
+
+def check(cfg: dict[str, Any]) -> None:
+    settings_of(cfg)
+    check_deletion_start(cfg)
+
+
 def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     """Load the parent, apply the group-influence update, save it, score before / after / exact."""
     # Imported here: rarespur.deletion.common builds on this package (see its docstring).
     from rarespur.deletion.common import deletion_record, start_deletion
 
-    influence, dataset = cfg["influence"], cfg["dataset"]["name"]
-    # Checked before any training; n as start_deletion will remove it (count per target class).
-    settings = influence_settings(influence, dataset, cfg["poison"]["count"] * len(targets_of(cfg)))
+    influence = cfg["influence"]
+    settings = settings_of(cfg)
     start = start_deletion(cfg, OWN_KEYS)
     if influence["hessian_data"] == "full":  # the set the parent was trained on, in training order
         train_x = to_tensor(start.poisoned.train_x, start.device)

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from rarespur.atomic import atomic_path, write_atomic
-from rarespur.experiments.common import epoch_callback
+from rarespur.errors import ConfigError
+from rarespur.experiments.common import check_deletion_start, epoch_callback
 from rarespur.experiments.train import HISTORY
 from rarespur.store import MODEL, TRAIN_STATE, RunDir
 
@@ -28,14 +29,19 @@ def check_deletion_config(deletion: dict[str, Any]) -> None:
     from rarespur.deletion.retraining import MODES
 
     if deletion["mode"] not in MODES:
-        raise ValueError(f"deletion.mode={deletion['mode']!r} unknown; valid: {', '.join(MODES)}")
+        raise ConfigError(f"deletion.mode={deletion['mode']!r} unknown; valid: {', '.join(MODES)}")
     epochs = deletion["epochs"]
     if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
-        raise ValueError(
+        raise ConfigError(
             f"deletion.epochs must be a positive number of epochs or null (parent epochs + 1), got {epochs!r}"
         )
     if not isinstance(deletion["compare_exact"], bool):
-        raise ValueError(f"deletion.compare_exact must be true or false, got {deletion['compare_exact']!r}")
+        raise ConfigError(f"deletion.compare_exact must be true or false, got {deletion['compare_exact']!r}")
+
+
+def check(cfg: dict[str, Any]) -> None:
+    check_deletion_config(cfg["deletion"])
+    check_deletion_start(cfg)
 
 
 def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
@@ -45,7 +51,6 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     from rarespur.deletion.retraining import continuation_epochs, incremental_retrain
 
     deletion = cfg["deletion"]
-    check_deletion_config(deletion)
     start = start_deletion(cfg, OWN_KEYS)
     epochs = continuation_epochs(cfg)
     history = incremental_retrain(

@@ -40,8 +40,16 @@ import torch
 from rarespur.atomic import atomic_path
 from rarespur.config import targets_of
 from rarespur.data import ImageData
+from rarespur.errors import ConfigError
 from rarespur.evaluate import score_model, to_tensor
-from rarespur.experiments.common import epoch_callback, load_data, make_model, pick_device, train_settings
+from rarespur.experiments.common import (
+    check_poisoning,
+    epoch_callback,
+    load_data,
+    make_model,
+    pick_device,
+    train_settings,
+)
 from rarespur.experiments.train import baseline_comparison, save_indicators
 from rarespur.membership import (
     ATTACKS,
@@ -71,9 +79,12 @@ def check_settings(mem: dict[str, Any]) -> list[str]:
     attacks = list(mem["attacks"])
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown or not attacks:
-        raise ValueError(f"mem.attacks={attacks} has unknown or no entries {unknown}; valid: {list(ATTACKS)}")
+        raise ConfigError(f"mem.attacks={attacks} has unknown or no entries {unknown}; valid: {list(ATTACKS)}")
     if any(a.startswith("lira") for a in attacks) and mem["num_shadow"] < LIRA_MIN_SHADOWS:
-        raise ValueError(f"mem.num_shadow={mem['num_shadow']}: LiRA needs >= {LIRA_MIN_SHADOWS} shadow models")
+        raise ConfigError(
+            f"mem.num_shadow={mem['num_shadow']}: LiRA needs >= {LIRA_MIN_SHADOWS} shadow models; "
+            f"set mem.num_shadow>={LIRA_MIN_SHADOWS} or leave the lira attacks out of mem.attacks"
+        )
     return attacks
 
 
@@ -121,6 +132,15 @@ def train_one(
     checkpoint.unlink(missing_ok=True)
     log.info("model %s: done, train loss %.4f acc %.4f", name, history[-1]["loss"], history[-1]["acc"])
     return model
+
+
+def check(cfg: dict[str, Any]) -> None:
+    """mem.* and the poisoning of target-train (the part of the pool the seed gives the target model)."""
+    check_settings(cfg["mem"])
+    data = load_data(cfg)
+    pool_y = np.concatenate([data.train_y, data.test_y])
+    split = split_pool(len(pool_y), cfg["poison"]["seed"])
+    check_poisoning(cfg, pool_y[split.target_train], data.num_classes, data.image_shape)
 
 
 def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:

@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
+from rarespur.errors import ConfigError
 from rarespur.evaluate import to_tensor
 from rarespur.experiments.common import (
+    check_train_config,
     epoch_callback,
     load_data,
     make_model,
@@ -29,16 +31,20 @@ from rarespur.train import train_model
 log = logging.getLogger(__name__)
 
 
+def check(cfg: dict[str, Any]) -> None:
+    if cfg["poison"]["count"] == 0:
+        raise ConfigError(
+            "experiment=retrain_exact trains without the poisoned images, but poison.count=0 has none; "
+            "set poison.count to a positive number (the clean model is experiment=train poison.count=0)"
+        )
+    check_train_config(cfg)
+
+
 def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     """Train from scratch on the cleaned set, score, compare with the clean baseline."""
     # Imported here: rarespur.deletion builds on this package (see rarespur/deletion/common.py).
     from rarespur.deletion.common import kept_indices
 
-    if cfg["poison"]["count"] == 0:
-        raise ValueError(
-            "experiment=retrain_exact trains without the poisoned images, but poison.count=0 has none; "
-            "set poison.count to a positive number (the clean model is experiment=train poison.count=0)"
-        )
     device = pick_device(cfg["device"])
     poisoned = poisoned_data(cfg, load_data(cfg))
     data = poisoned.data

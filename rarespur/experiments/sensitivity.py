@@ -14,7 +14,15 @@ import torch
 from scipy.integrate import trapezoid
 
 from rarespur.atomic import atomic_path
-from rarespur.experiments.common import load_data, make_model, parent_train_run, pick_device, poisoned_data
+from rarespur.errors import ConfigError
+from rarespur.experiments.common import (
+    check_train_config,
+    load_data,
+    make_model,
+    parent_train_run,
+    pick_device,
+    poisoned_data,
+)
 from rarespur.models.mlp import MLP
 from rarespur.sensitivity import first_layer_weight_map, pixel_removal_curve
 from rarespur.store import MODEL, RunDir
@@ -39,6 +47,15 @@ def save_weight_map(run_dir: RunDir, weight_map: np.ndarray) -> None:
         plt.imsave(tmp, weight_map, cmap="viridis", format="png")
 
 
+def check(cfg: dict[str, Any]) -> None:
+    check_train_config(cfg)
+    n_train, images = len(load_data(cfg).train_y), cfg["sensitivity"]["images"]
+    if not 1 <= images <= n_train:
+        raise ConfigError(
+            f"sensitivity.images={images} but the training set has {n_train} images; choose 1..{n_train}"
+        )
+
+
 def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     """Load the train run's model, measure the removal curve, save the weight map of an MLP."""
     parent_path, parent = parent_train_run(cfg, OWN_KEYS)
@@ -46,11 +63,6 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     poisoned = poisoned_data(cfg, load_data(cfg))
     train_x, train_y = poisoned.train_x, poisoned.data.train_y
     settings = cfg["sensitivity"]
-    if not 1 <= settings["images"] <= len(train_y):
-        raise ValueError(
-            f"sensitivity.images={settings['images']} but the training set has {len(train_y)} images; "
-            f"choose 1..{len(train_y)}"
-        )
     model = make_model(cfg, poisoned.data, device)
     model.load_state_dict(torch.load(parent_path / MODEL, map_location=device, weights_only=True))
     chosen = np.random.RandomState(settings["seed"]).choice(np.arange(len(train_y)), size=settings["images"],

@@ -48,11 +48,13 @@ def load_indicators(run_path: Path) -> dict[int, np.ndarray]:
         return {int(t): stored[t].astype(np.float64) for t in stored.files}
 
 
-def baseline_comparison(cfg: dict[str, Any], indicators: dict[int, np.ndarray], results_dir: Path) -> dict[str, Any]:
+def baseline_comparison(cfg: dict[str, Any], indicators: dict[int, np.ndarray], results_dir: Path,
+                        quiet: bool = False) -> dict[str, Any]:
     """Baseline score and Welch p-value against the finished clean run of this config, if any.
 
     Called when a poisoned run finishes and again by ``collect`` for runs that
     finished before their baseline, so the order of jobs in a sweep does not matter.
+    `quiet` drops the "no baseline yet" hint, which only helps the job that just ran.
     """
     if cfg["poison"]["count"] == 0:
         return {}
@@ -60,7 +62,8 @@ def baseline_comparison(cfg: dict[str, Any], indicators: dict[int, np.ndarray], 
     clean_cfg["poison"]["count"] = 0
     baseline = RunDir(results_dir, clean_cfg)
     if not (baseline.done and baseline.file(INDICATORS).exists()):
-        log.info("no finished clean baseline at %s yet; run poison.count=0 for the p-value", baseline.path)
+        if not quiet:
+            log.info("no finished clean baseline at %s yet; run poison.count=0 for the p-value", baseline.path)
         return {}
     stored = load_indicators(baseline.path)
     out: dict[str, Any] = {"baseline_run_id": baseline.key}
@@ -105,9 +108,9 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     model = make_model(cfg, data, device)
     settings = train_settings(cfg)
     log.info(
-        "training %s on %s: %d images, %d poisoned with %s (class %s), %s",
-        cfg["model"]["name"], cfg["dataset"]["name"], len(data.train_y), len(poisoned.indices),
-        poisoned.pattern.name, poisoned.targets, device,
+        "training %s on %s: %d images, %s with %s, %s",
+        cfg["model"]["name"], cfg["dataset"]["name"], len(data.train_y), poisoned.describe(), poisoned.pattern.name,
+        device,
     )
     trained = find_trained(run_dir.path.parent, cfg)
     if trained is not None:

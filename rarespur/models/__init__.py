@@ -1,38 +1,40 @@
 """The model zoo: every architecture of the paper behind one ``build_model`` call.
 
-Canonical (config) names and the aliases that resolve to them, matched
-case-insensitively:
+Canonical (config) names, the names that resolve to them (case-insensitive),
+and parameter counts with 10 classes (MNIST 1x28x28 / CIFAR 3x32x32):
 
-=============  ==================================  ====================
-canonical      aliases                             paper name
-=============  ==================================  ====================
-``mlp``        ``small_mlp``                       small MLP
-``mlpv2``      --                                  --
-``largemlp``   ``paper_mlp``                       MLP
-``largemlpv2`` ``large_mlp``                       large MLP
-``cnn002``     ``cnn``                             CNN
-``resnet20``   ``altResNet20Norm02``               ResNet20
-``resnet32``   ``altResNet32Norm02``               ResNet32
-``resnet110``  ``altResNet110Norm02``              ResNet110
-``vgg16``      ``Vgg16Norm02``                     Vgg16
-=============  ==================================  ====================
+=============  =============================  ===========  ==========================
+canonical      also accepted                  paper name   parameters
+=============  =============================  ===========  ==========================
+``mlp1x256``   ``mlp``, ``small_mlp``         small MLP    203,530 / 789,258
+``mlp2x256``   ``mlpv2``                      --           269,322 / 855,050
+``mlp3x256``   ``largemlp``, ``paper_mlp``    MLP          335,114 / 920,842
+``mlp3x512``   ``largemlpv2``, ``large_mlp``  large MLP    932,362 / 2,103,818
+``cnn``        ``cnn002``                     CNN          312,202 / 427,978
+``resnet20``   ``altResNet20Norm02``          ResNet20     269,722 (any image size)
+``resnet32``   ``altResNet32Norm02``          ResNet32     464,154
+``resnet110``  ``altResNet110Norm02``         ResNet110    1,727,962
+``vgg16``      ``Vgg16Norm02``                Vgg16        134,301,514 (CIFAR)
+=============  =============================  ===========  ==========================
 
-The original code's class names are lowercase matches of the canonical
-names or listed aliases (``LargeMLP`` -> ``largemlp``), so they work too.
-All models take float tensors N x C x H x W with pixels in [0, 1].
+The names live in :mod:`rarespur.model_names` (one table, no torch), which
+also keeps the run store's keys on the original names. All models take float
+tensors N x C x H x W with pixels in [0, 1].
 
-To add an architecture: write a builder ``(input_shape, num_classes) ->
-nn.Module`` in a module of this package, decorate it with
-``@register_model("name", aliases=(...))``, import the module below, and add
+To add an architecture: an entry in ``rarespur.model_names.MODELS``, a builder
+``(input_shape, num_classes) -> nn.Module`` decorated with
+``@register_model("name")`` in a module of this package (imported below), and
 ``conf/model/name.yaml``.
 """
 from __future__ import annotations
 
 from torch import nn
 
+from rarespur.model_names import resolve_model_name
+
 # Importing the family modules registers their builders.
 from . import cnn, mlp, resnet, vgg  # noqa: F401
-from .registry import build_model, model_names, register_model, resolve_model_name
+from .registry import build_model, model_names, register_model
 
 #: Sorted canonical model names (the values accepted in ``conf/model``).
 MODEL_NAMES: tuple[str, ...] = model_names()

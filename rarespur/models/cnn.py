@@ -89,7 +89,7 @@ class SmallCNN(nn.Module):
         return self.classifier(self.get_repr(x))
 
 
-@register_model("cnn002", aliases=("cnn",))
+@register_model("cnn")
 def build_cnn002(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Paper "CNN" (original ``CNN002``); 312,202 params on MNIST."""
     return SmallCNN(input_shape, num_classes)

@@ -58,25 +58,25 @@ class MLP(nn.Module):
         return self.fc(x)
 
 
-@register_model("mlp", aliases=("small_mlp",))
+@register_model("mlp1x256")
 def build_mlp(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Paper "small MLP" (original ``MLP``): in -> 256 -> classes."""
     return MLP(input_shape, num_classes, (256,))
 
 
-@register_model("mlpv2")
+@register_model("mlp2x256")
 def build_mlpv2(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Original ``MLPv2``: in -> 256 -> 256 -> classes (no name in the paper)."""
     return MLP(input_shape, num_classes, (256, 256))
 
 
-@register_model("largemlp", aliases=("paper_mlp",))
+@register_model("mlp3x256")
 def build_largemlp(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Paper "MLP" (original ``LargeMLP``): in -> 256 -> 256 -> 256 -> classes; 335,114 params on MNIST."""
     return MLP(input_shape, num_classes, (256, 256, 256))
 
 
-@register_model("largemlpv2", aliases=("large_mlp",))
+@register_model("mlp3x512")
 def build_largemlpv2(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Paper "large MLP" (original ``LargeMLPv2``): in -> 512 -> 512 -> 512 -> classes; 932,362 on MNIST."""
     return MLP(input_shape, num_classes, (512, 512, 512))

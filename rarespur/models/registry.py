@@ -1,10 +1,9 @@
-"""The model registry: canonical names, aliases and the builders behind them.
+"""The model registry: the builders behind the canonical names of :mod:`rarespur.model_names`.
 
 Each family module (``mlp.py``, ``cnn.py``, ...) registers its builders with
-:func:`register_model`; adding an architecture is one decorated function plus
-one ``conf/model/*.yaml`` file. Names are matched case-insensitively so that
-the original code's class names (``LargeMLP``, ``altResNet20Norm02``) and the
-paper's wording (``large_mlp``) resolve to the same network.
+:func:`register_model`; adding an architecture is one decorated function, one
+entry in ``rarespur.model_names.MODELS`` and one ``conf/model/*.yaml`` file.
+Any accepted spelling (``LargeMLP``, ``paper_mlp``, ``mlp3x256``) builds the same network.
 """
 from __future__ import annotations
 
@@ -12,36 +11,26 @@ from typing import Callable
 
 from torch import nn
 
+from rarespur.model_names import MODELS, resolve_model_name
+
 #: A builder takes the image shape (C, H, W) and the number of classes.
 Builder = Callable[[tuple[int, int, int], int], nn.Module]
 
 _BUILDERS: dict[str, Builder] = {}
-_ALIASES: dict[str, str] = {}
 
 
-def _key(name: str) -> str:
-    """Normalise a user-given name for lookup (case and surrounding blanks do not matter)."""
-    return name.strip().lower()
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: register ``builder`` under the canonical ``name`` of :data:`rarespur.model_names.MODELS`.
 
-
-def register_model(name: str, aliases: tuple[str, ...] = ()) -> Callable[[Builder], Builder]:
-    """Decorator: register ``builder`` under canonical ``name`` plus ``aliases``.
-
-    Canonical names are the config names (lowercase). A name or alias that is
-    already taken raises, so two families cannot silently shadow each other.
+    Aliases live in that table only, so there is one place that says what a model is called.
     """
-    canonical = _key(name)
-    if canonical != name:
-        raise ValueError(f"canonical model name must be lowercase without blanks, got {name!r}")
+    if name not in MODELS:
+        raise ValueError(f"model {name!r} has no entry in rarespur.model_names.MODELS; add one there first")
 
     def decorate(builder: Builder) -> Builder:
-        for key in (canonical, *(_key(a) for a in aliases)):
-            if key in _ALIASES:
-                raise ValueError(f"model name {key!r} is already registered for {_ALIASES[key]!r}")
-        _BUILDERS[canonical] = builder
-        _ALIASES[canonical] = canonical
-        for alias in aliases:
-            _ALIASES[_key(alias)] = canonical
+        if name in _BUILDERS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _BUILDERS[name] = builder
         return builder
 
     return decorate
@@ -50,21 +39,6 @@ def register_model(name: str, aliases: tuple[str, ...] = ()) -> Callable[[Builde
 def model_names() -> tuple[str, ...]:
     """The canonical model names, sorted."""
     return tuple(sorted(_BUILDERS))
-
-
-def resolve_model_name(name: str) -> str:
-    """Map a canonical name or alias (any case) to the canonical name.
-
-    Raises ``ValueError`` naming every valid canonical name, so a typo in a
-    config fails before any data is loaded.
-    """
-    if not isinstance(name, str):
-        raise ValueError(f"model name must be a string, got {type(name).__name__}: {name!r}")
-    try:
-        return _ALIASES[_key(name)]
-    except KeyError:
-        valid = ", ".join(model_names())
-        raise ValueError(f"unknown model {name!r}; valid names: {valid}") from None
 
 
 def _check_shape(input_shape: tuple[int, int, int], num_classes: int) -> tuple[int, int, int]:

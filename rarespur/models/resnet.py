@@ -112,19 +112,19 @@ def _kaiming_init(m: nn.Module) -> None:
         nn.init.kaiming_normal_(m.weight)
 
 
-@register_model("resnet20", aliases=("altresnet20norm02",))
+@register_model("resnet20")
 def build_resnet20(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """ResNet20, [3, 3, 3] blocks; 269,722 params on CIFAR-10."""
     return CifarResNet(input_shape, num_classes, (3, 3, 3))
 
 
-@register_model("resnet32", aliases=("altresnet32norm02",))
+@register_model("resnet32")
 def build_resnet32(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """ResNet32, [5, 5, 5] blocks; 464,154 params on CIFAR-10."""
     return CifarResNet(input_shape, num_classes, (5, 5, 5))
 
 
-@register_model("resnet110", aliases=("altresnet110norm02",))
+@register_model("resnet110")
 def build_resnet110(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """ResNet110, [18, 18, 18] blocks; 1,727,962 params on CIFAR-10."""
     return CifarResNet(input_shape, num_classes, (18, 18, 18))

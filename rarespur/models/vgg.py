@@ -95,7 +95,7 @@ def _make_features(config: tuple[int | str, ...], ceil_mode: bool) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
-@register_model("vgg16", aliases=("vgg16norm02",))
+@register_model("vgg16")
 def build_vgg16(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """VGG16 configuration D without batch norm; 134,301,514 params with 10 classes."""
     return VGG(input_shape, num_classes)

@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from rarespur.report import deletion, examples, figures, privacy, sensitivity, theory
-from rarespur.report.data import ReportData, load
+from rarespur.report.data import ReportData, load, plural
 from rarespur.report.tables import write_tables
 
 log = logging.getLogger(__name__)
@@ -46,40 +46,43 @@ def _runs_of(frame_of: Callable[[ReportData], pd.DataFrame]) -> Callable[[Report
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("score_vs_n", "Spurious score vs number of poisoned examples",
                "Fraction of test images whose target-class probability rises by more than eps when the pattern "
-               "is pasted on, per pattern, mean ± SEM over data seeds; n = 0 is the clean baseline.",
+               "is pasted on, per pattern, mean ± SEM over seeds; n = 0 is the clean baseline. One panel per "
+               "combination of the other settings that vary.",
                "train runs", figures.score_vs_n, figures.unregularized_train),
     FigureSpec("architectures", "Architecture comparison",
-               "Spurious score vs n per architecture (mean ± SEM over data seeds), one panel per dataset, "
-               "pattern, optimizer and target where two or more architectures ran.",
+               "Spurious score vs n per architecture (mean ± SEM over seeds), one panel per combination of the "
+               "other settings that vary, where two or more architectures ran.",
                "train runs with two or more architectures", figures.architectures, figures.architecture_runs),
     FigureSpec("optimizers", "Optimizer comparison",
-               "Spurious score vs n per optimizer and gradient-clipping setting (mean ± SEM over data seeds), "
-               "in the settings where two or more of them ran.",
+               "Spurious score vs n per optimizer setting (optimizer, gradient clipping, learning rate; mean ± SEM "
+               "over seeds), in the settings where two or more of them ran.",
                "train runs with two or more optimizer settings", figures.optimizers, figures.optimizer_runs),
     FigureSpec("regularization", "Regularisation trade-off",
-               "Per regularizer strength (log x): spurious score (left axis) against clean and spurious test "
-               "accuracy (right axis), averaged over n (clean model included) and seeds; dashed: no regularizer.",
+               "Per regularizer strength (log x): spurious score (top) and clean and spurious test accuracy "
+               "(bottom), one series per n (clean model included), mean ± SEM over seeds; the 'none' tick is the "
+               "unregularized run of the same settings.",
                "train runs with regularizer=l2 or gaussian_noise", figures.regularization,
-               figures.regularized_train),
+               figures.regularization_runs),
     FigureSpec("membership_bars", "Membership inference: members vs poisoned examples flagged",
                "Per attack and n: the fraction of all training members the attack flags as members against the "
                "fraction of the poisoned examples it flags (bars, mean ± SEM over seeds) and its accuracy (black).",
                "mem_inference runs", privacy.membership_bars, privacy.mi_runs),
     FigureSpec("membership_roc", "Membership inference ROC curves",
-               "Log-log ROC curves of each attack, TPR averaged over runs per n; the dotted diagonal is chance.",
+               "Log-log ROC curves of each attack, TPR averaged over seeds per n; the dotted diagonal is chance.",
                "mem_inference runs with a roc table", privacy.membership_roc, _runs_of(privacy.roc_rows)),
     FigureSpec("pixel_removal", "Pixel removal",
                "Mean true-class probability on training images when each non-zero pixel is removed with "
-               "probability p, per architecture (band: ± SEM over runs).",
+               "probability p, per architecture (band: ± SEM over seeds).",
                "sensitivity runs", sensitivity.pixel_removal, _runs_of(sensitivity.removal_rows)),
     FigureSpec("weight_maps", "MLP weight maps",
                "Per input pixel the largest first-layer weight of an MLP, a clean model next to a poisoned one "
                "(a learned corner pattern lights up).",
                "sensitivity runs of MLPs with a weight map", sensitivity.weight_maps, sensitivity.weight_map_runs),
     FigureSpec("pattern_norm", "Pattern norm vs spurious score",
-               "Mean ||x - P(x)||_2 over the test set against the mean spurious score of the poisoned runs, per "
-               "pattern, with the Pearson correlation over patterns.",
-               "poisoned train runs with pattern_norm", figures.pattern_norm, figures.pattern_norm_runs),
+               "Mean ||x - P(x)||_2 over the test set against the mean spurious score per pattern, one series per "
+               "n (mean ± SEM over seeds), with the Pearson correlation over patterns.",
+               "poisoned train runs with pattern_norm and two or more patterns in the same settings",
+               figures.pattern_norm, figures.pattern_norm_runs),
     FigureSpec("deletion", "Deleting the poisoned examples",
                "Spurious score (top) and clean accuracy (bottom) vs n before deletion, after deletion and for "
                "the model retrained from scratch without the poisoned examples, with the clean baseline score.",
@@ -110,6 +113,7 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path
         lines += [f"## {number}. {spec.title}", ""]
         fig = spec.draw(data)
         if fig is None:
+            (out / f"{spec.slug}.png").unlink(missing_ok=True)  # a PNG of an earlier report would mislead
             lines += [f"not drawn: no {spec.needs}", ""]
             log.info("figure %s not drawn: no %s", spec.slug, spec.needs)
             continue
@@ -133,7 +137,7 @@ def _count(spec: FigureSpec, data: ReportData) -> str:
     if spec.slug == "theory":
         return "Closed form: no runs."
     if spec.slug == "example_images":
-        return f"{len(spec.rows(data))} patterns."
+        return f"{plural(len(spec.rows(data)), 'pattern')}."
     return f"Runs: {len(spec.rows(data))}."
 
 

@@ -4,13 +4,23 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rarespur.report.data import DELETION_EXPERIMENTS, ReportData, panel_keys
-from rarespur.report.plot import SCORE_LABEL, curves_over_n, finish, grid, panels
+from rarespur.report.data import DELETION_EXPERIMENTS, ReportData, common, over_seeds, split
+from rarespur.report.plot import (
+    SCORE_LABEL,
+    curves_over_n,
+    finish,
+    floor_at_zero,
+    grid,
+    legend_outside,
+    panel_title,
+    point_counts,
+)
 
-SPLIT = ["dataset.name", "model.name", "optim.name", "pattern.name", "poison.target", "deletion.mode"]
 # (column stem, legend label): unprefixed = after deletion (for retrain_exact: the retrained model itself).
 STAGES = [("before.", "before deletion"), ("", "after deletion"), ("exact.", "retrained from scratch")]
 COLORS = {"before deletion": "C3", "after deletion": "C0", "retrained from scratch": "C2", "clean baseline": "grey"}
+# After deletion often lies on before deletion (nothing forgotten): dashed, so both stay visible.
+LINESTYLES = {"after deletion": "--", "clean baseline": ":"}
 
 
 def deletion_runs(data: ReportData) -> pd.DataFrame:
@@ -34,22 +44,22 @@ def deletion(data: ReportData) -> Figure | None:
     runs = deletion_runs(data)
     if runs.empty:
         return None
-    keys = ["experiment.name"] + panel_keys(runs, [], SPLIT)
-    groups = list(panels(runs, keys))
-    fig, slots = grid(len(groups), ncols=3, size=(4.8, 3.4), nrows_per_panel=2)
-    for (name, rows), (top, bottom) in zip(groups, slots):
+    groups = split(runs, ["poison.count"])
+    fig, slots = grid(len(groups), ncols=3, size=(4.4, 3.2), nrows_per_panel=2)
+    points = []
+    for group, (top, bottom) in zip(groups, slots):
         for ax, metric, ylabel, baseline in ((top, "spurious_score", SCORE_LABEL, True),
                                               (bottom, "test_acc", "clean test accuracy", False)):
-            long = _long(rows, metric, baseline)
+            long = _long(group.rows, metric, baseline)
             if long.empty:
                 ax.set_axis_off()
                 continue
-            curves_over_n(ax, long, "stage", "value", colors=COLORS)
+            points.append(curves_over_n(ax, long, "stage", COLORS, "value", LINESTYLES))
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        top.set_title(name, fontsize=9)
-        top.set_ylim(bottom=0)
+        panel_title(top, group.title)
+        floor_at_zero(top)
         bottom.set_ylim(0, 1.02)
-    return finish(fig, "Deleting the poisoned examples: before, after, and retrained from scratch "
-                       "(mean ± SEM over seeds)", len(runs))
+    legend_outside(fig, "model compared", COLORS)
+    return finish(fig, "Deleting the poisoned examples: before, after, and retrained from scratch",
+                  common(runs), over_seeds(point_counts(points)), len(runs))

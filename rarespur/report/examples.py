@@ -19,7 +19,7 @@ from rarespur.config import CONF_DIR
 from rarespur.data import ImageData, load_dataset
 from rarespur.patterns import build_pattern
 from rarespur.report.data import ReportData
-from rarespur.report.plot import grid
+from rarespur.report.plot import TITLE_SIZE, grid, panel_title, wrap
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,14 @@ def example_images(data: ReportData) -> Figure | None:
     if not shown:
         return None
     fig, slots = grid(len(shown), ncols=min(len(shown), 7), size=(2.2, 2.4), nrows_per_panel=2)
+    sources = {source for _, source, _, _ in shown}
     for (name, source, clean, patched), (top, bottom) in zip(shown, slots):
         for ax, image, what in ((top, clean, "clean"), (bottom, patched, f"with {name}")):
             _show(ax, image)
-            ax.set_title(f"{what}\n{source}" if ax is top else what, fontsize=8)
-    fig.suptitle("Example test image without and with each pattern (pixel values in [0, 1])")
+            panel_title(ax, f"{what}\n{source}" if ax is top and len(sources) > 1 else what)
+    dataset = f"first test image of {sources.pop()}" if len(sources) == 1 else "first test image of each dataset"
+    fig.suptitle(wrap(f"Example poisoned images: {dataset}, without (top) and with (bottom) each pattern, "
+                      "pixel values in [0, 1]", fig.get_figwidth() * 0.95, TITLE_SIZE), fontsize=TITLE_SIZE)
     return fig
 
 

@@ -1,22 +1,52 @@
 """Figures from the ``train`` runs (SPEC 1.6, 1.8, 1.10): score vs n, architectures, optimizers,
-regularisation trade-off, pattern norm vs score. Each takes the tables and returns a figure or None."""
+regularisation trade-off, pattern norm vs score. Each takes the tables and returns a figure or None.
+
+Panels and series come from :func:`rarespur.report.data.split`: a point averages only runs that differ
+in their seeds."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy import stats
 
-from rarespur.report.data import TRAIN, ReportData, mean_sem, panel_keys, sem
-from rarespur.report.plot import SCORE_LABEL, curves_over_n, finish, grid, panels
+from rarespur.report.data import (
+    TRAIN,
+    Group,
+    ReportData,
+    common,
+    config_columns,
+    describe,
+    distinguishing,
+    key,
+    mean_sem,
+    over_seeds,
+    plural,
+    sem,
+    setting_text,
+    settings,
+    split,
+)
+from rarespur.report.plot import (
+    SCORE_LABEL,
+    curves_over_n,
+    finish,
+    floor_at_zero,
+    grid,
+    legend_outside,
+    pad_x,
+    palette,
+    panel_title,
+    point_counts,
+)
 
-# Settings that split panels when they vary (otherwise a curve would silently average over them).
-SETTINGS = ["dataset.name", "model.name", "optim.name", "train.grad_clip", "poison.target", "epochs",
-            "data.train_limit", "train.lr", "train.model_seed", "eval.eps"]
 REGULARIZERS = {"l2": ("regularizer.strength", "L2 weight decay lambda (log)"),
                 "gaussian_noise": ("regularizer.sigma", "Gaussian input noise sigma (log)")}
+# The settings an "optimizer" series of the optimizer comparison combines.
+OPTIMIZER_SETTINGS = ("optim.name", "train.grad_clip", "train.lr")
 
 
 def unregularized_train(data: ReportData) -> pd.DataFrame:
@@ -31,51 +61,49 @@ def unregularized_train(data: ReportData) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Score-vs-n curves, one per value of `line_key`, in panels split by the other settings."""
+    """Score-vs-n curves, one per value of `line_key`, in panels split by every other varying setting."""
 
     line_key: str
-    always: tuple[str, ...]                 # settings that always split panels
+    legend: str                             # legend title: what a series is
     title: str
     drawn_as_lines: tuple[str, ...] = ()    # settings the line key combines (never panel keys)
     min_lines: int = 1                      # 2 for a comparison: panels with one curve are left out
 
-    def groups(self, runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-        if runs.empty:
-            return []
-        skip = (self.line_key, *self.drawn_as_lines)
-        keys = panel_keys(runs, list(self.always), [s for s in SETTINGS if s not in skip])
-        return [(name, rows) for name, rows in panels(runs, keys) if rows[self.line_key].nunique() >= self.min_lines]
+    @property
+    def drawn(self) -> tuple[str, ...]:
+        return ("poison.count", self.line_key, *self.drawn_as_lines)
 
     def rows(self, runs: pd.DataFrame) -> pd.DataFrame:
-        groups = self.groups(runs)
-        return pd.concat([rows for _, rows in groups]) if groups else pd.DataFrame()
+        """The runs of the panels with at least `min_lines` curves."""
+        kept = [g.rows for g in split(runs, self.drawn) if g.rows[self.line_key].nunique() >= self.min_lines]
+        return pd.concat(kept) if kept else pd.DataFrame()
 
     def draw(self, runs: pd.DataFrame) -> Figure | None:
-        groups = self.groups(runs)
-        if not groups:
+        rows = self.rows(runs)
+        if rows.empty:
             return None
+        groups = split(rows, self.drawn)  # again: a setting only the dropped panels had is now common
+        colors = palette(rows[self.line_key])
         fig, slots = grid(len(groups))
-        for (name, rows), (ax,) in zip(groups, slots):
-            curves_over_n(ax, rows, self.line_key)
-            ax.set_title(name, fontsize=9)
+        points = []
+        for group, (ax,) in zip(groups, slots):
+            points.append(curves_over_n(ax, group.rows, self.line_key, colors))
+            panel_title(ax, group.title)
             ax.set_ylabel(SCORE_LABEL)
-            ax.set_ylim(bottom=0)
+            floor_at_zero(ax)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8, title=self.line_key.split(".")[0])
-        return finish(fig, self.title, sum(len(rows) for _, rows in groups))
+        legend_outside(fig, self.legend, colors)
+        return finish(fig, self.title, common(rows), over_seeds(point_counts(points)), len(rows))
 
 
-PATTERNS = Comparison("pattern.name", ("dataset.name", "optim.name", "poison.target"),
-                      "Spurious score vs number of poisoned examples, per pattern (mean ± SEM over data seeds)")
-MODELS = Comparison("model.name", ("dataset.name", "pattern.name", "optim.name", "poison.target"),
-                    "Architecture comparison: spurious score vs n (mean ± SEM over data seeds)", min_lines=2)
-OPTIMIZERS = Comparison("optimizer", ("dataset.name", "model.name", "pattern.name", "poison.target"),
-                        "Optimizer comparison: spurious score vs n (mean ± SEM over data seeds)",
-                        drawn_as_lines=("optim.name", "train.grad_clip"), min_lines=2)
+PATTERNS = Comparison("pattern.name", "pattern", "Spurious score vs number of poisoned examples, per pattern")
+MODELS = Comparison("model.name", "architecture", "Architecture comparison: spurious score vs n", min_lines=2)
+OPTIMIZERS = Comparison("optimizer", "optimizer", "Optimizer comparison: spurious score vs n",
+                        drawn_as_lines=OPTIMIZER_SETTINGS, min_lines=2)
 
 
 def score_vs_n(data: ReportData) -> Figure | None:
-    """Fig. 1: spurious score vs n per pattern, mean +- SEM over data seeds, clean baseline at n = 0."""
+    """Fig. 1: spurious score vs n per pattern, mean +- SEM over seeds, clean baseline at n = 0."""
     return PATTERNS.draw(unregularized_train(data))
 
 
@@ -88,22 +116,21 @@ def architectures(data: ReportData) -> Figure | None:
     return MODELS.draw(unregularized_train(data))
 
 
-def optimizer_label(row: pd.Series) -> str:
-    clip = row.get("train.grad_clip", 0.0)
-    return f"{row['optim.name']} clip {clip:g}" if clip and clip > 0 else str(row["optim.name"])
-
-
-def _with_optimizer(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs.assign(optimizer=runs.apply(optimizer_label, axis=1)) if not runs.empty else runs
+def with_optimizer(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with an ``optimizer`` column naming its optimizer setting by what differs ('sgd, grad clip 0.1')."""
+    if runs.empty:
+        return runs
+    keys = distinguishing(runs, OPTIMIZER_SETTINGS) or [c for c in OPTIMIZER_SETTINGS[:1] if c in runs]
+    return runs.assign(optimizer=[describe(keys, values) for values in runs[keys].itertuples(index=False)])
 
 
 def optimizer_runs(data: ReportData) -> pd.DataFrame:
-    return OPTIMIZERS.rows(_with_optimizer(unregularized_train(data)))
+    return OPTIMIZERS.rows(with_optimizer(unregularized_train(data)))
 
 
 def optimizers(data: ReportData) -> Figure | None:
-    """Fig. 3: score vs n per optimizer setting (optimizer + gradient clipping), where two or more ran."""
-    return OPTIMIZERS.draw(_with_optimizer(unregularized_train(data)))
+    """Fig. 3: score vs n per optimizer setting (optimizer, gradient clipping, lr), where two or more ran."""
+    return OPTIMIZERS.draw(with_optimizer(unregularized_train(data)))
 
 
 def regularized_train(data: ReportData) -> pd.DataFrame:
@@ -119,79 +146,129 @@ def regularized_train(data: ReportData) -> pd.DataFrame:
     return pd.concat(parts).dropna(subset=["strength", "spurious_score"]) if parts else pd.DataFrame()
 
 
-def regularization(data: ReportData) -> Figure | None:
-    """Fig. 4: per regularizer, spurious score (left axis) and clean / spurious test accuracy (right) vs strength.
+# What the regularizer itself sets: drawn on the x axis (l2 also writes its strength into train.weight_decay).
+REGULARIZER_DRAWN = ("strength", "regularizer.strength", "regularizer.sigma", "train.weight_decay", "poison.count")
+TRADEOFF = (("test_acc", "clean test accuracy", "-", "o"),
+            ("spurious_test_acc", "spurious test accuracy (patched non-target)", "--", "s"))
 
-    Averaged over n (the clean model included) and data seeds, as the paper does (SPEC 1.8); the
-    unregularized runs of the same settings and n values are the dashed reference lines.
+
+def regularization(data: ReportData) -> Figure | None:
+    """Fig. 4: per regularizer, spurious score (top) and clean / spurious test accuracy (bottom) vs strength.
+
+    One series per n (the clean model included), each starting at the unregularized run of the same
+    settings and seeds (the "none" tick), so the cost of a strength is read against no regularizer.
     """
     reg = regularized_train(data)
     if reg.empty:
         return None
     plain = unregularized_train(data)
-    keys = ["regularizer.name"] + panel_keys(reg, ["dataset.name"], ["pattern.name", *SETTINGS])
-    groups = list(panels(reg, keys))
-    fig, slots = grid(len(groups), ncols=2, size=(6.4, 4.8))
-    metrics = [("spurious_score", "spurious score", "C0"), ("test_acc", "clean test accuracy", "C1"),
-               ("spurious_test_acc", "spurious test accuracy (patched non-target)", "C2")]
-    used = len(reg)
-    for (name, rows), (ax,) in zip(groups, slots):
-        right = ax.twinx()
-        reference = _matching(plain, rows)
-        used += len(reference)
-        for column, label, color in metrics:
-            if column not in rows:
-                continue
-            target_ax = ax if column == "spurious_score" else right
-            points = mean_sem(rows, ["strength"], column)
-            target_ax.errorbar(points["strength"], points["mean"], yerr=points["sem"].fillna(0.0), marker="o",
-                               capsize=3, color=color, label=label)
-            if column in reference and reference[column].notna().any():
-                target_ax.axhline(reference[column].mean(), color=color, linestyle="--", linewidth=1,
-                                  label=f"{label}, no regularizer")
-        regularizer = rows["regularizer.name"].iloc[0]
-        ax.set_xscale("log")
-        ax.set_xlabel(REGULARIZERS[regularizer][1])
-        ax.set_ylabel("spurious score (averaged over n and seeds)", color="C0")
-        right.set_ylabel("accuracy", color="C1")
-        right.set_ylim(0, 1.02)
-        ax.set_ylim(bottom=0)
-        ax.set_title(name, fontsize=9)
-        ax.grid(alpha=0.3)
-        handles = [h for a in (ax, right) for h in a.get_legend_handles_labels()[0]]
-        ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper center",
-                  bbox_to_anchor=(0.5, -0.18), ncol=2)
-    return finish(fig, "Regularisation trade-off: spurious score vs clean and spurious accuracy", used)
+    groups = _regularizer_groups(reg)
+    colors = palette(reg["poison.count"], lambda n: setting_text("poison.count", n))
+    fig, slots = grid(len(groups), ncols=2, size=(5.6, 3.4), nrows_per_panel=2)
+    points = []
+    for group, (top, bottom) in zip(groups, slots):
+        reference = _matching(plain, group.rows)
+        none_at = group.rows["strength"].min() / 10  # where the unregularized point sits on the log axis
+        for n, rows in group.rows.groupby("poison.count"):
+            label = setting_text("poison.count", n)
+            base = reference[reference["poison.count"] == n]
+            points.append(_tradeoff_line(top, rows, base, "spurious_score", none_at, colors[label], "-", "o", label))
+            for column, _, style, marker in TRADEOFF:
+                points.append(_tradeoff_line(bottom, rows, base, column, none_at, colors[label], style, marker, None))
+        regularizer = group.rows["regularizer.name"].iloc[0]
+        for ax in (top, bottom):
+            _strength_axis(ax, group.rows["strength"], none_at, REGULARIZERS[regularizer][1])
+        top.set_ylabel(SCORE_LABEL)
+        floor_at_zero(top)
+        bottom.set_ylabel("test accuracy")
+        bottom.set_ylim(0, 1.02)
+        panel_title(top, group.title)
+    for _, label, style, marker in TRADEOFF:  # legend entries for the two accuracy line styles
+        bottom.plot([], [], color="grey", linestyle=style, marker=marker, label=label)
+    legend_outside(fig, "colour: poisoned training examples; line style: accuracy (lower panels)", colors)
+    return finish(fig, "Regularisation trade-off: spurious score and test accuracy vs regularizer strength",
+                  common(reg), over_seeds(point_counts(points)), len(regularization_runs(data)))
+
+
+def _regularizer_groups(reg: pd.DataFrame) -> list[Group]:
+    """Panels of the trade-off figure: one per regularizer and combination of the other varying settings."""
+    return split(reg, REGULARIZER_DRAWN, first=("regularizer.name",))
+
+
+def regularization_runs(data: ReportData) -> pd.DataFrame:
+    """The runs the trade-off figure draws: the regularized ones and their unregularized references."""
+    reg = regularized_train(data)
+    if reg.empty:
+        return reg
+    plain = unregularized_train(data)
+    return pd.concat([reg, *(_matching(plain, g.rows) for g in _regularizer_groups(reg))]).drop_duplicates("run_id")
+
+
+def _tradeoff_line(ax: Axes, rows: pd.DataFrame, reference: pd.DataFrame, column: str, none_at: float,
+                   color: str, style: str, marker: str, label: str | None) -> pd.DataFrame:
+    """Mean +- SEM of `column` per strength, led by the unregularized runs' value at `none_at`."""
+    if column not in rows:
+        return pd.DataFrame()
+    stats = mean_sem(rows, ["strength"], column)
+    if column in reference and reference[column].notna().any():
+        lead = mean_sem(reference.assign(strength=none_at), ["strength"], column)
+        stats = pd.concat([lead, stats], ignore_index=True)
+    ax.errorbar(stats["strength"], stats["mean"], yerr=stats["sem"].fillna(0.0), color=color, linestyle=style,
+                marker=marker, markersize=4, capsize=3, label=label)
+    return stats
+
+
+def _strength_axis(ax: Axes, strengths: pd.Series, none_at: float, label: str) -> None:
+    """Log strength axis whose leftmost tick, 'none', is the unregularized reference."""
+    ax.set_xscale("log")
+    ticks = [none_at, *sorted(strengths.unique())]
+    ax.set_xticks(ticks, ["none", *[f"{t:g}" for t in ticks[1:]]])
+    ax.minorticks_off()
+    ax.axvline(np.sqrt(none_at * ticks[1]), color="grey", linewidth=0.8, linestyle=":")
+    pad_x(ax, ticks[0], ticks[-1])
+    ax.set_xlabel(label)
+    ax.grid(alpha=0.3)
 
 
 def _matching(plain: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
-    """Unregularized runs with the panel's settings and the n values and data seeds the regularized runs used."""
+    """Unregularized runs with every setting (n and seeds included) of the regularized `rows`, but the regularizer."""
     if plain.empty:
         return plain
-    keep = plain["poison.count"].isin(rows["poison.count"].unique())
-    for key in ["pattern.name", "poison.seed", *SETTINGS]:
-        if key in plain and key in rows:
-            keep &= plain[key].isin(rows[key].unique())
+    keep = pd.Series(True, index=plain.index)
+    for column in config_columns(rows):
+        if column in plain and not column.startswith("regularizer.") and column != "train.weight_decay":
+            keep &= plain[column].map(key).isin(set(rows[column].map(key)))
     return plain[keep]
 
 
+PATTERN_NORM_DRAWN = ("pattern.name", "poison.count")
+
+
 def pattern_norm_runs(data: ReportData) -> pd.DataFrame:
-    """Poisoned unregularized train runs that recorded their pattern norm."""
+    """Poisoned unregularized train runs with their pattern norm, in settings where two or more patterns ran.
+
+    (A single pattern says nothing about how the score follows the norm.)
+    """
     runs = unregularized_train(data)
     if runs.empty or "pattern_norm" not in runs:
         return pd.DataFrame()
-    return runs[runs["poison.count"] > 0].dropna(subset=["pattern_norm"])
+    runs = runs[runs["poison.count"] > 0].dropna(subset=["pattern_norm"])
+    kept = [g.rows for g in split(runs, PATTERN_NORM_DRAWN) if g.rows["pattern.name"].nunique() >= 2]
+    return pd.concat(kept) if kept else pd.DataFrame()
+
+
+# One point of the pattern-norm figure: a pattern's mean norm and mean score (SEM over seeds).
+NORM_POINT = {"pattern_norm": ("pattern_norm", "mean"), "spurious_score": ("spurious_score", "mean"),
+              "score_sem": ("spurious_score", sem), "runs": ("spurious_score", "count")}
 
 
 def pattern_norm_table(data: ReportData) -> pd.DataFrame:
-    """Per dataset and pattern: mean pattern norm, mean score (poisoned runs), runs; the figure's points."""
+    """The figure's points: per setting group, n and pattern, mean pattern norm and score over seeds."""
     runs = pattern_norm_runs(data)
     if runs.empty:
         return pd.DataFrame()
-    return (runs.groupby(["dataset.name", "pattern.name"])
-            .agg(pattern_norm=("pattern_norm", "mean"), spurious_score=("spurious_score", "mean"),
-                 score_sem=("spurious_score", sem), runs=("spurious_score", "count"))
-            .reset_index())
+    keys = [*settings(runs, PATTERN_NORM_DRAWN), "poison.count", "pattern.name"]
+    return runs.groupby(keys, dropna=False, sort=True).agg(**NORM_POINT).reset_index()
 
 
 def pearson(points: pd.DataFrame) -> float:
@@ -201,23 +278,51 @@ def pearson(points: pd.DataFrame) -> float:
     return float(stats.pearsonr(points["pattern_norm"], points["spurious_score"]).statistic)
 
 
+def pearson_text(series: dict[str, pd.DataFrame]) -> str:
+    """'Pearson r over 3 patterns: 0.99 (n = 3), 1.00 (n = 10)', or why r is not given."""
+    patterns = max(len(points) for points in series.values())
+    if patterns < 3:
+        return f"Pearson r not given: {plural(patterns, 'pattern')}, needs 3 or more"
+    values = [(label, pearson(points)) for label, points in series.items()]
+    if not any(np.isfinite(r) for _, r in values):
+        return f"Pearson r over {plural(patterns, 'pattern')}: none, the scores do not vary"
+    return f"Pearson r over {plural(patterns, 'pattern')}: " + ", ".join(
+        f"{r:.2f} ({label})" if np.isfinite(r) else f"none ({label})" for label, r in values)
+
+
 def pattern_norm(data: ReportData) -> Figure | None:
-    """Fig. 8: mean ||x - P(x)||_2 vs mean spurious score per pattern (poisoned runs), Pearson r per dataset."""
-    table = pattern_norm_table(data)
-    if table.empty:
+    """Fig. 8: mean ||x - P(x)||_2 vs mean spurious score per pattern, one series per n, Pearson r per series."""
+    runs = pattern_norm_runs(data)
+    if runs.empty:
         return None
-    groups = list(table.groupby("dataset.name"))
+    groups = split(runs, PATTERN_NORM_DRAWN)
+    colors = palette(runs["poison.count"], lambda n: setting_text("poison.count", n))
     fig, slots = grid(len(groups), ncols=2, size=(5.0, 4.0))
-    for (dataset, points), (ax,) in zip(groups, slots):
-        ax.errorbar(points["pattern_norm"], points["spurious_score"], yerr=points["score_sem"].fillna(0.0),
-                    fmt="o", capsize=3)
-        for _, p in points.iterrows():
-            ax.annotate(p["pattern.name"], (p["pattern_norm"], p["spurious_score"]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=9)
-        r = pearson(points)
-        r_text = f"Pearson r = {r:.2f}" if np.isfinite(r) else "Pearson r: needs 3+ patterns"
-        ax.set_title(f"{dataset}: {r_text} over {len(points)} patterns", fontsize=9)
+    counts = []
+    for group, (ax,) in zip(groups, slots):
+        series = {}
+        for n, rows in group.rows.groupby("poison.count"):
+            points = rows.groupby("pattern.name").agg(**NORM_POINT).reset_index().sort_values("pattern_norm")
+            label = setting_text("poison.count", n)
+            ax.errorbar(points["pattern_norm"], points["spurious_score"], yerr=points["score_sem"].fillna(0.0),
+                        fmt="o-", capsize=3, color=colors[label], label=label)
+            series[label] = points
+            counts += points["runs"].tolist()
+        _name_patterns(ax, group.rows)
+        panel_title(ax, "\n".join(filter(None, [group.title, pearson_text(series)])))
         ax.set_xlabel("mean pattern norm ||x - P(x)||₂ over the test set")
-        ax.set_ylabel("mean spurious score (poisoned runs, all n)")
+        ax.set_ylabel("mean spurious score")
+        floor_at_zero(ax)
         ax.grid(alpha=0.3)
-    return finish(fig, "Pattern norm vs spurious score", int(table["runs"].sum()))
+    legend_outside(fig, "poisoned training examples", colors)
+    return finish(fig, "Pattern norm vs spurious score (each point: one pattern)",
+                  common(runs), over_seeds(counts), len(runs))
+
+
+def _name_patterns(ax: Axes, rows: pd.DataFrame) -> None:
+    """Pattern names on a top axis at their norms: one label per pattern however many series share it."""
+    norms = rows.groupby("pattern.name")["pattern_norm"].mean().sort_values()
+    pad_x(ax, float(norms.min()), float(norms.max()))
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(norms.to_numpy(), norms.index.tolist(), fontsize=8)
+    top.tick_params(length=2)

@@ -5,14 +5,16 @@ import re
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from rarespur.report.data import MEM_INFERENCE, ReportData, mean_sem, panel_keys
-from rarespur.report.plot import finish, grid, panels
+from rarespur.report.data import MEM_INFERENCE, ReportData, common, config_columns, mean_sem, over_seeds, split
+from rarespur.report.plot import finish, grid, legend_outside, palette, panel_title
 
 ATTACK_ORDER = ("shadow", "loss", "lira_offline", "lira_online")
-SPLIT = ["dataset.name", "model.name", "optim.name", "poison.target", "pattern.name", "epochs"]
 FPR_GRID = np.logspace(-4, 0, 200)
+BARS = (("members_flagged", "all training members flagged", "C0", -0.2),
+        ("poisoned_flagged", "poisoned examples flagged", "C3", 0.2))
 
 
 def attacks(runs: pd.DataFrame) -> list[str]:
@@ -26,47 +28,60 @@ def mi_runs(data: ReportData) -> pd.DataFrame:
     return runs if not runs.empty and attacks(runs) else pd.DataFrame()
 
 
+def _cells(frame: pd.DataFrame, names: list[str]) -> list[tuple[str, str, pd.DataFrame]]:
+    """(attack, panel title, runs) per attack and group of settings: attacks are never averaged together either."""
+    groups = split(frame, ["poison.count"])
+    return [(attack, f"{attack} attack" + (f", {g.title}" if g.title else ""), g.rows)
+            for attack in names for g in groups]
+
+
 def membership_bars(data: ReportData) -> Figure | None:
     """Fig. 5a: per attack and n, fraction of all members flagged vs of the poisoned examples flagged (+ accuracy)."""
     runs = mi_runs(data)
     if runs.empty:
         return None
-    keys = panel_keys(runs, [], SPLIT)
-    cells = [(attack, name, rows) for attack in attacks(runs) for name, rows in panels(runs, keys)]
-    fig, slots = grid(len(cells), ncols=2, size=(5.6, 3.8))
-    for (attack, name, rows), (ax,) in zip(cells, slots):
-        prefix = f"attack.{attack}."
-        ns = sorted(rows["poison.count"].unique())
-        x = np.arange(len(ns))
-        for offset, (metric, label, color) in zip((-0.2, 0.2), (
-                ("members_flagged", "all training members flagged", "C0"),
-                ("poisoned_flagged", "poisoned examples flagged", "C3"))):
-            if prefix + metric not in rows:
-                continue
-            stats = mean_sem(rows, ["poison.count"], prefix + metric).set_index("poison.count").reindex(ns)
-            ax.bar(x + offset, stats["mean"], width=0.4, yerr=stats["sem"].fillna(0.0), capsize=3,
-                   label=label, color=color)
-        if prefix + "acc" in rows:
-            acc = mean_sem(rows, ["poison.count"], prefix + "acc").set_index("poison.count").reindex(ns)
-            ax.plot(x, acc["mean"], "k_", markersize=22, markeredgewidth=2, label="attack accuracy")
-        ax.set_xticks(x, [str(int(n)) for n in ns])
-        ax.set_xlabel("poisoned training examples n")
-        ax.set_ylabel("fraction flagged as member")
-        ax.set_ylim(0, 1.05)
-        ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_title(f"attack {attack}" + (f", {name}" if name else ""), fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-    return finish(fig, "Membership inference: poisoned examples vs all members flagged (mean ± SEM over seeds)",
-                  len(runs))
+    cells = _cells(runs, attacks(runs))
+    fig, slots = grid(len(cells), ncols=2, size=(4.8, 3.4))
+    counts: list[int] = []
+    for (attack, title, rows), (ax,) in zip(cells, slots):
+        counts += _bars(ax, rows, attack)
+        panel_title(ax, title)
+    legend_outside(fig)
+    return finish(fig, "Membership inference: poisoned examples vs all training members flagged",
+                  common(runs), over_seeds(counts), len(runs))
+
+
+def _bars(ax: Axes, rows: pd.DataFrame, attack: str) -> list[int]:
+    """Bars of members / poisoned examples flagged and the attack accuracy per n; returns the runs per bar."""
+    prefix = f"attack.{attack}."
+    ns = sorted(rows["poison.count"].unique())
+    x = np.arange(len(ns))
+    counts = []
+    for metric, label, color, offset in BARS:
+        if prefix + metric not in rows:
+            continue
+        stats = mean_sem(rows, ["poison.count"], prefix + metric).set_index("poison.count").reindex(ns)
+        ax.bar(x + offset, stats["mean"], width=0.4, yerr=stats["sem"].fillna(0.0), capsize=3,
+               label=label, color=color)
+        counts += stats["runs"].dropna().astype(int).tolist()
+    if prefix + "acc" in rows:
+        acc = mean_sem(rows, ["poison.count"], prefix + "acc").set_index("poison.count").reindex(ns)
+        ax.plot(x, acc["mean"], "k_", markersize=22, markeredgewidth=2, label="attack accuracy")
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":", label="chance level 0.5")
+    ax.set_xticks(x, [str(int(n)) for n in ns])
+    ax.set_xlabel("poisoned training examples n")
+    ax.set_ylabel("fraction flagged as member")
+    ax.set_ylim(0, 1.05)
+    return counts
 
 
 def roc_rows(data: ReportData) -> pd.DataFrame:
-    """ROC points of finished mem_inference runs, with the run's n."""
+    """ROC points of finished mem_inference runs, with the run's settings."""
     roc = data.table("roc")
     runs = mi_runs(data)
     if roc.empty or runs.empty or not {"run_id", "attack", "fpr", "tpr"} <= set(roc.columns):
         return pd.DataFrame()
-    return roc.merge(runs[["run_id", "poison.count", *[c for c in SPLIT if c in runs]]], on="run_id")
+    return roc.merge(runs[["run_id", *config_columns(runs)]], on="run_id")
 
 
 def mean_roc(points: pd.DataFrame) -> np.ndarray:
@@ -79,29 +94,33 @@ def mean_roc(points: pd.DataFrame) -> np.ndarray:
 
 
 def membership_roc(data: ReportData) -> Figure | None:
-    """Fig. 5b: log-log ROC curves per attack, one curve per n (mean TPR over runs)."""
+    """Fig. 5b: log-log ROC curves per attack, one curve per n (mean TPR over the seeds' runs)."""
     roc = roc_rows(data)
     if roc.empty:
         return None
-    keys = panel_keys(roc, [], SPLIT)
+    runs = roc.drop_duplicates("run_id")
     order = [a for a in ATTACK_ORDER if a in set(roc["attack"])] + sorted(set(roc["attack"]) - set(ATTACK_ORDER))
-    cells = [(attack, name, rows) for attack in order
-             for name, rows in panels(roc[roc["attack"] == attack], keys)]
-    fig, slots = grid(len(cells), ncols=2, size=(4.6, 4.2))
-    for (attack, name, rows), (ax,) in zip(cells, slots):
-        for i, (n, points) in enumerate(rows.groupby("poison.count")):
+    cells = _cells(runs, order)
+    colors = palette(runs["poison.count"], lambda n: f"n = {int(n)}")
+    fig, slots = grid(len(cells), ncols=2, size=(4.4, 3.8))
+    counts: list[int] = []
+    for (attack, title, cell_runs), (ax,) in zip(cells, slots):
+        rows = roc[(roc["attack"] == attack) & roc["run_id"].isin(cell_runs["run_id"])]
+        for n, points in rows.groupby("poison.count"):
             tpr = mean_roc(points)
             keep = tpr > 0
-            ax.plot(FPR_GRID[keep], tpr[keep], color=f"C{i % 10}",
-                    label=f"n = {int(n)} ({points['run_id'].nunique()} runs)")
+            label = f"n = {int(n)}"
+            ax.plot(FPR_GRID[keep], tpr[keep], color=colors[label], label=label)
+            counts.append(points["run_id"].nunique())
         ax.plot(FPR_GRID, FPR_GRID, color="grey", linestyle=":", label="chance")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlim(FPR_GRID[0], 1)
-        ax.set_ylim(FPR_GRID[0], 1.05)
+        ax.set_xlim(FPR_GRID[0], 1.3)
+        ax.set_ylim(FPR_GRID[0], 1.3)
         ax.set_xlabel("false positive rate (log)")
         ax.set_ylabel("true positive rate (log)")
-        ax.set_title(f"attack {attack}" + (f", {name}" if name else ""), fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
+        panel_title(ax, title)
         ax.grid(alpha=0.3, which="both")
-    return finish(fig, "Membership inference ROC curves", roc["run_id"].nunique())
+    legend_outside(fig, "poisoned examples", colors)
+    return finish(fig, "Membership inference ROC curves", common(runs),
+                  over_seeds(counts, "mean TPR", "curve"), runs["run_id"].nunique())

@@ -5,13 +5,22 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rarespur.report.data import SENSITIVITY, ReportData, panel_keys
-from rarespur.report.plot import finish, grid, panels, sem_band
+from rarespur.report.data import (
+    SENSITIVITY,
+    ReportData,
+    common,
+    config_columns,
+    describe,
+    key,
+    over_seeds,
+    settings,
+    split,
+)
+from rarespur.report.plot import finish, grid, legend_outside, palette, panel_title, sem_band
 
-SPLIT = ["dataset.name", "optim.name", "train.grad_clip", "epochs", "data.train_limit"]
-PAIR_KEYS = ["dataset.name", "model.name", "optim.name", "train.grad_clip", "regularizer.name", "epochs",
-             "data.train_limit", "train.model_seed", "train.lr"]
 MAX_WEIGHT_MAP_ROWS = 4
+# A clean model is the same training without poison: its pattern, target and data seed only set its scoring.
+NOT_TRAINING = ("poison.", "pattern.")
 
 
 def removal_rows(data: ReportData) -> pd.DataFrame:
@@ -20,32 +29,36 @@ def removal_rows(data: ReportData) -> pd.DataFrame:
     runs = data.experiment(SENSITIVITY)
     if table.empty or runs.empty or not {"run_id", "p", "mean_true_prob"} <= set(table.columns):
         return pd.DataFrame()
-    return table.merge(runs[["run_id", "model.name", *[c for c in SPLIT if c in runs]]], on="run_id")
+    return table.merge(runs[["run_id", *config_columns(runs)]], on="run_id")
 
 
 def pixel_removal(data: ReportData) -> Figure | None:
-    """Fig. 6: mean true-class probability vs removal probability p, one curve per architecture (± SEM over runs)."""
+    """Fig. 6: mean true-class probability vs removal probability p, one curve per architecture (± SEM over seeds)."""
     rows = removal_rows(data)
     if rows.empty:
         return None
-    keys = panel_keys(rows, [], SPLIT)
-    groups = list(panels(rows, keys))
-    fig, slots = grid(len(groups), ncols=2, size=(5.0, 3.8))
-    for (name, part), (ax,) in zip(groups, slots):
-        for i, (model, curve) in enumerate(part.groupby("model.name")):
+    runs = rows.drop_duplicates("run_id")
+    groups = split(runs, ["model.name"])
+    colors = palette(runs["model.name"])
+    fig, slots = grid(len(groups), ncols=2, size=(4.6, 3.6))
+    counts = []
+    for group, (ax,) in zip(groups, slots):
+        part = rows[rows["run_id"].isin(group.rows["run_id"])]
+        for model, curve in part.groupby("model.name"):
             per_p = curve.groupby("p")["mean_true_prob"]
             mean = per_p.mean()
             err = per_p.std(ddof=1) / np.sqrt(per_p.count())
-            sem_band(ax, mean.index.to_numpy(), mean.to_numpy(), err.to_numpy(),
-                     f"{model} ({curve['run_id'].nunique()} runs)", f"C{i % 10}")
+            sem_band(ax, mean.index.to_numpy(), mean.to_numpy(), err.to_numpy(), str(model), colors[str(model)])
+            counts.append(curve["run_id"].nunique())
         ax.set_xlabel("probability p of removing each non-zero pixel")
         ax.set_ylabel("mean true-class probability")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
-        ax.set_title(name, fontsize=9)
+        panel_title(ax, group.title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return finish(fig, "Pixel removal: how fast each architecture loses confidence", rows["run_id"].nunique())
+    legend_outside(fig, "architecture", colors)
+    return finish(fig, "Pixel removal: how fast each architecture loses confidence", common(runs),
+                  over_seeds(counts, "mean (band ± SEM)", "curve"), len(runs))
 
 
 def weight_map_runs(data: ReportData) -> pd.DataFrame:
@@ -59,15 +72,15 @@ def weight_map_runs(data: ReportData) -> pd.DataFrame:
 
 
 def _pairs(runs: pd.DataFrame) -> list[tuple[pd.Series | None, pd.Series | None]]:
-    """(clean, poisoned) runs of the same settings; the largest n first, at most MAX_WEIGHT_MAP_ROWS rows."""
-    keys = [k for k in PAIR_KEYS if k in runs]
+    """(clean, poisoned) runs of the same training settings; the largest n first, at most MAX_WEIGHT_MAP_ROWS."""
+    keys = [c for c in config_columns(runs) if not c.startswith(NOT_TRAINING)]
     poisoned = runs[runs["poison.count"] > 0].sort_values("poison.count", ascending=False)
     clean = runs[runs["poison.count"] == 0]
     pairs: list[tuple[pd.Series | None, pd.Series | None]] = []
     for _, run in poisoned.iterrows():
         match = clean
         for k in keys:
-            match = match[match[k].astype(str) == str(run[k])]
+            match = match[match[k].map(key) == key(run[k])]
         pairs.append((match.iloc[0] if len(match) else None, run))
     if not pairs:
         pairs = [(run, None) for _, run in clean.iterrows()]
@@ -80,8 +93,9 @@ def weight_maps(data: ReportData) -> Figure | None:
     if runs.empty:
         return None
     pairs = _pairs(runs)
-    fig, slots = grid(2 * len(pairs), ncols=2, size=(4.2, 3.6))
-    used = 0
+    shown = pd.DataFrame([run for pair in pairs for run in pair if run is not None])
+    keys = ["poison.count", *settings(shown, ["poison.count"])]
+    fig, slots = grid(2 * len(pairs), ncols=2, size=(3.8, 3.4))
     for row, (clean, poisoned) in enumerate(pairs):
         for col, run in enumerate((clean, poisoned)):
             ax = slots[2 * row + col][0]
@@ -90,13 +104,10 @@ def weight_maps(data: ReportData) -> Figure | None:
                         va="center", transform=ax.transAxes)
                 ax.set_axis_off()
                 continue
-            used += 1
             image = np.load(data.results_dir / run["run_id"] / run["weight_map_file"])
-            shown = ax.imshow(image, cmap="viridis")
-            fig.colorbar(shown, ax=ax, label="max first-layer weight")
-            what = "clean (n = 0)" if run["poison.count"] == 0 else \
-                f"poisoned: {run['pattern.name']}, n = {int(run['poison.count'])}, target {run['poison.target']}"
-            ax.set_title(f"{run['model.name']} on {run['dataset.name']}, {run['optim.name']}\n{what}", fontsize=9)
+            drawn = ax.imshow(image, cmap="viridis")
+            fig.colorbar(drawn, ax=ax, label="max first-layer weight")
+            panel_title(ax, describe(keys, [run[k] for k in keys]))
             ax.set_xlabel("pixel column")
             ax.set_ylabel("pixel row")
-    return finish(fig, "MLP weight maps: clean vs poisoned", used)
+    return finish(fig, "MLP weight maps: clean vs poisoned", common(shown), "one run per map", len(shown))

@@ -6,10 +6,23 @@ from typing import Callable
 
 import pandas as pd
 
-from rarespur.report.data import SENSITIVITY, ReportData, panel_keys, present, sem
+from rarespur.report.data import SENSITIVITY, ReportData, sem, settings
 from rarespur.report.deletion import deletion_runs
-from rarespur.report.figures import SETTINGS, pattern_norm_table, regularized_train, unregularized_train
+from rarespur.report.figures import REGULARIZER_DRAWN, pattern_norm_table, regularized_train, unregularized_train
 from rarespur.report.privacy import attacks, mi_runs
+
+# Columns every table keeps even when they are the same for all its runs, so a table read alone says what it is.
+ALWAYS = ("dataset.name", "model.name", "optim.name")
+
+
+def _keys(runs: pd.DataFrame, last: tuple[str, ...], drawn: tuple[str, ...] = ()) -> list[str]:
+    """Group columns: ALWAYS, every other setting that varies (see data.settings), then `last`.
+
+    Only the seeds and `drawn` (what a table deliberately averages over) are averaged over.
+    """
+    lead = [c for c in ALWAYS if c in runs and c not in last]
+    varying = [c for c in settings(runs, (*last, *drawn)) if c not in lead]
+    return [*lead, *varying, *[c for c in last if c in runs]]
 
 
 def _summarise(runs: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
@@ -17,7 +30,6 @@ def _summarise(runs: pd.DataFrame, by: list[str], columns: list[str]) -> pd.Data
     columns = [c for c in columns if c in runs and runs[c].notna().any()]
     if runs.empty or not columns:
         return pd.DataFrame()
-    by = present(runs, by)
     grouped = runs.groupby(by, dropna=False, sort=True)
     out = grouped[columns].mean()
     out.insert(1, f"{columns[0]} sem", grouped[columns[0]].agg(sem))
@@ -32,17 +44,21 @@ def score_vs_n(data: ReportData) -> pd.DataFrame:
     same for every run are left out of the columns.
     """
     runs = unregularized_train(data)
+    if runs.empty:
+        return pd.DataFrame()
     if "learned" in runs:
         runs = runs.assign(learned=runs["learned"].astype(float))
-    by = panel_keys(runs, ["dataset.name", "model.name", "optim.name"], SETTINGS)
-    return _summarise(runs, [*by, "pattern.name", "poison.count"],
+    return _summarise(runs, _keys(runs, ("pattern.name", "poison.count")),
                       ["spurious_score", "baseline_score", "test_acc", "spurious_test_acc", "learned", "p_value"])
 
 
 def regularization(data: ReportData) -> pd.DataFrame:
-    """Score and accuracies per regularizer and strength, averaged over n and seeds (SPEC 1.8)."""
-    return _summarise(regularized_train(data), ["regularizer.name", "strength", "dataset.name", "model.name",
-                                                "optim.name", "pattern.name"],
+    """Score and accuracies per regularizer and strength, averaged over n and seeds as the paper reports them
+    (SPEC 1.8); every other setting that varies stays a column."""
+    runs = regularized_train(data)
+    if runs.empty:
+        return pd.DataFrame()
+    return _summarise(runs, _keys(runs, ("regularizer.name", "strength"), REGULARIZER_DRAWN),
                       ["spurious_score", "test_acc", "spurious_test_acc"])
 
 
@@ -56,7 +72,7 @@ def membership(data: ReportData) -> pd.DataFrame:
         prefix = f"attack.{attack}."
         renamed = runs.rename(columns=lambda c: c[len(prefix):] if c.startswith(prefix) else c)
         renamed = renamed.loc[:, ~renamed.columns.duplicated()]
-        part = _summarise(renamed, ["dataset.name", "model.name", "optim.name", "poison.count"],
+        part = _summarise(renamed, _keys(renamed, ("poison.count",)),
                           ["poisoned_flagged", "members_flagged", "acc", "auc", "tpr_at_1pct_fpr",
                            "tpr_at_0.1pct_fpr"])
         if not part.empty:
@@ -68,16 +84,19 @@ def membership(data: ReportData) -> pd.DataFrame:
 def deletion(data: ReportData) -> pd.DataFrame:
     """Score and accuracy before / after deletion / retrained from scratch per method and n."""
     runs = deletion_runs(data)
+    if runs.empty:
+        return pd.DataFrame()
     columns = [prefix + m for m in ("spurious_score", "test_acc") for prefix in ("", "before.", "exact.")]
-    return _summarise(runs, ["experiment.name", "deletion.mode", "dataset.name", "pattern.name", "optim.name",
-                             "poison.count"],
+    return _summarise(runs, _keys(runs, ("experiment.name", "poison.count")),
                       [*columns, "baseline_score", "param_dist.before_after", "param_dist.after_exact"])
 
 
 def sensitivity(data: ReportData) -> pd.DataFrame:
     """Per architecture: area under the pixel-removal curve and true-class probability at half the pixels."""
-    return _summarise(data.experiment(SENSITIVITY), ["dataset.name", "model.name", "poison.count"],
-                      ["pixel_removal_auc", "half_removed_true_prob"])
+    runs = data.experiment(SENSITIVITY)
+    if runs.empty:
+        return pd.DataFrame()
+    return _summarise(runs, _keys(runs, ("poison.count",)), ["pixel_removal_auc", "half_removed_true_prob"])
 
 
 def pattern_norm(data: ReportData) -> pd.DataFrame:

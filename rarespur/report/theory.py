@@ -57,7 +57,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
-from rarespur.report.plot import grid
+from rarespur.report.plot import TITLE_SIZE, grid, legend_outside, panel_title, wrap
 
 
 @dataclass(frozen=True)
@@ -187,22 +187,24 @@ def theory_figure(data: object = None, setting: LinearSetting = LinearSetting())
     Needs no runs (`data` is accepted so every figure function has the same signature).
     """
     curves = theory_curves(setting)
-    fig, slots = grid(3, ncols=3, size=(4.4, 3.6))
-    panels = (("clean_accuracy", "clean test accuracy"),
-              ("spurious_accuracy", "spurious accuracy (patched non-target)"),
-              ("spurious_score", "spurious score"))
-    for (column, label), (ax,) in zip(panels, slots):
+    fig, slots = grid(3, ncols=3, size=(4.0, 3.8))
+    panels = (("clean_accuracy", "clean test accuracy", "accuracy"),
+              ("spurious_accuracy", "spurious accuracy (patched non-target)", "accuracy"),
+              ("spurious_score", "spurious score", "spurious score"))
+    for (column, label, ylabel), (ax,) in zip(panels, slots):
         for i, (lam, curve) in enumerate(curves.groupby("lambda")):
             ax.plot(curve["gamma"], curve[column], color=f"C{i}", label=f"λ = {lam:g}")
         ax.set_xscale("log")
         ax.set_xlabel("poisoned fraction γ of the training set (log)")
-        ax.set_ylabel(label)
+        ax.set_ylabel(ylabel)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title(label, fontsize=9)
+        panel_title(ax, label)
+    legend_outside(fig, "ridge penalty")
     s = setting
-    fig.suptitle("Closed-form ridge model: core feature N(±{:g}, {:g}²), spurious feature +{:g} on a γ fraction of "
-                 "one class, spread {:g}; sigmoid({:g}·w·x), ε = {:g}".format(
-                     s.mu, s.sigma_core, s.a, s.sigma_spur, s.logit_scale, s.eps), fontsize=10)
+    shared = ("core feature N(±{:g}, {:g}²); spurious feature +{:g} on a γ fraction of one class, spread {:g}; "
+              "target probability sigmoid({:g}·w·x); ε = {:g}").format(
+        s.mu, s.sigma_core, s.a, s.sigma_spur, s.logit_scale, s.eps)
+    fig.suptitle(wrap(f"Closed-form theory: population ridge regression\n{shared}", fig.get_figwidth() * 0.95,
+                      TITLE_SIZE), fontsize=TITLE_SIZE)
     return fig

@@ -1,0 +1,70 @@
+"""What a training step minimises: the plug-in point of the training loop.
+
+The loop in :mod:`rarespur.train` owns everything a method should not have to
+write again (tensors on the device, batches by index, the per-model generator,
+checkpoints and exact resume, early stopping, the heartbeat); an
+:class:`Objective` owns the step's loss. Cross-entropy is the default. A
+method that needs more (a decoder, a second network, an explanation penalty,
+per-sample gradient clipping) subclasses :class:`Objective`, and its extra
+modules, optimizer parameter groups, state and per-epoch metrics are trained,
+checkpointed and resumed with the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor    # the scalar the optimizer minimises
+    logits: torch.Tensor  # the classifier's logits on the batch, for the epoch's training accuracy
+
+
+class Objective:
+    """Cross-entropy on the model's logits; subclasses change what a step computes."""
+
+    name = "cross_entropy"
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Extra modules trained with the model (moved to its device, in the optimizer and the checkpoint)."""
+        return {}
+
+    def parameter_groups(self, model: nn.Module) -> list[dict]:
+        """The optimizer's parameter groups: the model's, then one group per extra module.
+
+        A plain model keeps a single group, so optimizer states stored before objectives
+        existed (incremental retraining continues from them) still load.
+        """
+        groups = [{"params": list(model.parameters())}]
+        groups += [{"params": list(module.parameters())} for module in self.modules().values()]
+        return groups
+
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        logits = model(x)
+        return StepOutput(F.cross_entropy(logits, y), logits)
+
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The logits the method's classifier gives (what is validated and scored)."""
+        return model(x)
+
+    def end_epoch(self) -> dict[str, float]:
+        """Extra metrics of the epoch just finished (they go into its history row); resets accumulators."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Everything a resume needs besides model, optimizer and generators: the extra modules' weights
+        and any state of the objective's own."""
+        return {name: module.state_dict() for name, module in self.modules().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, module in self.modules().items():
+            module.load_state_dict(state[name])
+
+    def train(self, mode: bool = True) -> None:
+        """Put the extra modules in training (or evaluation) mode along with the model."""
+        for module in self.modules().values():
+            module.train(mode)
