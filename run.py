@@ -1,10 +1,11 @@
 """Hydra entry point: one job = one experiment on one config.
 
-    python run.py                                  # the embedded digits default
-    python run.py dataset=mnist data.root=../shared/data pattern=s3 poison.count=100
-    python run.py -m pattern=s1,s3 poison.count=0,10
-    python run.py --help                           # config groups, common keys, examples
+python run.py                                  # the embedded digits default
+python run.py dataset=mnist data.root=../shared/data pattern=s3 poison.count=100
+python run.py -m pattern=s1,s3 poison.count=0,10
+python run.py --help                           # config groups, common keys, examples
 """
+
 import os
 import sys
 

@@ -13,6 +13,7 @@ same data, side by side in one process; the script prints the ratios.
 
     python benchmarks/bench_epoch.py --data-root ../shared/data
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,10 +105,12 @@ def main() -> None:
     h, w, c = data.image_shape
     settings = TrainSettings(epochs=args.epochs, batch_size=128, optimizer="sgd", lr=0.01)
     rows = {
-        f"original (DataLoader, {args.workers} workers, per-epoch test eval)":
-            lambda m: baseline_epochs(m, x, y, test, settings, args.epochs, device, args.workers, True),
-        "original train loop only (0 workers)":
-            lambda m: baseline_epochs(m, x, y, test, settings, args.epochs, device, 0, False),
+        f"original (DataLoader, {args.workers} workers, per-epoch test eval)": lambda m: baseline_epochs(
+            m, x, y, test, settings, args.epochs, device, args.workers, True
+        ),
+        "original train loop only (0 workers)": lambda m: baseline_epochs(
+            m, x, y, test, settings, args.epochs, device, 0, False
+        ),
         "rarespur engine (tensor batches)": lambda m: ours_epochs(m, x, y, settings, device),
     }
     best = dict.fromkeys(rows, np.inf)
@@ -116,8 +119,10 @@ def main() -> None:
             torch.manual_seed(0)
             best[name] = min(best[name], run(build_model(args.model, (c, h, w), data.num_classes).to(device)))
     ours = best["rarespur engine (tensor batches)"]
-    print(f"{args.dataset} {args.model} batch 128, {len(x)} train images, device {device}, "
-          f"torch threads {torch.get_num_threads()}, best of {args.repeats} x {args.epochs} epochs")
+    print(
+        f"{args.dataset} {args.model} batch 128, {len(x)} train images, device {device}, "
+        f"torch threads {torch.get_num_threads()}, best of {args.repeats} x {args.epochs} epochs"
+    )
     print(f"{'implementation':<62} {'s/epoch':>8} {'ratio':>7}")
     for name, seconds in best.items():
         print(f"{name:<62} {seconds:8.3f} {seconds / ours:6.2f}x")

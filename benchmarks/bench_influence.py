@@ -13,6 +13,7 @@ initialisation (``--model`` loads a model.pt instead).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_influence.py --data-root ../shared/data --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,9 @@ from rarespur.evaluate import to_tensor
 from rarespur.models import build_model
 
 
-def original_hvp(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, vec: list[torch.Tensor]) -> list[torch.Tensor]:
+def original_hvp(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, vec: list[torch.Tensor]
+) -> list[torch.Tensor]:
     """The original's ``hvp``: grad with create_graph, dot with vec, grad again."""
     params = [p for p in model.parameters() if p.requires_grad]
     first = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
@@ -36,8 +39,9 @@ def original_hvp(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, vec: 
     return [t.detach() for t in torch.autograd.grad(dot, params)]
 
 
-def baseline_seconds_per_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,
-                              damping: float, scale: float) -> float:
+def baseline_seconds_per_step(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, damping: float, scale: float
+) -> float:
     """Seconds of one LiSSA step of one chain, the original's way (one example, one double backward)."""
     params = [p for p in model.parameters() if p.requires_grad]
     v = [t.detach() for t in torch.autograd.grad(F.cross_entropy(model(x[:1]), y[:1]), params)]
@@ -46,7 +50,7 @@ def baseline_seconds_per_step(model: torch.nn.Module, x: torch.Tensor, y: torch.
     start = time.perf_counter()
     for _ in range(steps):
         i = int(torch.randint(len(y), (1,), generator=gen))
-        hv = original_hvp(model, x[i:i + 1], y[i:i + 1], h)
+        hv = original_hvp(model, x[i : i + 1], y[i : i + 1], h)
         h = [a + (1 - damping) * b - c / scale for a, b, c in zip(v, h, hv)]
     return (time.perf_counter() - start) / steps
 
@@ -73,8 +77,14 @@ def main() -> None:
     model = build_model("largemlp", (c, h, w), data.num_classes).eval()
     if args.model:
         model.load_state_dict(torch.load(args.model, map_location="cpu", weights_only=True))
-    settings = InfluenceSettings(depth=args.depth, repeats=args.repeats, chain_batch=args.chain_batch,
-                                 scale=25.0, damping=0.01, log_every=max(1, args.depth // 5))
+    settings = InfluenceSettings(
+        depth=args.depth,
+        repeats=args.repeats,
+        chain_batch=args.chain_batch,
+        scale=25.0,
+        damping=0.01,
+        log_every=max(1, args.depth // 5),
+    )
     chains = args.n * args.repeats
 
     per_step = baseline_seconds_per_step(model, x, y, args.baseline_steps, settings.damping, settings.scale)
@@ -82,11 +92,15 @@ def main() -> None:
     start = time.perf_counter()
     result = group_influence(model, x[: args.n], y[: args.n], x, y, settings)
     ours = time.perf_counter() - start
-    print(f"LargeMLP/{args.dataset}: n={args.n} r={args.repeats} depth={args.depth} ({chains} chains), "
-          f"N={len(y)}, threads={torch.get_num_threads()}")
+    print(
+        f"LargeMLP/{args.dataset}: n={args.n} r={args.repeats} depth={args.depth} ({chains} chains), "
+        f"N={len(y)}, threads={torch.get_num_threads()}"
+    )
     print(f"  ours (vmapped chains, measured):        {ours:8.1f} s   |update| {float(result.delta.norm()):.4g}")
-    print(f"  plain per-chain loop (extrapolated from {args.baseline_steps} steps, "
-          f"{per_step * 1e3:.2f} ms/step): {baseline:8.1f} s")
+    print(
+        f"  plain per-chain loop (extrapolated from {args.baseline_steps} steps, "
+        f"{per_step * 1e3:.2f} ms/step): {baseline:8.1f} s"
+    )
     print(f"  speed-up: {baseline / ours:.1f}x")
 
 

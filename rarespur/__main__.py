@@ -1,4 +1,5 @@
 """``python -m rarespur <command>``: tools that work on a results directory."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,22 +33,37 @@ def _parser() -> argparse.ArgumentParser:
     p_report.add_argument("--out", help="folder for index.md, the PNGs and the tables (default: RESULTS_DIR/report)")
 
     p_status = sub.add_parser(
-        "status", help="count done / running / failed / stale / missing jobs of a sweep",
-        epilog=STATUS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "status",
+        help="count done / running / failed / stale / missing jobs of a sweep",
+        epilog=STATUS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_status.add_argument("results_dir", help="the run store (results_dir of the jobs)")
     p_status.add_argument("overrides", nargs="*", help="the sweep's Hydra overrides, as given to run.py -m")
-    p_status.add_argument("--sweep", action="append", default=[],
-                          help="sweep file: a name in sweeps/ or a path; repeat for a study of several files")
-    p_status.add_argument("--by", default="",
-                          help="config keys to count by, comma-separated (e.g. dataset.name,optim.name)")
-    p_status.add_argument("--stale-after", type=float, default=STALE_AFTER_S, metavar="SECONDS",
-                          help="a job on another host is stale after this long without a change "
-                               f"(default {STALE_AFTER_S:.0f})")
-    p_status.add_argument("--limit", type=int, default=20,
-                          help="list at most this many failed / stale runs each (0 = all)")
-    p_status.add_argument("--delete-incomplete", action="store_true",
-                          help="delete the failed and stale run directories (never done or running ones)")
+    p_status.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        help="sweep file: a name in sweeps/ or a path; repeat for a study of several files",
+    )
+    p_status.add_argument(
+        "--by", default="", help="config keys to count by, comma-separated (e.g. dataset.name,optim.name)"
+    )
+    p_status.add_argument(
+        "--stale-after",
+        type=float,
+        default=STALE_AFTER_S,
+        metavar="SECONDS",
+        help=f"a job on another host is stale after this long without a change (default {STALE_AFTER_S:.0f})",
+    )
+    p_status.add_argument(
+        "--limit", type=int, default=20, help="list at most this many failed / stale runs each (0 = all)"
+    )
+    p_status.add_argument(
+        "--delete-incomplete",
+        action="store_true",
+        help="delete the failed and stale run directories (never done or running ones)",
+    )
     return parser
 
 

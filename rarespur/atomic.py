@@ -5,6 +5,7 @@ jobs that finish at the same moment (a SLURM array) may write the same name,
 so each writer gets its own temporary file in the target's folder and
 renames it over the target, which POSIX makes atomic.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Merge every finished run of a results directory into one tidy table (one row per run)."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from rarespur.errors import MissingFileError
-from rarespur.experiments.train import baseline_comparison, load_indicators
 from rarespur.model_names import resolve_model_name
-from rarespur.store import CONFIG, DONE, RECORD, TABLES
+from rarespur.store import CONFIG, DONE, RECORD, TABLES, baseline_comparison, load_indicators
 
 TABLE_NAME = "runs"
 

@@ -5,6 +5,7 @@ are filled in here, so two configs that train the same thing resolve to the
 same values and therefore the same run-store key. It imports no torch, so the
 Hydra plugin that expands original dataset names stays light.
 """
+
 from __future__ import annotations
 
 import copy
@@ -74,8 +75,15 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 
 
 # Values that are floats whatever the user typed: grad_clip=0 and grad_clip=0.0 are one run.
-FLOAT_KEYS = ("train.lr", "train.weight_decay", "train.grad_clip", "eval.eps", "regularizer.strength",
-              "regularizer.sigma", "optim.momentum")
+FLOAT_KEYS = (
+    "train.lr",
+    "train.weight_decay",
+    "train.grad_clip",
+    "eval.eps",
+    "regularizer.strength",
+    "regularizer.sigma",
+    "optim.momentum",
+)
 
 
 def _cast_floats(cfg: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ torchvision and scikit-learn are imported inside the loaders that need them:
 ``torchvision.datasets`` alone takes about 2 s to import, which the default
 offline run and the idx reader do not need.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -25,7 +26,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -85,7 +86,7 @@ class ImageData:
         return len(self.classes)
 
 
-Loader = Callable[[Path, bool, Optional[Path]], ImageData]  # (root, download, path)
+Loader = Callable[[Path, bool, Path | None], ImageData]  # (root, download, path)
 
 
 def default_data_root() -> Path:
@@ -162,7 +163,16 @@ _DIGIT_CLASSES = tuple(str(d) for d in range(10))
 # MNIST and Fashion-MNIST: idx files in <root>/<Class>/raw, .gz or not
 
 _FASHION_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 _IDX_FILES = {  # split -> (images, labels) base names, as torchvision names them
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -4,6 +4,7 @@
 message (what is wrong, the value, the fix) and exit non-zero; any other
 exception keeps its traceback, because then the traceback is what helps.
 """
+
 from __future__ import annotations
 
 

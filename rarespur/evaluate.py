@@ -5,6 +5,7 @@ probability rises by more than eps when the pattern is pasted on. The
 per-image indicators are kept so a poisoned run can be compared with its
 clean baseline by a one-sided Welch t-test.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -35,6 +35,7 @@ Attacks
   in/out assignment is known), and take the balanced-accuracy-maximising
   threshold over all shadows.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -309,10 +310,12 @@ def run_attacks(
     if lira_names:
         if lira is None:
             raise ValueError("the LiRA attacks need the LiRA shadow models' phi")
-        target_phi = np.concatenate([
-            logit_confidence(target.member_logits, target.member_y),
-            logit_confidence(target.nonmember_logits, target.nonmember_y),
-        ])
+        target_phi = np.concatenate(
+            [
+                logit_confidence(target.member_logits, target.member_y),
+                logit_confidence(target.nonmember_logits, target.nonmember_y),
+            ]
+        )
         is_member = np.arange(len(target_phi)) < len(target.member_y)
         for name in lira_names:
             out[name] = lira_attack(lira.phi, lira.keep, target_phi, is_member, online=name == "lira_online")

@@ -7,6 +7,7 @@ name (``store_name``), so runs stored before a rename are still found.
 Torch-free so that config resolution and the Hydra plugin that turns every
 alias into a ``model=`` option stay light.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ from rarespur.errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelName:
-    store_name: str              # the original code's class name, lowercase: what run keys are made of
-    paper: str                   # what the paper calls it ("" if it has no name there)
+    store_name: str  # the original code's class name, lowercase: what run keys are made of
+    paper: str  # what the paper calls it ("" if it has no name there)
     aliases: tuple[str, ...] = ()
 
 

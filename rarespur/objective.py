@@ -9,6 +9,7 @@ per-sample gradient clipping) subclasses :class:`Objective`, and its extra
 modules, optimizer parameter groups, state and per-epoch metrics are trained,
 checkpointed and resumed with the rest.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from torch import nn
 
 @dataclass
 class StepOutput:
-    loss: torch.Tensor    # the scalar the optimizer minimises
+    loss: torch.Tensor  # the scalar the optimizer minimises
     logits: torch.Tensor  # the classifier's logits on the batch, for the epoch's training accuracy
 
 

@@ -6,6 +6,7 @@ The paper's seven patterns are ordinary config entries (``conf/pattern``; the
 original code's names v1..v30 are alias files there);
 users add new ones in YAML with the same three kinds.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -101,7 +102,9 @@ class MaskPattern(Pattern):
         with Image.open(path) as img:
             arr = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.float32) / 255.0
         if arr.shape[:2] != (h, w):
-            raise ConfigError(f"pattern {self.name!r}: mask {path} is {arr.shape[1]}x{arr.shape[0]}, images are {w}x{h}")
+            raise ConfigError(
+                f"pattern {self.name!r}: mask {path} is {arr.shape[1]}x{arr.shape[0]}, images are {w}x{h}"
+            )
         return arr.reshape(h, w, c)
 
     def check_shape(self, image_shape: tuple[int, int, int]) -> None:

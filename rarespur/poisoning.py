@@ -4,6 +4,7 @@ Compatibility rule (SPEC 1.2): one ``RandomState(seed)`` draws, for each target
 class in turn, ``count`` indices without replacement from that class's indices
 in training order. Labels never change; test sets are never poisoned here.
 """
+
 from __future__ import annotations
 
 import re

@@ -3,6 +3,7 @@
 A job whose ``done`` marker exists returns its stored record without
 retraining, so re-launching a sweep only runs what is missing or failed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,6 +20,7 @@ from omegaconf import DictConfig
 
 import rarespur
 from rarespur.config import identity, resolve
+from rarespur.experiments import Experiment, get_experiment
 from rarespur.store import RunDir, flatten
 
 log = logging.getLogger(__name__)
@@ -58,25 +60,51 @@ def match_threads_to_allocation() -> None:
         torch.set_num_threads(int(cpus))
 
 
-def run_job(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """Run (or fetch) the job of `cfg`; returns its one-row record."""
-    from rarespur.experiments import get_experiment
+def _stored(run: RunDir) -> dict[str, Any]:
+    record = run.read_record()
+    log.info("already done, not retrained: %s", run.path)
+    print(summary(record), "(stored)")
+    return record
 
+
+def run_job(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """Run (or fetch) the job of `cfg`; returns its one-row record.
+
+    The runs it builds on (the experiment's ``requires``) are run first, the same way, so a sweep
+    can mix train and derived experiments; the run lock makes a job whose run another process is
+    working on wait for it and return its record, instead of computing it twice.
+    """
     resolved = resolve(cfg)
     resolved["results_dir"] = str(Path(resolved["results_dir"]).expanduser().resolve())
     experiment = get_experiment(resolved["experiment"]["name"])
     run = RunDir(resolved["results_dir"], resolved)
     if run.done:
-        record = run.read_record()
-        log.info("already done, not retrained: %s", run.path)
-        print(summary(record), "(stored)")
-        return record
+        return _stored(run)
     experiment.check(resolved)  # a config that cannot work fails here, before its run directory exists
+    parents = []
+    for parent_cfg in experiment.requires(resolved):
+        parent = RunDir(resolved["results_dir"], parent_cfg)
+        if not parent.done:
+            log.info(
+                "run %s builds on %s (%s), which is not done yet: running it first",
+                run.key,
+                parent.key,
+                parent_cfg["experiment"]["name"],
+            )
+            run_job(parent_cfg)
+        parents.append(parent.path)
+    with run.lock():
+        if run.done:  # finished by another process while this one waited
+            return _stored(run)
+        return _work(experiment, resolved, run, parents)
+
+
+def _work(experiment: Experiment, resolved: dict[str, Any], run: RunDir, parents: list[Path]) -> dict[str, Any]:
     run.start(resolved)
     match_threads_to_allocation()
     started = time.perf_counter()
     try:
-        metrics = experiment.run(resolved, run)
+        metrics = experiment.run(resolved, run, parents)
     except Exception:
         run.fail(traceback.format_exc())
         raise

@@ -5,6 +5,7 @@ these two views show that sensitivity without any pattern: how fast the
 true-class probability falls as pixels are switched off, and which input
 pixels the first layer of an MLP weighs most (a learned corner pattern lights up).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -71,7 +72,9 @@ def first_layer_weight_map(model: nn.Module) -> np.ndarray:
     The MLPs flatten channels-last, so column (h*W + w)*C + c of the first layer reads pixel (h, w, c).
     """
     if not isinstance(model, MLP):
-        raise ValueError(f"weight maps need an MLP (mlp1x256, mlp2x256, mlp3x256, mlp3x512), not {type(model).__name__}")
+        raise ValueError(
+            f"weight maps need an MLP (mlp1x256, mlp2x256, mlp3x256, mlp3x512), not {type(model).__name__}"
+        )
     c, h, w = model.input_shape
     first = getattr(model, model.hidden_names[0]).weight.detach().cpu().numpy()
     return first.max(axis=0).reshape(h, w, c).max(axis=2)

@@ -13,6 +13,7 @@ must have started before the job did (a pid reused after a reboot is not the
 owner); on another host, which we cannot ask, the directory must have
 changed within ``stale_after`` seconds (training checkpoints every epoch).
 """
+
 from __future__ import annotations
 
 import json
@@ -94,8 +95,9 @@ def _process_start(pid: int) -> float | None:
     """When process `pid` started (epoch seconds), from Linux's /proc; None where that is unavailable."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+        )
     except (OSError, StopIteration, ValueError):
         return None
     ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after "pid (comm)"
@@ -121,10 +123,7 @@ def survey(
     now = time.time()
     if jobs is not None:
         return [Entry(job.run.path, run_state(job.run.path, stale_after, now), job.config) for job in jobs]
-    return [
-        Entry(path, run_state(path, stale_after, now), _read_json(path / CONFIG))
-        for path in run_dirs(results_dir)
-    ]
+    return [Entry(path, run_state(path, stale_after, now), _read_json(path / CONFIG)) for path in run_dirs(results_dir)]
 
 
 def run_dirs(results_dir: str | Path) -> list[Path]:
@@ -191,8 +190,10 @@ def describe(entries: Sequence[Entry]) -> dict[Path, str]:
             shown[k] = k.removesuffix(".name")
         elif not any(k.startswith(f"{group}.") for group in named):
             shown[k] = k
-    return {path: " ".join(f"{label}={_text(flat[k])}" for k, label in shown.items() if k in flat)
-            for path, flat in flats.items()}
+    return {
+        path: " ".join(f"{label}={_text(flat[k])}" for k, label in shown.items() if k in flat)
+        for path, flat in flats.items()
+    }
 
 
 def problems(entries: Sequence[Entry], limit: int = 20) -> str:

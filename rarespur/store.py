@@ -9,19 +9,31 @@ rows), ``error.txt`` after a failure, and
 written last. Every file is written to a temporary name and renamed,
 so a killed job never leaves something that looks finished.
 """
+
 from __future__ import annotations
 
+import contextlib
+import copy
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from rarespur.atomic import write_atomic
+import numpy as np
+
+from rarespur.atomic import atomic_path, write_atomic
 from rarespur.config import identity, training_identity
+from rarespur.evaluate import welch_p_value
 from rarespur.model_names import resolve_model_name, store_name
+
+log = logging.getLogger(__name__)
+
+LOCK_POLL_S = 2.0
 
 DONE = "done"
 RECORD = "record.json"
@@ -31,7 +43,12 @@ TRAIN_STATE = "train_state.pt"
 ERROR = "error.txt"
 RUNNING = "running.json"
 TABLES = "tables"  # <run>/tables/<name>.csv: extra tidy rows of a run (ROC points, removal curves, ...)
+INDICATORS = "spurious_indicators.npz"  # per test image: did the pattern raise the target class by > eps
+HISTORY = "history.json"  # one row per training epoch
+# optimizer, schedule and generators after the last epoch: incremental retraining goes on from it
+FINAL_STATE = "final_state.pt"
 TRAINED_INDEX = ".trained"  # <results_dir>/.trained/<training key> holds the run key of a finished model
+LOCKS = ".locks"  # <results_dir>/.locks/<run key>: held (flock) by the process working on that run
 
 
 def _digest(tree: dict[str, Any]) -> str:
@@ -80,6 +97,11 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def read_record(run_path: Path) -> dict[str, Any]:
+    """The record of a finished run, by its directory."""
+    return json.loads((run_path / RECORD).read_text())
+
+
 class RunDir:
     """The directory of one job in the run store."""
 
@@ -95,7 +117,7 @@ class RunDir:
         return self.file(DONE).exists()
 
     def read_record(self) -> dict[str, Any]:
-        return json.loads(self.file(RECORD).read_text())
+        return read_record(self.path)
 
     def start(self, resolved: dict[str, Any]) -> None:
         """Create the directory, clear a previous failure, store the config, say who runs it."""
@@ -128,6 +150,38 @@ class RunDir:
         write_atomic(path, pd.DataFrame(rows).to_csv(index=False))
         return path
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this run for the calling process: a second process that needs the same run (an identical
+        job, or a parent that two derived jobs need at once) waits here, then finds it done.
+
+        An flock on ``<results_dir>/.locks/<key>``: the kernel drops it when its holder dies, so a
+        crashed or killed holder never leaves the run locked; the next one resumes from the checkpoint.
+        """
+        folder = self.path.parent / LOCKS
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / self.key, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                log.info("run %s is being worked on by %s: waiting for it", self.key, handle.read().strip() or "?")
+                while True:
+                    time.sleep(LOCK_POLL_S)
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        continue
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{platform.node()}:{os.getpid()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def heartbeat(self) -> None:
         """Touch running.json so `status` on another host sees the job is alive."""
         self.file(RUNNING).touch(exist_ok=True)
@@ -137,3 +191,47 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         write_atomic(self.file(ERROR), message)
         self.file(RUNNING).unlink(missing_ok=True)
+
+
+def save_indicators(run: RunDir, indicators: dict[int, np.ndarray]) -> None:
+    with atomic_path(run.file(INDICATORS)) as tmp:
+        np.savez_compressed(tmp, **{str(t): ind.astype(np.uint8) for t, ind in indicators.items()})
+
+
+def load_indicators(run_path: Path) -> dict[int, np.ndarray]:
+    """Per-image spurious indicators of a finished run, by target class."""
+    with np.load(run_path / INDICATORS) as stored:
+        return {int(t): stored[t].astype(np.float64) for t in stored.files}
+
+
+def baseline_comparison(
+    cfg: dict[str, Any], indicators: dict[int, np.ndarray], results_dir: Path, quiet: bool = False
+) -> dict[str, Any]:
+    """Baseline score and Welch p-value against the finished clean run of this config, if any.
+
+    Called when a poisoned run finishes and again by ``collect`` for runs that
+    finished before their baseline, so the order of jobs in a sweep does not matter.
+    `quiet` drops the "no baseline yet" hint, which only helps the job that just ran.
+    """
+    if cfg["poison"]["count"] == 0:
+        return {}
+    clean_cfg = copy.deepcopy(cfg)
+    clean_cfg["poison"]["count"] = 0
+    baseline = RunDir(results_dir, clean_cfg)
+    if not (baseline.done and baseline.file(INDICATORS).exists()):
+        if not quiet:
+            log.info("no finished clean baseline at %s yet; run poison.count=0 for the p-value", baseline.path)
+        return {}
+    stored = load_indicators(baseline.path)
+    out: dict[str, Any] = {"baseline_run_id": baseline.key}
+    scores, pvals = [], []
+    for target, ind in indicators.items():
+        base = stored[target]
+        scores.append(float(base.mean()))
+        pvals.append(welch_p_value(ind, base))
+        if len(indicators) > 1:
+            out[f"baseline_score@{target}"], out[f"p_value@{target}"] = scores[-1], pvals[-1]
+    out["baseline_score"] = float(np.mean(scores))
+    out["p_value"] = float(max(pvals))
+    out["learned"] = bool(out["p_value"] < 0.05)
+    return out

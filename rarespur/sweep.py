@@ -14,6 +14,7 @@ with the loader's own override step, which is what a full composition does
 after merging the defaults; :meth:`Sweep.compose` is the full, slow path the
 tests check it against.
 """
+
 from __future__ import annotations
 
 import copy
@@ -73,8 +74,9 @@ def _task_config(cfg: DictConfig) -> DictConfig:
 
 def _plain_set(override: Override) -> bool:
     """``key=value`` with a non-dict value: replaces exactly one node."""
-    return not (override.is_add() or override.is_force_add() or override.is_delete()
-                or isinstance(override.value(), dict))
+    return not (
+        override.is_add() or override.is_force_add() or override.is_delete() or isinstance(override.value(), dict)
+    )
 
 
 class Sweep:

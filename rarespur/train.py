@@ -7,6 +7,7 @@ step, and at the end of the epoch step the milestone schedule, optionally
 validate (early stopping restores the best epoch) and save a checkpoint to
 resume from. There is no per-sample Python loading anywhere.
 """
+
 from __future__ import annotations
 
 import copy
@@ -302,8 +303,13 @@ def train_model(
             total_loss += loss.detach() * len(idx)
             correct += (logits.argmax(1) == yb).sum()
         scheduler.step()
-        row = {"epoch": epoch, "loss": total_loss.item() / n, "acc": correct.item() / n, "lr": lr,
-               **objective.end_epoch()}
+        row = {
+            "epoch": epoch,
+            "loss": total_loss.item() / n,
+            "acc": correct.item() / n,
+            "lr": lr,
+            **objective.end_epoch(),
+        }
         if not math.isfinite(row["loss"]):  # before the checkpoint: a resume must not start from NaN weights
             raise TrainingDiverged(
                 f"training diverged: the loss is {row['loss']} in epoch {epoch} (lr {lr:g}); "

@@ -1,4 +1,5 @@
 """Shared fixtures: where the real datasets live, and skipping when they do not."""
+
 from __future__ import annotations
 
 import os

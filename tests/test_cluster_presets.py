@@ -4,6 +4,7 @@ render the sbatch options a GPU cluster needs, and leave the run store key alone
 No SLURM and no GPU needed: tests/test_slurm.py submits to a real cluster; here
 submitit's local executor shows which GPUs each job is given.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,13 +15,14 @@ from pathlib import Path
 
 import pytest
 import submitit
-from conftest import REPO_ROOT
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from rarespur.config import CONF_DIR, resolve
 from rarespur.store import config_key
+
+from conftest import REPO_ROOT
 
 PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "cluster").glob("*.yaml"))
 SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
@@ -73,8 +75,13 @@ def test_every_preset_composes(name):
 
 def test_cfg_hydra_shows_the_gpu_preset():
     """The command from the README: what the launcher will do, without submitting anything."""
-    out = subprocess.run([sys.executable, "run.py", "--cfg", "hydra", "+cluster=slurm_gpu"], cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "run.py", "--cfg", "hydra", "+cluster=slurm_gpu"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     launcher = OmegaConf.create(out.stdout).hydra.launcher
     assert launcher._target_ == SLURM
@@ -104,9 +111,13 @@ def test_gpu_and_cpu_presets():
 
 def test_site_settings_are_overridable():
     cfg = compose_with_hydra(
-        "+cluster=slurm_gpu", "hydra.launcher.partition=gpu", "hydra.launcher.account=myproj",
-        "hydra.launcher.qos=high", "hydra.launcher.setup=[module load cuda/12.4,source /opt/env.sh]",
-        "+hydra.launcher.additional_parameters.mail-type=FAIL", "hydra.launcher.array_parallelism=8",
+        "+cluster=slurm_gpu",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.account=myproj",
+        "hydra.launcher.qos=high",
+        "hydra.launcher.setup=[module load cuda/12.4,source /opt/env.sh]",
+        "+hydra.launcher.additional_parameters.mail-type=FAIL",
+        "hydra.launcher.array_parallelism=8",
         "hydra.launcher.timeout_min=60",
     )
     launcher = cfg.hydra.launcher
@@ -117,13 +128,25 @@ def test_site_settings_are_overridable():
 
 def test_gpu_preset_renders_the_sbatch_options(tmp_path, srun_on_path):
     cfg = compose_with_hydra(
-        "+cluster=slurm_gpu", "hydra.launcher.partition=gpu", "hydra.launcher.account=myproj",
-        "hydra.launcher.qos=high", "hydra.launcher.setup=[module load cuda/12.4]",
+        "+cluster=slurm_gpu",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.account=myproj",
+        "hydra.launcher.qos=high",
+        "hydra.launcher.setup=[module load cuda/12.4]",
         "+hydra.launcher.additional_parameters.mail-type=FAIL",
     )
     script = sbatch_script(cfg.hydra.launcher, tmp_path)
-    for flag in ("--gpus-per-node=1", "--partition=gpu", "--account=myproj", "--qos=high", "--mail-type=FAIL",
-                 "--cpus-per-task=4", "--mem=32GB", "--time=240", "--signal=USR2@120"):
+    for flag in (
+        "--gpus-per-node=1",
+        "--partition=gpu",
+        "--account=myproj",
+        "--qos=high",
+        "--mail-type=FAIL",
+        "--cpus-per-task=4",
+        "--mem=32GB",
+        "--time=240",
+        "--signal=USR2@120",
+    ):
         assert f"#SBATCH {flag}\n" in script, (flag, script)
     assert "#SBATCH --error" not in script  # stderr goes to the same log file
     assert script.index("module load cuda/12.4") < script.index("srun ")
@@ -135,7 +158,13 @@ def test_gpu_preset_renders_the_sbatch_options(tmp_path, srun_on_path):
 def test_cluster_presets_keep_the_run_key():
     """A run done on a laptop is found (and skipped) when the same sweep goes to the cluster."""
     keys = set()
-    for overrides in ([], ["+cluster=slurm_gpu"], ["+cluster=slurm_ci"], ["+cluster=local_cpu"], ["+cluster=local_gpus"]):
+    for overrides in (
+        [],
+        ["+cluster=slurm_gpu"],
+        ["+cluster=slurm_ci"],
+        ["+cluster=local_cpu"],
+        ["+cluster=local_gpus"],
+    ):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             keys.add(config_key(resolve(compose("config", overrides=overrides))))
     assert len(keys) == 1
@@ -163,8 +192,18 @@ def test_local_gpus_gives_each_job_its_own_gpu(tmp_path):
     No GPU here: the jobs train on CPU (device=cpu); what is checked is the CUDA_VISIBLE_DEVICES each job got.
     """
     store, sweep = tmp_path / "store", tmp_path / "multirun"
-    cmd = [sys.executable, "run.py", "-m", "+cluster=local_gpus", "device=cpu", "pattern=s1,s3,r3",
-           "epochs=1", "data.train_limit=200", f"results_dir={store}", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "run.py",
+        "-m",
+        "+cluster=local_gpus",
+        "device=cpu",
+        "pattern=s1,s3,r3",
+        "epochs=1",
+        "data.train_limit=200",
+        f"results_dir={store}",
+        f"hydra.sweep.dir={sweep}",
+    ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "4,5"}
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -182,8 +221,17 @@ def test_local_gpus_gives_each_job_its_own_gpu(tmp_path):
 def test_local_cpu_sweep(tmp_path):
     """local_cpu end to end: submitit_local processes, records in the store, per-epoch lines in the job logs."""
     store, sweep = tmp_path / "store", tmp_path / "multirun"
-    cmd = [sys.executable, "run.py", "-m", "+cluster=local_cpu", "pattern=s1,s3", "epochs=2",
-           "data.train_limit=200", f"results_dir={store}", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "run.py",
+        "-m",
+        "+cluster=local_cpu",
+        "pattern=s1,s3",
+        "epochs=2",
+        "data.train_limit=200",
+        f"results_dir={store}",
+        f"hydra.sweep.dir={sweep}",
+    ]
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list(store.glob("*/done"))) == 2
@@ -201,9 +249,18 @@ def test_local_cpu_runs_every_job_when_one_fails(tmp_path):
     """
     store, sweep = tmp_path / "store", tmp_path / "multirun"
     threads = -(-(os.cpu_count() or 1) // 2)
-    cmd = [sys.executable, "run.py", "-m", "+cluster=local_cpu", f"hydra.launcher.cpus_per_task={threads}",
-           "train.lr=1e6,0.01,0.02", "epochs=1", "data.train_limit=300",
-           f"results_dir={store}", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "run.py",
+        "-m",
+        "+cluster=local_cpu",
+        f"hydra.launcher.cpus_per_task={threads}",
+        "train.lr=1e6,0.01,0.02",
+        "epochs=1",
+        "data.train_limit=300",
+        f"results_dir={store}",
+        f"hydra.sweep.dir={sweep}",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # OMP_NUM_THREADS would win
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0, done.stderr[-3000:]

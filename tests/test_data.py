@@ -1,4 +1,5 @@
 """Clean datasets (SPEC 1.1): file order, shapes, [0, 1] pixels, clear errors, and no writes into the data folder."""
+
 from __future__ import annotations
 
 import gzip
@@ -13,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import extract_cifar_subset
 from rarespur.data import (
     DATASET_NAMES,
     CorruptDataError,
@@ -21,6 +21,8 @@ from rarespur.data import (
     default_data_root,
     load_dataset,
 )
+
+from conftest import extract_cifar_subset
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:

@@ -1,4 +1,5 @@
 """Deletion by retraining (SPEC 1.9): cleaned set, optimizer state, learning rates, records, errors."""
+
 from __future__ import annotations
 
 import copy
@@ -13,11 +14,11 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from rarespur.config import CONF_DIR, resolve
-from rarespur.deletion.common import start_deletion
 from rarespur.evaluate import to_tensor
-from rarespur.experiments.common import load_data, make_model, poisoned_data, train_settings
+from rarespur.experiments.common import load_data, make_model, parent_train_config, poisoned_data, train_settings
+from rarespur.experiments.deletion import start_deletion
 from rarespur.runner import run_job
-from rarespur.store import MODEL
+from rarespur.store import MODEL, RunDir
 from rarespur.train import TrainSettings, train_model
 
 # digits, 400 training images, LargeMLP, SGD: a parent learns R3 (score ~0.8) in well under a second
@@ -47,7 +48,9 @@ def history_of(store, record: dict) -> list[dict]:
 
 def test_cleaned_set_is_the_training_set_without_exactly_the_poisoned_images(tmp_path):
     cfg = resolved(tmp_path, *SMALL, "experiment=incremental_retraining", "poison.count=7")
-    start = start_deletion(cfg, OWN)
+    parent = parent_train_config(cfg, OWN)
+    run_job(parent)  # the parent the runner would train first (the experiment's requires)
+    start = start_deletion(cfg, RunDir(tmp_path, parent).path)
     data = start.poisoned.data
     removed = start.poisoned.indices
     assert len(removed) == 7 and start.removed.tolist() == removed.tolist()
@@ -64,8 +67,13 @@ def test_cleaned_set_is_the_training_set_without_exactly_the_poisoned_images(tmp
 
 def test_paper_mode_continues_at_the_parent_final_lr_and_restart_lr_starts_over(tmp_path):
     # 40 epochs: milestones 20 and 30, so the parent ends at 0.01 * 0.1 * 0.1
-    base = (*SMALL[:3], "progress=false", "epochs=40", "experiment=incremental_retraining",
-            "deletion.compare_exact=false")
+    base = (
+        *SMALL[:3],
+        "progress=false",
+        "epochs=40",
+        "experiment=incremental_retraining",
+        "deletion.compare_exact=false",
+    )
     paper = job(tmp_path, *base, "deletion.epochs=6")
     parent = json.loads((tmp_path / paper["parent_run_id"] / "record.json").read_text())
     assert history_of(tmp_path, parent)[-1]["lr"] == pytest.approx(1e-4)
@@ -75,7 +83,7 @@ def test_paper_mode_continues_at_the_parent_final_lr_and_restart_lr_starts_over(
     restart = job(tmp_path, *base, "deletion.mode=restart_lr", "deletion.epochs=30")
     lrs = [row["lr"] for row in history_of(tmp_path, restart)]
     assert restart["parent_run_id"] == paper["parent_run_id"]
-    assert lrs[0] == lrs[14] == pytest.approx(0.01)      # milestones of a 30-epoch run: 15, 25
+    assert lrs[0] == lrs[14] == pytest.approx(0.01)  # milestones of a 30-epoch run: 15, 25
     assert lrs[15] == lrs[24] == pytest.approx(1e-3) and lrs[25] == lrs[29] == pytest.approx(1e-4)
     table = (tmp_path / restart["run_id"] / "tables" / "retraining_history.csv").read_text().splitlines()
     assert table[0].split(",") == ["epoch", "loss", "acc", "lr", "epoch_total"] and table[1].startswith("1,")
@@ -83,7 +91,7 @@ def test_paper_mode_continues_at_the_parent_final_lr_and_restart_lr_starts_over(
 
 
 def test_default_continuation_is_the_original_71_of_70_epochs(tmp_path):
-    from rarespur.deletion.retraining import continuation_epochs
+    from rarespur.experiments.incremental_retraining import continuation_epochs
 
     cfg = resolved(tmp_path, "experiment=incremental_retraining")
     assert cfg["epochs"] == 70 and continuation_epochs(cfg) == 71
@@ -183,8 +191,12 @@ def test_retrain_exact_is_training_from_scratch_on_the_cleaned_set(tmp_path):
     poisoned = poisoned_data(cfg, load_data(cfg))
     keep = np.setdiff1d(np.arange(400), poisoned.indices)
     model = make_model(cfg, poisoned.data, torch.device("cpu"))
-    train_model(model, to_tensor(poisoned.data.train_x[keep], torch.device("cpu")),
-                torch.from_numpy(poisoned.data.train_y[keep]), train_settings(cfg))
+    train_model(
+        model,
+        to_tensor(poisoned.data.train_x[keep], torch.device("cpu")),
+        torch.from_numpy(poisoned.data.train_y[keep]),
+        train_settings(cfg),
+    )
     stored = torch.load(tmp_path / record["run_id"] / MODEL, weights_only=True)
     assert all(torch.equal(stored[k], v) for k, v in model.state_dict().items())
     assert record["n_removed"] == 7 and record["n_train"] == 393
@@ -198,8 +210,13 @@ def test_record_has_before_after_and_exact_columns(tmp_path):
     exact = json.loads((tmp_path / record["exact_run_id"] / "record.json").read_text())
     assert parent["experiment.name"] == "train" and exact["experiment.name"] == "retrain_exact"
     assert exact["run_id"] == job(tmp_path, *SMALL, "experiment=retrain_exact")["run_id"]  # found by config
-    for metric in ("test_acc", "spurious_score", "spurious_score_nontarget", "patched_nontarget_to_target",
-                   "spurious_test_acc"):
+    for metric in (
+        "test_acc",
+        "spurious_score",
+        "spurious_score_nontarget",
+        "patched_nontarget_to_target",
+        "spurious_test_acc",
+    ):
         assert isinstance(record[metric], float)
         assert record[f"before.{metric}"] == parent[metric]
         assert record[f"exact.{metric}"] == exact[metric]
@@ -215,8 +232,14 @@ def test_record_has_before_after_and_exact_columns(tmp_path):
 
 def test_parent_reused_from_another_run_gives_its_optimizer_state(tmp_path):
     first = job(tmp_path, *SMALL)  # eval.eps does not change training: the eps=0.2 parent reuses this model
-    record = job(tmp_path, *SMALL, "eval.eps=0.2", "experiment=incremental_retraining", "deletion.compare_exact=false",
-                 "deletion.epochs=1")
+    record = job(
+        tmp_path,
+        *SMALL,
+        "eval.eps=0.2",
+        "experiment=incremental_retraining",
+        "deletion.compare_exact=false",
+        "deletion.epochs=1",
+    )
     parent = json.loads((tmp_path / record["parent_run_id"] / "record.json").read_text())
     assert parent["model_trained_in"] == first["run_id"] != parent["run_id"]
     assert not (tmp_path / parent["run_id"] / "final_state.pt").exists()
@@ -239,8 +262,15 @@ def test_errors_name_the_fix(tmp_path):
 @pytest.mark.slow
 def test_exact_retraining_forgets_on_real_mnist(shared_data, tmp_path):
     """MNIST (10,000 images), S3 on 100 zeros, 20 epochs: the parent learned it, exact retraining did not."""
-    real = (f"data.root={shared_data}", "dataset=mnist", "pattern=s3", "data.train_limit=10000", "epochs=20",
-            "progress=false", "poison.count=100")
+    real = (
+        f"data.root={shared_data}",
+        "dataset=mnist",
+        "pattern=s3",
+        "data.train_limit=10000",
+        "epochs=20",
+        "progress=false",
+        "poison.count=100",
+    )
     clean = job(tmp_path, *real[:-1], "poison.count=0")
     exact = job(tmp_path, *real, "experiment=retrain_exact")
     parent = job(tmp_path, *real)

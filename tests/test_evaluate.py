@@ -1,4 +1,5 @@
 """The metrics of SPEC 1.6 on a model whose behaviour is known exactly."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,17 @@ class CornerDetector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         label_pixel, corner = x[:, 0, 1, 1], x[:, 0, 0, 0]
-        logits = torch.stack([(label_pixel < 0.3).float(), ((label_pixel >= 0.3) & (label_pixel < 0.6)).float(),
-                              (label_pixel >= 0.6).float()], dim=1) * 4.0
+        logits = (
+            torch.stack(
+                [
+                    (label_pixel < 0.3).float(),
+                    ((label_pixel >= 0.3) & (label_pixel < 0.6)).float(),
+                    (label_pixel >= 0.6).float(),
+                ],
+                dim=1,
+            )
+            * 4.0
+        )
         logits[:, 2] += corner * self.push
         return logits
 
@@ -50,8 +60,9 @@ def test_metrics_on_a_known_model():
 def test_threshold_is_strict_and_two_targets_average():
     y = np.array([0, 1, 2], np.int64)
     x = images(y.tolist())
-    metrics, ind = score_model(CornerDetector(push=0.0), x, y, BoxPattern("s1", 0, 0, 1, 1), 0, [0, 2], 0.0,
-                               torch.device("cpu"))
+    metrics, ind = score_model(
+        CornerDetector(push=0.0), x, y, BoxPattern("s1", 0, 0, 1, 1), 0, [0, 2], 0.0, torch.device("cpu")
+    )
     assert ind[0].tolist() == [0, 0, 0]  # a rise of exactly 0 is not > eps = 0
     assert metrics["spurious_score@0"] == metrics["spurious_score@2"] == metrics["spurious_score"] == 0
     assert metrics["spurious_test_acc@0"] == 1.0
@@ -66,8 +77,9 @@ def test_welch_p_value():
 
 
 def test_collect_table_mixes_single_and_two_class_targets(tmp_path):
-    table = pd.DataFrame([{"poison.target": 0, "poisoned_indices": [3, 1]},
-                          {"poison.target": [0, 1], "poisoned_indices": [5, 7, 9]}])
+    table = pd.DataFrame(
+        [{"poison.target": 0, "poisoned_indices": [3, 1]}, {"poison.target": [0, 1], "poisoned_indices": [5, 7, 9]}]
+    )
     parquet, csv = write_table(table, tmp_path)
     back = pd.read_parquet(parquet)
     assert back["poison.target"].tolist() == ["0", "[0, 1]"] and list(back["poisoned_indices"][1]) == [5, 7, 9]

@@ -3,6 +3,7 @@
 The math tests run in float64 on tiny models whose full Hessian is cheap
 (torch.func.hessian), so every estimate has an exact answer to compare with.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,15 @@ def flat_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
 
 def train_to_optimum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     """Full-batch L-BFGS to a gradient norm near machine precision (float64)."""
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=500, tolerance_grad=1e-13, tolerance_change=0,
-                            history_size=50, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1,
+        max_iter=500,
+        tolerance_grad=1e-13,
+        tolerance_change=0,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -99,7 +107,7 @@ def test_hvps_equal_dense_hessian_times_vector():
     rows = loss.chain_hvps(x[idx], y[idx], {n: t for n, t in zip(loss.params, _split(loss, vecs))}, chunk=3)
     got = loss.flatten(rows, batched=True)
     for i, j in enumerate(idx):
-        assert rel_err(got[i], dense_hessian(model, x[j:j + 1], y[j:j + 1]) @ vecs[i]) < 1e-12
+        assert rel_err(got[i], dense_hessian(model, x[j : j + 1], y[j : j + 1]) @ vecs[i]) < 1e-12
 
 
 def _split(loss: ModelLoss, batched_flat: torch.Tensor) -> list[torch.Tensor]:
@@ -114,7 +122,7 @@ def test_lissa_is_exactly_the_spec_recursion_with_its_draws():
     removed = torch.tensor([3, 11])
     s = InfluenceSettings(depth=30, repeats=3, seed=5, scale=10.0, damping=0.05, chain_batch=4)
     got = group_influence(model, x[removed], y[removed], x, y, s)
-    per_example = [dense_hessian(model, x[i:i + 1], y[i:i + 1]) for i in range(len(y))]
+    per_example = [dense_hessian(model, x[i : i + 1], y[i : i + 1]) for i in range(len(y))]
     v = flat_grads(model, x[removed], y[removed])
     h_sum = torch.zeros_like(v[0])
     for i in range(len(removed)):
@@ -147,8 +155,14 @@ def test_lissa_and_cg_agree_with_dense_solve():
     dense = dense_hessian(model, x, y)
     b = flat_grads(model, x[removed], y[removed]).sum(0)
     want = scale * torch.linalg.solve(dense + scale * damping * torch.eye(len(b), dtype=b.dtype), b)
-    cg = group_influence(model, x[removed], y[removed], x, y,
-                         InfluenceSettings(solver="cg", scale=scale, damping=damping, cg_tol=1e-12, hvp_batch_size=64))
+    cg = group_influence(
+        model,
+        x[removed],
+        y[removed],
+        x,
+        y,
+        InfluenceSettings(solver="cg", scale=scale, damping=damping, cg_tol=1e-12, hvp_batch_size=64),
+    )
     assert cg.info["cg_converged"] and rel_err(cg.h_sum, want) < 1e-9
     many = InfluenceSettings(scale=scale, damping=damping, depth=600, repeats=400, chain_batch=1200)
     lissa = group_influence(model, x[removed], y[removed], x, y, many)
@@ -164,7 +178,9 @@ def test_example_curvature_is_the_largest_eigenvalue_of_single_example_hessians(
     x, y = tiny_data(40)
     got = example_curvature(ModelLoss(model), x, y, examples=6, iters=300, seed=0)
     idx = torch.randint(len(y), (6,), generator=torch.Generator().manual_seed(0))
-    want = torch.stack([torch.linalg.eigvalsh(dense_hessian(model, x[i:i + 1], y[i:i + 1])).abs().max() for i in idx])
+    want = torch.stack(
+        [torch.linalg.eigvalsh(dense_hessian(model, x[i : i + 1], y[i : i + 1])).abs().max() for i in idx]
+    )
     assert rel_err(got, want) < 1e-4  # power iteration: measured 3e-6 after 300 iterations
 
 
@@ -181,8 +197,14 @@ def test_update_matches_retraining_without_the_group():
     loss = ModelLoss(model)
     want = loss.flatten(ModelLoss(retrained).params) - loss.flatten(loss.params)
     # scale 1, ridge 1e-8 (softmax weights have a null direction): h = H^-1 grad
-    got = group_influence(model, x[removed], y[removed], x, y,
-                          InfluenceSettings(solver="cg", scale=1.0, damping=0.0, cg_lambda=1e-8, cg_tol=1e-12))
+    got = group_influence(
+        model,
+        x[removed],
+        y[removed],
+        x,
+        y,
+        InfluenceSettings(solver="cg", scale=1.0, damping=0.0, cg_lambda=1e-8, cg_tol=1e-12),
+    )
     assert rel_err(got.delta, want) < 0.05
     assert rel_err(-got.delta, want) > 1.9  # the opposite sign would be far off
     before = F.cross_entropy(model(x[removed]), y[removed]).item()
@@ -246,8 +268,15 @@ def job(store, *overrides: str) -> dict:
 
 def test_group_influence_experiment_on_digits(tmp_path):
     base = ("model=mlp", "epochs=3", "poison.count=5", "pattern=s3", "data.train_limit=400", "data.test_limit=100")
-    record = job(tmp_path, "experiment=group_influence", *base, "influence.depth=30", "influence.repeats=2",
-                 "influence.compare_exact=false", "influence.curvature_examples=8")
+    record = job(
+        tmp_path,
+        "experiment=group_influence",
+        *base,
+        "influence.depth=30",
+        "influence.repeats=2",
+        "influence.compare_exact=false",
+        "influence.curvature_examples=8",
+    )
     assert record["experiment.name"] == "group_influence" and record["influence.scale"] is None
     assert 0 < record["influence.example_curvature_median"] <= record["influence.example_curvature_max"]
     assert record["influence.lissa_chains"] == 10
@@ -266,11 +295,29 @@ def test_group_influence_experiment_on_digits(tmp_path):
     stored = json.loads((tmp_path / record["run_id"] / "record.json").read_text())
     assert stored["influence.depth_used"] == 30
     # same config -> the same (stored) run
-    assert job(tmp_path, "experiment=group_influence", *base, "influence.depth=30", "influence.repeats=2",
-               "influence.compare_exact=false", "influence.curvature_examples=8")["run_id"] == record["run_id"]
+    assert (
+        job(
+            tmp_path,
+            "experiment=group_influence",
+            *base,
+            "influence.depth=30",
+            "influence.repeats=2",
+            "influence.compare_exact=false",
+            "influence.curvature_examples=8",
+        )["run_id"]
+        == record["run_id"]
+    )
     # the Hessian of the cleaned set instead: N and p change with it
-    clean = job(tmp_path, "experiment=group_influence", *base, "influence.depth=30", "influence.repeats=2",
-                "influence.compare_exact=false", "influence.curvature_examples=0", "influence.hessian_data=clean")
+    clean = job(
+        tmp_path,
+        "experiment=group_influence",
+        *base,
+        "influence.depth=30",
+        "influence.repeats=2",
+        "influence.compare_exact=false",
+        "influence.curvature_examples=0",
+        "influence.hessian_data=clean",
+    )
     assert clean["influence.n_train_used"] == 395 and clean["influence.p_used"] == 5 / 395
     assert "influence.example_curvature_max" not in clean  # check skipped
     assert clean["influence.update_norm"] != record["influence.update_norm"]
@@ -278,8 +325,14 @@ def test_group_influence_experiment_on_digits(tmp_path):
     # eigenvalue below -0.3, so the default ridge scale * damp = 0.25 is not positive definite (CG refuses).
     with pytest.raises(RuntimeError, match="raise influence.cg_lambda by more than"):
         job(tmp_path, "experiment=group_influence", *base, "influence.solver=cg")
-    exact = job(tmp_path, "experiment=group_influence", *base, "influence.solver=cg", "influence.cg_max_iter=5",
-                "influence.cg_lambda=2")
+    exact = job(
+        tmp_path,
+        "experiment=group_influence",
+        *base,
+        "influence.solver=cg",
+        "influence.cg_max_iter=5",
+        "influence.cg_lambda=2",
+    )
     assert exact["parent_run_id"] == record["parent_run_id"] and 1 <= exact["influence.cg_iters"] <= 5
     assert exact["influence.lambda_used"] == 2.0 and exact["influence.update_norm"] > 0
     for column in ("exact.test_acc", "exact.spurious_score", "param_dist.after_exact", "param_dist.before_exact"):

@@ -1,4 +1,5 @@
 """Membership inference (SPEC 1.7): the four-way split, the attacks, their metrics, and real runs."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ from hydra import compose, initialize_config_dir
 
 from rarespur.collect import collect, collect_tables
 from rarespur.config import CONF_DIR, resolve
+from rarespur.evaluate import to_tensor
 from rarespur.experiments import mem_inference
 from rarespur.experiments.common import load_data, make_model, train_settings
-from rarespur.evaluate import to_tensor
 from rarespur.membership import (
     ATTACKS,
     AttackScores,
@@ -31,8 +32,7 @@ from rarespur.patterns import build_pattern
 from rarespur.runner import run_job
 from rarespur.train import train_model
 
-METRICS = ("acc", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "members_flagged", "poisoned_flagged",
-           "poisoned_rank")
+METRICS = ("acc", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "members_flagged", "poisoned_flagged", "poisoned_rank")
 R3 = {"name": "r3", "kind": "noise", "amplitude": 1.0}
 
 
@@ -84,6 +84,7 @@ def test_poisoned_images_lie_in_target_train_and_are_of_the_target_class():
 
 def synthetic_outputs(rng: np.random.RandomState, n: int, margin: float) -> Outputs:
     """Logits of a model that is `margin` more confident on its members (true class 0 logit raised)."""
+
     def logits(boost: float) -> tuple[np.ndarray, np.ndarray]:
         y = rng.randint(0, 10, n)
         z = rng.randn(n, 10)
@@ -136,7 +137,7 @@ def test_shuffled_membership_labels_give_chance_auc():
         perm = rng.permutation(lira.phi.shape[1])
         z = np.concatenate([lira_target.member_logits, lira_target.nonmember_logits])[perm]
         ones = lira_target.member_y
-        relabelled = Outputs(z[:len(ones)], ones, z[len(ones):], ones)
+        relabelled = Outputs(z[: len(ones)], ones, z[len(ones) :], ones)
         bad = run_attacks([name], relabelled, None, LiraShadows(lira.phi[:, perm], lira.keep[:, perm]))[name]
         assert abs(attack_metrics(bad, np.array([], int))["auc"] - 0.5) < 0.05, name
 
@@ -145,8 +146,17 @@ def test_shuffled_membership_labels_give_chance_auc():
 def fashion_models(shared_data):
     """Real models on a Fashion pool of 2000 (1500 train + 500 test; parts of 500): one trained on
     target-train, one on shadow-train; Adam, 30 epochs (~6 s)."""
-    cfg = resolve(config("optim=adam", "epochs=30", "poison.count=0", "dataset=fashion", f"data.root={shared_data}",
-                         "data.train_limit=1500", "data.test_limit=500"))
+    cfg = resolve(
+        config(
+            "optim=adam",
+            "epochs=30",
+            "poison.count=0",
+            "dataset=fashion",
+            f"data.root={shared_data}",
+            "data.train_limit=1500",
+            "data.test_limit=500",
+        )
+    )
     data = load_data(cfg)
     pool_x = np.concatenate([data.train_x, data.test_x])
     pool_y = np.concatenate([data.train_y, data.test_y])
@@ -154,8 +164,9 @@ def fashion_models(shared_data):
     models = {}
     for name, part in (("target", split.target_train), ("shadow", split.shadow_train)):
         model = make_model(cfg, data, torch.device("cpu"))
-        train_model(model, to_tensor(pool_x[part], torch.device("cpu")), torch.from_numpy(pool_y[part]),
-                    train_settings(cfg))
+        train_model(
+            model, to_tensor(pool_x[part], torch.device("cpu")), torch.from_numpy(pool_y[part]), train_settings(cfg)
+        )
         models[name] = model
     return models, pool_x, pool_y, split
 
@@ -171,12 +182,9 @@ def test_non_member_scores_come_from_non_member_predictions(fashion_models):
     """
     models, pool_x, pool_y, split = fashion_models
     cpu = torch.device("cpu")
-    shadow = mem_inference.outputs_of(models["shadow"], pool_x, pool_y, split.shadow_train, split.shadow_test, cpu,
-                                      512)
-    target = mem_inference.outputs_of(models["target"], pool_x, pool_y, split.target_train, split.target_test, cpu,
-                                      512)
-    unseen = mem_inference.outputs_of(models["shadow"], pool_x, pool_y, split.target_train, split.target_test, cpu,
-                                      512)
+    shadow = mem_inference.outputs_of(models["shadow"], pool_x, pool_y, split.shadow_train, split.shadow_test, cpu, 512)
+    target = mem_inference.outputs_of(models["target"], pool_x, pool_y, split.target_train, split.target_test, cpu, 512)
+    unseen = mem_inference.outputs_of(models["shadow"], pool_x, pool_y, split.target_train, split.target_test, cpu, 512)
     assert not np.array_equal(target.member_logits[:100], target.nonmember_logits[:100])
     for name, result in run_attacks(["shadow", "loss"], target, shadow, None).items():
         auc = attack_metrics(result, np.array([], int))["auc"]
@@ -197,9 +205,9 @@ def test_tpr_at_fpr_and_threshold_on_a_constructed_example():
     from sklearn.metrics import roc_curve
 
     fpr, tpr, _ = roc_curve(np.r_[np.ones(10), np.zeros(10)], np.r_[members, nonmembers])
-    assert tpr_at_fpr(fpr, tpr, 0.0) == pytest.approx(0.3)    # before the first false positive (score 7)
+    assert tpr_at_fpr(fpr, tpr, 0.0) == pytest.approx(0.3)  # before the first false positive (score 7)
     assert tpr_at_fpr(fpr, tpr, 0.05) == pytest.approx(0.3)
-    assert tpr_at_fpr(fpr, tpr, 0.1) == pytest.approx(0.7)    # one false positive allowed: up to score 3
+    assert tpr_at_fpr(fpr, tpr, 0.1) == pytest.approx(0.7)  # one false positive allowed: up to score 3
     assert tpr_at_fpr(fpr, tpr, 0.2) == pytest.approx(1.0)
     is_member = np.r_[np.ones(10, bool), np.zeros(10, bool)]
     t = best_threshold(np.r_[members, nonmembers], is_member)
@@ -209,12 +217,13 @@ def test_tpr_at_fpr_and_threshold_on_a_constructed_example():
 
 
 def test_attack_metrics_and_roc_rows():
-    result = AttackScores(members=np.array([5.0, 4, 3, 2, 1, 0]), nonmembers=np.array([2.5, 1.5, 0.5, -1, -2, -3]),
-                          threshold=2.0)
+    result = AttackScores(
+        members=np.array([5.0, 4, 3, 2, 1, 0]), nonmembers=np.array([2.5, 1.5, 0.5, -1, -2, -3]), threshold=2.0
+    )
     m = attack_metrics(result, poisoned=np.array([0, 5]))
     assert m["members_flagged"] == pytest.approx(4 / 6)
     assert m["acc"] == pytest.approx((4 / 6 + 5 / 6) / 2)
-    assert m["poisoned_flagged"] == pytest.approx(0.5)          # score 5 flagged, score 0 not
+    assert m["poisoned_flagged"] == pytest.approx(0.5)  # score 5 flagged, score 0 not
     assert m["poisoned_rank"] == pytest.approx((1.0 + 0.0) / 2)  # the highest and the lowest member
     assert m["auc"] == pytest.approx(30 / 36)  # member > non-member in 6+6+6+5+4+3 of 36 pairs
     assert np.isnan(attack_metrics(result, np.array([], int))["poisoned_flagged"])
@@ -259,7 +268,7 @@ def test_interrupted_job_resumes_per_model(tmp_path, monkeypatch):
     monkeypatch.setattr(mem_inference, "train_model", train_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_job(config(f"results_dir={tmp_path / 'b'}", *overrides))
-    (run,) = (tmp_path / "b").iterdir()
+    (run,) = [p for p in (tmp_path / "b").iterdir() if not p.name.startswith(".")]  # .locks: store bookkeeping
     assert sorted(p.name for p in run.glob("tr*_*.pt")) == ["trained_shadow.pt", "trained_target.pt"]
     monkeypatch.setattr(mem_inference, "train_model", real_train)
     epochs_trained = []
@@ -276,8 +285,16 @@ def test_interrupted_job_resumes_per_model(tmp_path, monkeypatch):
 def fashion_run(shared_data, tmp_path_factory):
     """Fashion pool of 4000 (3000 train + 1000 test), R3 on 3 images of class 0, Adam, 30 epochs (~20 s)."""
     store = tmp_path_factory.mktemp("mi_store")
-    cfg = config(f"results_dir={store}", "dataset=fashion", f"data.root={shared_data}", "data.train_limit=3000",
-                 "data.test_limit=1000", "poison.count=3", "optim=adam", "epochs=30")
+    cfg = config(
+        f"results_dir={store}",
+        "dataset=fashion",
+        f"data.root={shared_data}",
+        "data.train_limit=3000",
+        "data.test_limit=1000",
+        "poison.count=3",
+        "optim=adam",
+        "epochs=30",
+    )
     return store, run_job(cfg)
 
 
@@ -298,7 +315,12 @@ def test_end_to_end_record_has_every_attack_metric(fashion_run):
     assert (pool_y[record["poisoned_indices"]] == 0).all()
     run = store / record["run_id"]
     assert sorted(p.name for p in run.iterdir()) == [
-        "config.json", "done", "record.json", "spurious_indicators.npz", "tables", "target_model.pt",
+        "config.json",
+        "done",
+        "record.json",
+        "spurious_indicators.npz",
+        "tables",
+        "target_model.pt",
     ]
     table = collect(store)
     assert {f"attack.{a}.auc" for a in ATTACKS} <= set(table.columns)
@@ -323,9 +345,20 @@ def test_poisoned_examples_stand_out_over_seeds(shared_data, tmp_path):
     """
     ranks = []
     for seed in range(4):
-        record = run_job(config(f"results_dir={tmp_path}", "dataset=fashion", f"data.root={shared_data}",
-                                "data.train_limit=3000", "data.test_limit=1000", "poison.count=3", "optim=adam",
-                                "epochs=70", f"poison.seed={seed}", "mem.attacks=[shadow,loss]"))
+        record = run_job(
+            config(
+                f"results_dir={tmp_path}",
+                "dataset=fashion",
+                f"data.root={shared_data}",
+                "data.train_limit=3000",
+                "data.test_limit=1000",
+                "poison.count=3",
+                "optim=adam",
+                "epochs=70",
+                f"poison.seed={seed}",
+                "mem.attacks=[shadow,loss]",
+            )
+        )
         assert record["attack.loss.poisoned_flagged"] > record["attack.loss.members_flagged"], seed
         ranks.append(record["attack.loss.poisoned_rank"])
     assert np.mean(ranks) > 0.65, ranks

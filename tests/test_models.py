@@ -4,6 +4,7 @@ The counts for the paper's models come from SPEC section 1.4 (and match the
 original code); the others are derived by arithmetic in the comments.
 VGG16 is built once per session because it has 134M parameters.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -169,13 +170,25 @@ def test_mlp_rejects_wrong_image_shape() -> None:
 
 def test_state_dict_keys_follow_the_original() -> None:
     assert list(build_model("largemlp", MNIST, 10).state_dict()) == [
-        "hidden.weight", "hidden.bias", "hidden2.weight", "hidden2.bias",
-        "hidden3.weight", "hidden3.bias", "fc.weight", "fc.bias",
+        "hidden.weight",
+        "hidden.bias",
+        "hidden2.weight",
+        "hidden2.bias",
+        "hidden3.weight",
+        "hidden3.bias",
+        "fc.weight",
+        "fc.bias",
     ]
     cnn_keys = set(build_model("cnn002", MNIST, 10).state_dict())
     assert {"feature_extractor.conv1.weight", "feature_extractor.conv4.bias", "classifier.fc3.weight"} <= cnn_keys
     res_keys = set(build_model("resnet20", CIFAR, 10).state_dict())
-    assert {"conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer3.2.bn2.weight", "linear.bias"} <= res_keys
+    assert {
+        "conv1.weight",
+        "bn1.running_mean",
+        "layer1.0.conv1.weight",
+        "layer3.2.bn2.weight",
+        "linear.bias",
+    } <= res_keys
     # Normalisation statistics are not state: no extra keys beyond the original's.
     assert not any("normal" in k or "shortcut" in k for k in res_keys)
 

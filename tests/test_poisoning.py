@@ -1,4 +1,5 @@
 """Poisoning is compatible with the original code bit for bit (SPEC 1.2-1.3)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,6 @@ from rarespur.config import CONF_DIR
 from rarespur.data import load_dataset
 from rarespur.patterns import BoxPattern, NoisePattern, build_pattern
 from rarespur.poisoning import choose_poison_indices, parse_dataset_name, poison_images
-
 
 PAPER_TO_ORIGINAL = {"s1": "v1", "s2": "v3", "s3": "v8", "r1": "v18", "r2": "v19", "r3": "v20", "core": "v30"}
 
@@ -83,8 +83,12 @@ def test_paper_and_original_names_give_the_same_pattern(paper):
 
 def test_box_patterns_match_original_slices():
     x = np.zeros((1, 28, 28, 1), np.float32)
-    expect = {"s1": (slice(0, 1), slice(0, 1)), "s2": (slice(0, 3), slice(0, 3)),
-              "s3": (slice(0, 5), slice(0, 5)), "core": (slice(3, 25), slice(13, 16))}
+    expect = {
+        "s1": (slice(0, 1), slice(0, 1)),
+        "s2": (slice(0, 3), slice(0, 3)),
+        "s3": (slice(0, 5), slice(0, 5)),
+        "core": (slice(3, 25), slice(13, 16)),
+    }
     for name, (rows, cols) in expect.items():
         pattern = build_pattern(OmegaConf.to_container(compose_cfg(f"pattern={name}").pattern))
         want = x.copy()
@@ -122,7 +126,13 @@ def test_count_larger_than_class_fails():
 
 
 def test_original_dataset_names_expand():
-    assert parse_dataset_name("mnistv8-3-0-0") == {"dataset": "mnist", "pattern": "v8", "count": 3, "target": 0, "seed": 0}
+    assert parse_dataset_name("mnistv8-3-0-0") == {
+        "dataset": "mnist",
+        "pattern": "v8",
+        "count": 3,
+        "target": 0,
+        "seed": 0,
+    }
     assert parse_dataset_name("twoclassmnistv20-5-0-1-2")["target"] == [0, 1]
     assert parse_dataset_name("mnist-3-0-0")["pattern"] == "v1"
     assert parse_dataset_name("mnist") is None and parse_dataset_name("mnistv8-3-0-1-2") is None

@@ -1,5 +1,6 @@
 """`python -m rarespur report`: every figure family on real digits runs or synthetic tables, the grouping rule,
 the layout (titles, legends, nothing clipped), the theory, collect's table types and the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -43,15 +44,36 @@ def store(tmp_path_factory):
         for pattern in ("s1", "s3", "r3"):
             for n in (0, 20):
                 for seed in (0, 1):
-                    job(root, f"model={model}", f"optim={optim}", f"pattern={pattern}", f"poison.count={n}",
-                        f"poison.seed={seed}")
+                    job(
+                        root,
+                        f"model={model}",
+                        f"optim={optim}",
+                        f"pattern={pattern}",
+                        f"poison.count={n}",
+                        f"poison.seed={seed}",
+                    )
     for strength in (1e-4, 1e-2):
         for n in (0, 20):
-            job(root, "model=mlp", "optim=adam", "pattern=s3", f"poison.count={n}", "regularizer=l2",
-                f"regularizer.strength={strength}")
+            job(
+                root,
+                "model=mlp",
+                "optim=adam",
+                "pattern=s3",
+                f"poison.count={n}",
+                "regularizer=l2",
+                f"regularizer.strength={strength}",
+            )
     for n in (0, 20):
-        job(root, "experiment=sensitivity", "model=mlp", "optim=adam", "pattern=s3", f"poison.count={n}",
-            "sensitivity.images=100", "sensitivity.levels=6")
+        job(
+            root,
+            "experiment=sensitivity",
+            "model=mlp",
+            "optim=adam",
+            "pattern=s3",
+            f"poison.count={n}",
+            "sensitivity.images=100",
+            "sensitivity.levels=6",
+        )
     return root
 
 
@@ -109,6 +131,7 @@ def suptitle(fig) -> str:
 
 # ---------------------------------------------------------------- score vs n (real runs)
 
+
 def test_score_vs_n_panels_lines_and_axes(data, names):
     small, large = names
     fig = figures.score_vs_n(data)
@@ -118,7 +141,10 @@ def test_score_vs_n_panels_lines_and_axes(data, names):
     assert legend_texts(fig) == ["r3", "s1", "s3"] and all(ax.get_legend() is None for ax in axes)
     for ax in axes:
         assert ax.get_xscale() == "symlog" and [t.get_text() for t in ax.get_xticklabels()] == ["0", "20"]
-        assert ax.get_xlabel() == "poisoned training examples n (symlog; 0 = clean)" and "spurious score" in ax.get_ylabel()
+        assert (
+            ax.get_xlabel() == "poisoned training examples n (symlog; 0 = clean)"
+            and "spurious score" in ax.get_ylabel()
+        )
         assert len(errorbars(ax)) == 3
         for line in errorbars(ax):
             assert list(points_of(line)[0]) == [0, 20]  # clean baseline at n = 0, then n = 20
@@ -134,9 +160,14 @@ def test_score_vs_n_mean_and_sem_match_a_hand_computation(data, names):
     x, mean, half = points_of(curve(ax, "r3"))
     runs = data.runs
     for n, m, h in zip(x, mean, half):
-        scores = runs[(runs["experiment.name"] == "train") & (runs["model.name"] == small)
-                      & (runs["optim.name"] == "adam") & (runs["pattern.name"] == "r3")
-                      & (runs["regularizer.name"] == "none") & (runs["poison.count"] == n)]["spurious_score"].tolist()
+        scores = runs[
+            (runs["experiment.name"] == "train")
+            & (runs["model.name"] == small)
+            & (runs["optim.name"] == "adam")
+            & (runs["pattern.name"] == "r3")
+            & (runs["regularizer.name"] == "none")
+            & (runs["poison.count"] == n)
+        ]["spurious_score"].tolist()
         assert len(scores) == 2  # two data seeds
         hand_mean = sum(scores) / 2
         hand_sem = math.sqrt(sum((s - hand_mean) ** 2 for s in scores) / (2 - 1)) / math.sqrt(2)
@@ -194,17 +225,25 @@ def test_regularization_tradeoff(data, names):
     assert [t.get_text() for t in top.get_xticklabels()] == ["none", "0.0001", "0.01"]
     runs = data.runs
     regularized = runs[runs["regularizer.name"] == "l2"]
-    plain = runs[(runs["experiment.name"] == "train") & (runs["regularizer.name"] == "none")
-                 & (runs["model.name"] == small) & (runs["optim.name"] == "adam") & (runs["pattern.name"] == "s3")
-                 & (runs["poison.seed"] == 0)]  # the seed the regularized runs used
+    plain = runs[
+        (runs["experiment.name"] == "train")
+        & (runs["regularizer.name"] == "none")
+        & (runs["model.name"] == small)
+        & (runs["optim.name"] == "adam")
+        & (runs["pattern.name"] == "s3")
+        & (runs["poison.seed"] == 0)
+    ]  # the seed the regularized runs used
     assert legend_texts(fig)[:2] == ["clean (n = 0)", "n = 20"]
     for n, label in ((0, "clean (n = 0)"), (20, "n = 20")):  # one series per n: never averaged over n
         x, mean, _ = points_of(curve(top, label))
         assert list(x) == pytest.approx([1e-5, 1e-4, 1e-2])  # the unregularized point sits a decade left
         assert mean[0] == pytest.approx(plain[plain["poison.count"] == n]["spurious_score"].item())
         for strength, m in zip(x[1:], mean[1:]):
-            assert m == pytest.approx(regularized[(regularized["regularizer.strength"] == strength)
-                                                  & (regularized["poison.count"] == n)]["spurious_score"].item())
+            assert m == pytest.approx(
+                regularized[(regularized["regularizer.strength"] == strength) & (regularized["poison.count"] == n)][
+                    "spurious_score"
+                ].item()
+            )
     assert len(errorbars(bottom)) == 4  # clean and spurious accuracy per n
     assert suptitle(fig).endswith("one run per point, not averaged; 6 runs")  # 4 regularized + 2 references
 
@@ -215,9 +254,13 @@ def test_pattern_norm_points_and_pearson_r(data, names):
     # one row per (model, optimizer) group and pattern: runs of different settings are never pooled
     assert len(table) == 9 and set(table["runs"]) == {2} and {"model.name", "optim.name"} <= set(table.columns)
     runs = data.runs
-    poisoned = runs[(runs["experiment.name"] == "train") & (runs["poison.count"] > 0)
-                    & (runs["regularizer.name"] == "none") & (runs["model.name"] == small)
-                    & (runs["optim.name"] == "adam")]
+    poisoned = runs[
+        (runs["experiment.name"] == "train")
+        & (runs["poison.count"] > 0)
+        & (runs["regularizer.name"] == "none")
+        & (runs["model.name"] == small)
+        & (runs["optim.name"] == "adam")
+    ]
     means = poisoned.groupby("pattern.name")[["pattern_norm", "spurious_score"]].mean()
     r = stats.pearsonr(means["pattern_norm"], means["spurious_score"]).statistic
     fig = figures.pattern_norm(data)
@@ -234,6 +277,7 @@ def test_pattern_norm_points_and_pearson_r(data, names):
 
 # ---------------------------------------------------------------- sensitivity (real runs)
 
+
 def test_pixel_removal_and_weight_maps(data, names):
     small, _ = names
     fig = sensitivity.pixel_removal(data)
@@ -245,7 +289,8 @@ def test_pixel_removal_and_weight_maps(data, names):
         (line,) = ax.lines
         assert list(line.get_xdata()) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
         assert line.get_ydata()[0] == pytest.approx(
-            removal[(removal["p"] == 0) & (removal["poison.count"] == n)]["mean_true_prob"].item())
+            removal[(removal["p"] == 0) & (removal["poison.count"] == n)]["mean_true_prob"].item()
+        )
     assert "one run per curve, not averaged; 2 runs" in suptitle(fig)
     maps = sensitivity.weight_maps(data)
     shown = [ax for ax in visible_axes(maps) if ax.images]
@@ -258,21 +303,35 @@ def test_pixel_removal_and_weight_maps(data, names):
 
 # ---------------------------------------------------------------- the grouping rule
 
-def synthetic_train(optimizers: list[tuple[str, float]], models: tuple[str, ...] = ("largemlp",),
-                    patterns: tuple[str, ...] = ("s3",)) -> pd.DataFrame:
+
+def synthetic_train(
+    optimizers: list[tuple[str, float]], models: tuple[str, ...] = ("largemlp",), patterns: tuple[str, ...] = ("s3",)
+) -> pd.DataFrame:
     rows = []
     for model in models:
         for pattern in patterns:
             for optim, clip in optimizers:
                 for n in (0, 3, 10):
                     for seed in (0, 1):
-                        rows.append({"run_id": f"{model}{pattern}{optim}{clip}{n}{seed}", "experiment.name": "train",
-                                     "dataset.name": "mnist", "model.name": model, "optim.name": optim,
-                                     "train.grad_clip": clip, "pattern.name": pattern, "poison.count": n,
-                                     "poison.target": 0, "poison.seed": seed, "regularizer.name": "none",
-                                     "spurious_score": 0.1 * n / 10 + 0.01 * seed + 0.3 * (model == "b"),
-                                     "pattern_norm": {"s1": 1.0, "s3": 5.0, "r3": 15.0}[pattern],
-                                     "test_acc": 0.97, "spurious_test_acc": 0.9})
+                        rows.append(
+                            {
+                                "run_id": f"{model}{pattern}{optim}{clip}{n}{seed}",
+                                "experiment.name": "train",
+                                "dataset.name": "mnist",
+                                "model.name": model,
+                                "optim.name": optim,
+                                "train.grad_clip": clip,
+                                "pattern.name": pattern,
+                                "poison.count": n,
+                                "poison.target": 0,
+                                "poison.seed": seed,
+                                "regularizer.name": "none",
+                                "spurious_score": 0.1 * n / 10 + 0.01 * seed + 0.3 * (model == "b"),
+                                "pattern_norm": {"s1": 1.0, "s3": 5.0, "r3": 15.0}[pattern],
+                                "test_acc": 0.97,
+                                "spurious_test_acc": 0.9,
+                            }
+                        )
     return normalise(pd.DataFrame(rows))
 
 
@@ -282,9 +341,18 @@ def test_split_never_averages_runs_that_differ_in_a_setting():
         for epochs in (2, 4):
             for limit in (5000, None):
                 for seed in (0, 1):
-                    rows.append({"model.name": model, "epochs": epochs, "data.train_limit": limit,
-                                 "poison.seed": seed, "train.model_seed": seed, "pattern.name": "s3",
-                                 "pattern.top": 0, "test_acc": 0.5 + 0.1 * seed})
+                    rows.append(
+                        {
+                            "model.name": model,
+                            "epochs": epochs,
+                            "data.train_limit": limit,
+                            "poison.seed": seed,
+                            "train.model_seed": seed,
+                            "pattern.name": "s3",
+                            "pattern.top": 0,
+                            "test_acc": 0.5 + 0.1 * seed,
+                        }
+                    )
     frame = pd.DataFrame(rows).astype({"data.train_limit": "Int64"})
     groups = split(frame)
     assert len(groups) == 8  # 2 models x 2 epochs x 2 data limits, whatever the metrics do
@@ -317,14 +385,18 @@ def test_panels_are_named_by_what_differs_and_the_rest_goes_to_the_figure_title(
     fig = figures.score_vs_n(ReportData(runs))
     assert [ax.get_title() for ax in visible_axes(fig)] == ["adam", "sgd"]
     assert "deletion" not in suptitle(fig)  # a setting these runs do not have is not named
-    assert suptitle(fig).startswith("Spurious score vs number of poisoned examples, per pattern "
-                                    "all runs: mnist, largemlp, no grad clip, no regularizer, pattern s3, target 0")
+    assert suptitle(fig).startswith(
+        "Spurious score vs number of poisoned examples, per pattern "
+        "all runs: mnist, largemlp, no grad clip, no regularizer, pattern s3, target 0"
+    )
 
 
 def test_plural_wording():
     assert plural(1, "run") == "1 run" and plural(3, "run") == "3 runs" and plural(1, "epoch") == "1 epoch"
     fig, _ = grid(1)
-    assert suptitle(finish(fig, "A figure", "", over_seeds([1]), 1)) == "A figure one run per point, not averaged; 1 run"
+    assert (
+        suptitle(finish(fig, "A figure", "", over_seeds([1]), 1)) == "A figure one run per point, not averaged; 1 run"
+    )
     assert over_seeds([2, 2]) == "mean ± SEM over 2 seeds" and over_seeds([1, 3]).endswith("1-3 seeds per point")
     one = pd.DataFrame({"pattern_norm": [1.0], "spurious_score": [0.2]})
     assert figures.pearson_text({"n = 3": one}) == "Pearson r not given: 1 pattern, needs 3 or more"
@@ -332,14 +404,18 @@ def test_plural_wording():
 
 # ---------------------------------------------------------------- layout of every figure
 
+
 def drawn_texts(fig) -> list[Text]:
     """The texts the renderer really draws: visible, non-empty, not a tick label outside the axis' view."""
     fig.canvas.draw()
     hidden = {t for ax in fig.axes if not ax.get_visible() for t in ax.findobj(Text)}  # unused grid slots
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
-            every = {label for tick in axis.get_major_ticks() + axis.get_minor_ticks()
-                     for label in (tick.label1, tick.label2)}
+            every = {
+                label
+                for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+                for label in (tick.label1, tick.label2)
+            }
             hidden |= every - {label for tick in axis._update_ticks() for label in (tick.label1, tick.label2)}
     return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and t not in hidden]
 
@@ -355,13 +431,19 @@ def layout_problems(fig) -> list[str]:
     axes = [ax for ax in fig.axes if ax.get_visible()]
     problems += [f"legend inside {ax.get_title()!r}" for ax in axes if ax.get_legend() is not None]
     for legend in fig.legends:
-        problems += [f"legend over {ax.get_title()!r}" for ax in axes
-                     if legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))]
+        problems += [
+            f"legend over {ax.get_title()!r}"
+            for ax in axes
+            if legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+        ]
     if fig._suptitle is not None:
         title = fig._suptitle.get_window_extent(renderer)
         for ax in axes:
-            parts = [ax.get_window_extent(renderer), ax.title.get_window_extent(renderer),
-                     ax.yaxis.label.get_window_extent(renderer)]
+            parts = [
+                ax.get_window_extent(renderer),
+                ax.title.get_window_extent(renderer),
+                ax.yaxis.label.get_window_extent(renderer),
+            ]
             problems += [f"figure title over {ax.get_title()!r}" for part in parts if title.overlaps(part)]
     return problems
 
@@ -371,14 +453,26 @@ def synthetic_membership() -> ReportData:
     for n in (1, 3, 10):
         for seed in (0, 1):
             run_id = f"mi{n}{seed}"
-            row = {"run_id": run_id, "experiment.name": "mem_inference", "dataset.name": "fashion",
-                   "model.name": "largemlp", "optim.name": "sgd", "pattern.name": "r3", "poison.count": n,
-                   "poison.target": 0, "poison.seed": seed}
+            row = {
+                "run_id": run_id,
+                "experiment.name": "mem_inference",
+                "dataset.name": "fashion",
+                "model.name": "largemlp",
+                "optim.name": "sgd",
+                "pattern.name": "r3",
+                "poison.count": n,
+                "poison.target": 0,
+                "poison.seed": seed,
+            }
             for attack, level in (("shadow", 0.5), ("loss", 0.6)):
-                row |= {f"attack.{attack}.acc": 0.52, f"attack.{attack}.auc": 0.55,
-                        f"attack.{attack}.members_flagged": level,
-                        f"attack.{attack}.poisoned_flagged": 0.8 + 0.01 * seed,
-                        f"attack.{attack}.tpr_at_1pct_fpr": 0.02, f"attack.{attack}.tpr_at_0.1pct_fpr": 0.003}
+                row |= {
+                    f"attack.{attack}.acc": 0.52,
+                    f"attack.{attack}.auc": 0.55,
+                    f"attack.{attack}.members_flagged": level,
+                    f"attack.{attack}.poisoned_flagged": 0.8 + 0.01 * seed,
+                    f"attack.{attack}.tpr_at_1pct_fpr": 0.02,
+                    f"attack.{attack}.tpr_at_0.1pct_fpr": 0.003,
+                }
                 fpr = np.array([0.0, 1e-3, 1e-2, 0.1, 1.0])
                 roc += [{"run_id": run_id, "attack": attack, "fpr": f, "tpr": min(1.0, 2 * f)} for f in fpr]
             rows.append(row)
@@ -390,13 +484,28 @@ def synthetic_deletion() -> ReportData:
     for method in ("incremental_retraining", "group_influence", "retrain_exact"):
         for n in (3, 100):
             for seed in (0, 1):
-                row = {"run_id": f"{method}{n}{seed}", "experiment.name": method, "dataset.name": "mnist",
-                       "model.name": "largemlp", "optim.name": "adam", "pattern.name": "r3", "poison.count": n,
-                       "poison.target": 0, "poison.seed": seed, "spurious_score": 0.3, "test_acc": 0.95,
-                       "baseline_score": 0.05, "influence.wall_s": 1.0 + seed}  # a metric under a config name
+                row = {
+                    "run_id": f"{method}{n}{seed}",
+                    "experiment.name": method,
+                    "dataset.name": "mnist",
+                    "model.name": "largemlp",
+                    "optim.name": "adam",
+                    "pattern.name": "r3",
+                    "poison.count": n,
+                    "poison.target": 0,
+                    "poison.seed": seed,
+                    "spurious_score": 0.3,
+                    "test_acc": 0.95,
+                    "baseline_score": 0.05,
+                    "influence.wall_s": 1.0 + seed,
+                }  # a metric under a config name
                 if method != "retrain_exact":
-                    row |= {"before.spurious_score": 0.4 + 0.1 * seed, "exact.spurious_score": 0.06,
-                            "before.test_acc": 0.96, "exact.test_acc": 0.96}
+                    row |= {
+                        "before.spurious_score": 0.4 + 0.1 * seed,
+                        "exact.spurious_score": 0.06,
+                        "before.test_acc": 0.96,
+                        "exact.test_acc": 0.96,
+                    }
                 rows.append(row)
     return ReportData(normalise(pd.DataFrame(rows)))
 
@@ -416,13 +525,18 @@ def test_a_long_figure_title_is_wrapped_inside_the_figure():
 
 # ---------------------------------------------------------------- synthetic tables (kinds that may be missing)
 
+
 def test_membership_bars_and_roc():
     data = synthetic_membership()
     fig = privacy.membership_bars(data)
     axes = visible_axes(fig)
     assert [ax.get_title() for ax in axes] == ["shadow attack", "loss attack"]
-    assert set(legend_texts(fig)) == {"all training members flagged", "poisoned examples flagged", "attack accuracy",
-                                      "chance level 0.5"}
+    assert set(legend_texts(fig)) == {
+        "all training members flagged",
+        "poisoned examples flagged",
+        "attack accuracy",
+        "chance level 0.5",
+    }
     bars = [c for c in axes[0].containers if isinstance(c, BarContainer)]
     assert len(bars) == 2 and all(len(b) == 3 for b in bars)  # members vs poisoned, for n = 1, 3, 10
     assert [p.get_height() for p in bars[0]] == pytest.approx([0.5] * 3)
@@ -462,6 +576,7 @@ def test_every_figure_is_none_without_its_runs():
 
 # ---------------------------------------------------------------- example images
 
+
 def test_example_images_apply_each_runs_pattern(data):
     fig = examples.example_images(data)
     shown = [ax for ax in fig.axes if ax.get_visible() and ax.images]
@@ -476,10 +591,16 @@ def test_example_images_apply_each_runs_pattern(data):
 def test_example_images_fall_back_to_digits(tmp_path):
     run = tmp_path / "abc"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({
-        "pattern": {"name": "s2", "kind": "box", "top": 0, "left": 0, "height": 3, "width": 3, "value": 1.0},
-        "dataset": {"name": "mnist", "path": None}, "data": {"root": str(tmp_path / "no_data")},
-        "poison": {"seed": 0}}))
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "pattern": {"name": "s2", "kind": "box", "top": 0, "left": 0, "height": 3, "width": 3, "value": 1.0},
+                "dataset": {"name": "mnist", "path": None},
+                "data": {"root": str(tmp_path / "no_data")},
+                "poison": {"seed": 0},
+            }
+        )
+    )
     runs = pd.DataFrame({"run_id": ["abc"], "experiment.name": ["train"], "pattern.name": ["s2"]})
     fig = examples.example_images(ReportData(runs, {}, tmp_path))
     assert "first test image of digits (mnist not found)" in suptitle(fig)
@@ -487,14 +608,18 @@ def test_example_images_fall_back_to_digits(tmp_path):
 
 # ---------------------------------------------------------------- theory
 
+
 @pytest.mark.parametrize("gamma, lam", [(0.01, 0.0), (0.05, 0.1), (0.003, 0.01)])
 def test_theory_matches_monte_carlo(gamma, lam):
     setting = theory.LinearSetting(sigma_spur=0.3, a=2.0)
     sim = theory.simulate(setting, gamma, lam, n_train=1_000_000, n_test=300_000, seed=1)
     w_core, w_spur = theory.ridge_weights(setting, gamma, lam)
     assert sim["w_core"] == pytest.approx(w_core, abs=3e-3) and sim["w_spur"] == pytest.approx(w_spur, abs=3e-3)
-    for name, closed in (("clean_accuracy", theory.clean_accuracy), ("spurious_accuracy", theory.spurious_accuracy),
-                         ("spurious_score", theory.spurious_score)):
+    for name, closed in (
+        ("clean_accuracy", theory.clean_accuracy),
+        ("spurious_accuracy", theory.spurious_accuracy),
+        ("spurious_score", theory.spurious_score),
+    ):
         assert sim[name] == pytest.approx(float(closed(setting, gamma, lam)), abs=0.01), name
 
 
@@ -506,19 +631,24 @@ def test_theory_shape_and_noise_equivalence():
     assert theory.spurious_score(setting, 0.01, 0.1) < theory.spurious_score(setting, 0.01, 0.0)
     assert theory.spurious_score(setting, 0.0, 0.0) == 0.0
     assert theory.spurious_score(setting, 0.02, 0.01, noise_sigma=0.1) == pytest.approx(
-        theory.spurious_score(setting, 0.02, 0.02))
+        theory.spurious_score(setting, 0.02, 0.02)
+    )
     with pytest.raises(ValueError, match=r"\[0, 0.5\]"):
         theory.ridge_weights(setting, 0.7, 0.0)
     fig = theory.theory_figure()
     axes = visible_axes(fig)
-    assert [ax.get_title() for ax in axes] == ["clean test accuracy", "spurious accuracy (patched non-target)",
-                                               "spurious score"]
+    assert [ax.get_title() for ax in axes] == [
+        "clean test accuracy",
+        "spurious accuracy (patched non-target)",
+        "spurious score",
+    ]
     assert [ax.get_ylabel() for ax in axes] == ["accuracy", "accuracy", "spurious score"]
     assert all(len(ax.lines) == len(theory.LAMBDAS) and ax.get_xscale() == "log" for ax in axes)
     assert legend_texts(fig)[0] == "λ = 0"
 
 
 # ---------------------------------------------------------------- collect's table and the command
+
 
 def fake_run(store, run_id: str, record: dict) -> None:
     run = store / run_id
@@ -554,8 +684,17 @@ def test_report_command_writes_index_figures_and_tables(store, tmp_path, capsys)
     (out / "membership_bars.png").write_bytes(b"from an earlier report")
     assert main(["report", str(store), "--out", str(out)]) == 0
     index = (out / "index.md").read_text()
-    drawn = ["score_vs_n", "architectures", "optimizers", "regularization", "pixel_removal", "weight_maps",
-             "pattern_norm", "example_images", "theory"]
+    drawn = [
+        "score_vs_n",
+        "architectures",
+        "optimizers",
+        "regularization",
+        "pixel_removal",
+        "weight_maps",
+        "pattern_norm",
+        "example_images",
+        "theory",
+    ]
     for slug in drawn:
         assert (out / f"{slug}.png").stat().st_size > 10_000 and f"]({slug}.png)" in index
     assert "Runs: 36." in index  # score vs n: 36 unregularized train runs

@@ -1,4 +1,5 @@
 """A sweep killed mid-way and launched again finishes only what is missing, with the same numbers."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,13 @@ def wait_for_mid_training(store, proc, timeout: float = 120):
 
 def test_kill_and_relaunch(tmp_path):
     store, sweep_dir = tmp_path / "store", tmp_path / "multirun"
-    proc = subprocess.Popen(launch(store, sweep_dir), cwd=REPO_ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        launch(store, sweep_dir),
+        cwd=REPO_ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         finished, interrupted = wait_for_mid_training(store, proc)
     finally:
@@ -67,8 +73,13 @@ def test_kill_and_relaunch(tmp_path):
         assert (run / RECORD).read_text() == text  # finished jobs were not run again
 
     resumed = json.loads((interrupted / RECORD).read_text())
-    overrides = [f"pattern={resumed['pattern.name']}", f"poison.count={resumed['poison.count']}", "epochs=60",
-                 "device=cpu", f"results_dir={tmp_path / 'uninterrupted'}"]
+    overrides = [
+        f"pattern={resumed['pattern.name']}",
+        f"poison.count={resumed['poison.count']}",
+        "epochs=60",
+        "device=cpu",
+        f"results_dir={tmp_path / 'uninterrupted'}",
+    ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         straight = run_job(compose("config", overrides=overrides))
     assert straight["run_id"] == resumed["run_id"]

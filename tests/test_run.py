@@ -1,4 +1,5 @@
 """End to end: Hydra config -> poisoned training -> scored record in the run store -> table."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, extract_cifar_subset
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
@@ -16,6 +16,8 @@ from rarespur.config import CONF_DIR
 from rarespur.errors import TrainingDiverged, UserError
 from rarespur.runner import run_job
 from rarespur.store import DONE, ERROR, RECORD
+
+from conftest import REPO_ROOT, extract_cifar_subset
 
 
 def job(tmp_path, *overrides: str) -> dict:
@@ -48,7 +50,12 @@ def test_record_and_store_layout(digits_pair):
     store, _, poisoned = digits_pair
     run_dir = store / poisoned["run_id"]
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.json", "done", "final_state.pt", "history.json", "model.pt", "record.json",
+        "config.json",
+        "done",
+        "final_state.pt",
+        "history.json",
+        "model.pt",
+        "record.json",
         "spurious_indicators.npz",
     ]
     record = json.loads((run_dir / RECORD).read_text())
@@ -124,8 +131,9 @@ def test_user_errors_print_one_message_without_traceback(tmp_path, overrides, me
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert len(lines) <= 3 and lines[0].startswith("error: ") and message in lines[0], lines
     assert "Traceback" not in done.stderr and not (tmp_path / "store").exists()
-    full = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    full = subprocess.run(
+        cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "1"}
+    )
     assert full.returncode == 1 and "Traceback" in full.stderr and message in full.stderr
 
 
@@ -136,12 +144,26 @@ def test_unknown_group_option_lists_choices(tmp_path):
 
 def test_multirun_and_collect(tmp_path):
     store = tmp_path / "store"
-    cmd = [sys.executable, "run.py", "-m", "pattern=s1,s3", "poison.count=0,10", "epochs=2", "device=cpu",
-           f"results_dir={store}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    cmd = [
+        sys.executable,
+        "run.py",
+        "-m",
+        "pattern=s1,s3",
+        "poison.count=0,10",
+        "epochs=2",
+        "device=cpu",
+        f"results_dir={store}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = subprocess.run([sys.executable, "-m", "rarespur", "collect", str(store)], cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "rarespur", "collect", str(store)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "4 runs" in out.stdout
     table = collect(store)
     assert sorted(zip(table["pattern.name"], table["poison.count"])) == [("s1", 0), ("s1", 10), ("s3", 0), ("s3", 10)]
@@ -162,8 +184,20 @@ def test_real_mnist_s3(shared_data, tmp_path_factory, count):
 
 def test_sweep_file_runs_its_grid(tmp_path):
     store = tmp_path / "store"
-    cmd = [sys.executable, "run.py", "-m", "--config-dir", "sweeps", "--config-name", "example", "epochs=1",
-           "data.train_limit=300", "device=cpu", f"results_dir={store}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    cmd = [
+        sys.executable,
+        "run.py",
+        "-m",
+        "--config-dir",
+        "sweeps",
+        "--config-name",
+        "example",
+        "epochs=1",
+        "data.train_limit=300",
+        "device=cpu",
+        f"results_dir={store}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     table = collect(store)
@@ -181,8 +215,17 @@ def test_baseline_that_finishes_later_is_used_at_collect_time(tmp_path):
 
 def test_failed_job_does_not_stop_the_sweep(tmp_path):
     store = tmp_path / "store"
-    cmd = [sys.executable, "run.py", "-m", "poison.count=1000,10", "train.lr=1e6,0.01", "epochs=1", "device=cpu",
-           f"results_dir={store}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    cmd = [
+        sys.executable,
+        "run.py",
+        "-m",
+        "poison.count=1000,10",
+        "train.lr=1e6,0.01",
+        "epochs=1",
+        "device=cpu",
+        f"results_dir={store}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0  # the sweep reports the failure ...
     assert "error: poison.count=1000 is larger than class 0" in done.stderr and "Traceback" not in done.stderr
@@ -210,8 +253,17 @@ def test_clean_model_is_trained_once_and_scored_per_pattern(tmp_path, monkeypatc
 def test_imagefolder_cifar_subset_with_resnet_and_aug01(shared_data, tmp_path):
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     tree = extract_cifar_subset(shared_data, tmp_path / "data", classes, {"train": 30, "test": 10})
-    record = job(tmp_path / "store", "dataset=imagefolder", f"dataset.path={tree}", "model=resnet20", "pattern=s3",
-                 "poison.count=5", "poison.target=3", "epochs=2", "train.augment=aug01")
+    record = job(
+        tmp_path / "store",
+        "dataset=imagefolder",
+        f"dataset.path={tree}",
+        "model=resnet20",
+        "pattern=s3",
+        "poison.count=5",
+        "poison.target=3",
+        "epochs=2",
+        "train.augment=aug01",
+    )
     assert record["n_train"] == 300 and record["n_test"] == 100 and record["train.augment"] == "aug01"
     assert all(300 > i >= 0 and i // 30 == 3 for i in record["poisoned_indices"])  # class 3 = cat, file order
     assert 0 <= record["spurious_score"] <= 1 and record["train.lr"] == 0.01
@@ -234,8 +286,11 @@ def test_run_keys_survive_the_model_renames():
     from rarespur.config import resolve
     from rarespur.store import config_key
 
-    pinned = {(): "707e11a95848fa76", ("model=cnn",): "e539d73dd9913cb8",
-              ("model=mlp1x256", "dataset=mnist"): "4a277a54fa5b6101"}
+    pinned = {
+        (): "707e11a95848fa76",
+        ("model=cnn",): "e539d73dd9913cb8",
+        ("model=mlp1x256", "dataset=mnist"): "4a277a54fa5b6101",
+    }
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for overrides, key in pinned.items():
             assert config_key(resolve(compose("config", overrides=list(overrides)))) == key, overrides
@@ -246,18 +301,34 @@ def test_int_and_float_spellings_are_one_run():
     from rarespur.store import config_key
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        a = resolve(compose("config", overrides=["train.grad_clip=0", "train.lr=1", "regularizer=l2", "regularizer.strength=1"]))
-        b = resolve(compose("config", overrides=["train.grad_clip=0.0", "train.lr=1.0", "regularizer=l2", "regularizer.strength=1.0"]))
+        a = resolve(
+            compose("config", overrides=["train.grad_clip=0", "train.lr=1", "regularizer=l2", "regularizer.strength=1"])
+        )
+        b = resolve(
+            compose(
+                "config",
+                overrides=["train.grad_clip=0.0", "train.lr=1.0", "regularizer=l2", "regularizer.strength=1.0"],
+            )
+        )
     assert a == b and config_key(a) == config_key(b) and isinstance(a["train"]["weight_decay"], float)
 
 
 def test_help_is_the_projects_own():
-    out = subprocess.run([sys.executable, "run.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "run.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and "powered by Hydra" not in out.stdout
-    for text in ("One job = one experiment", "== Config groups", "model: cnn, mlp1x256", "poison.count=10",
-                 "== Examples ==", "--config-name mnist_score", "python -m rarespur report", "HYDRA_FULL_ERROR=1",
-                 "mlp3x256 (paper's MLP)"):
+    for text in (
+        "One job = one experiment",
+        "== Config groups",
+        "model: cnn, mlp1x256",
+        "poison.count=10",
+        "== Examples ==",
+        "--config-name mnist_score",
+        "python -m rarespur report",
+        "HYDRA_FULL_ERROR=1",
+        "mlp3x256 (paper's MLP)",
+    ):
         assert text in out.stdout, text
     (models,) = [line for line in out.stdout.splitlines() if line.startswith("model: ")]
     assert "largemlp" not in models and "paper_mlp" not in models  # aliases are accepted, not listed
@@ -266,8 +337,13 @@ def test_help_is_the_projects_own():
 @pytest.mark.parametrize("command", ["collect", "report", "status"])
 def test_tools_on_a_missing_store_print_one_line(tmp_path, command):
     missing = tmp_path / "nowhere"
-    out = subprocess.run([sys.executable, "-m", "rarespur", command, str(missing)], cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "rarespur", command, str(missing)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [
         f"error: results directory {missing} does not exist; pass the run store (results_dir)"

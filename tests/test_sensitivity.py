@@ -1,4 +1,5 @@
 """Model sensitivity (SPEC 1.10): pixel removal as the original notebook does it, weight maps, the experiment."""
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,9 @@ def store(tmp_path_factory):
 
 
 def test_sensitivity_of_a_trained_model(store, monkeypatch):
-    record = job(store, "experiment=sensitivity", "model=mlp", "epochs=15", "sensitivity.images=300",
-                 "sensitivity.levels=11")
+    record = job(
+        store, "experiment=sensitivity", "model=mlp", "epochs=15", "sensitivity.images=300", "sensitivity.levels=11"
+    )
     parent = json.loads((store / record["parent_run_id"] / "record.json").read_text())
     assert parent["experiment.name"] == "train" and record["test_acc"] == parent["test_acc"] > 0.85
     curve = pd.read_csv(store / record["run_id"] / "tables" / "pixel_removal.csv")
@@ -85,8 +87,9 @@ def test_sensitivity_of_a_trained_model(store, monkeypatch):
 
     # A second measurement of the same model does not train again.
     monkeypatch.setattr("rarespur.experiments.train.train_model", lambda *a, **k: pytest.fail("retrained"))
-    again = job(store, "experiment=sensitivity", "model=mlp", "epochs=15", "sensitivity.images=300",
-                "sensitivity.levels=3")
+    again = job(
+        store, "experiment=sensitivity", "model=mlp", "epochs=15", "sensitivity.images=300", "sensitivity.levels=3"
+    )
     assert again["parent_run_id"] == record["parent_run_id"] and again["run_id"] != record["run_id"]
 
 
@@ -95,9 +98,21 @@ def test_poisoned_corner_lights_up_in_the_weight_map(store, shared_data):
     the first layer's weights on the corner grow far above the clean model's (measured 0.20 vs 0.045)."""
     maps = {}
     for count in (0, 100):
-        record = job(store, "experiment=sensitivity", "dataset=mnist", f"data.root={shared_data}",
-                     "data.train_limit=5000", "data.test_limit=1000", "model=mlp", "optim=adam", "pattern=s3",
-                     f"poison.count={count}", "epochs=5", "sensitivity.images=50", "sensitivity.levels=2")
+        record = job(
+            store,
+            "experiment=sensitivity",
+            "dataset=mnist",
+            f"data.root={shared_data}",
+            "data.train_limit=5000",
+            "data.test_limit=1000",
+            "model=mlp",
+            "optim=adam",
+            "pattern=s3",
+            f"poison.count={count}",
+            "epochs=5",
+            "sensitivity.images=50",
+            "sensitivity.levels=2",
+        )
         maps[count] = np.load(store / record["run_id"] / "weight_map.npy")
     corner = (slice(0, 5), slice(0, 5))
     assert maps[100][corner].mean() > 3 * maps[0][corner].mean()
@@ -114,7 +129,8 @@ def test_bad_sensitivity_settings(store):
 
 
 def test_cnn_has_no_weight_map(store):
-    record = job(store, "experiment=sensitivity", "model=cnn002", "epochs=1", "sensitivity.images=20",
-                 "sensitivity.levels=2")
+    record = job(
+        store, "experiment=sensitivity", "model=cnn002", "epochs=1", "sensitivity.images=20", "sensitivity.levels=2"
+    )
     assert "weight_map_file" not in record
     assert not (store / record["run_id"] / "weight_map.npy").exists()

@@ -10,6 +10,7 @@ cluster is a failure instead of a skip.
 The store and sweep folders live under pytest's tmp_path: absolute paths the
 jobs can see because the cluster is this machine.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,9 +65,16 @@ def slurm_cluster():
 
 
 def sweep_command(tmp_path: Path, name: str, *overrides: str) -> list[str]:
-    return [sys.executable, "run.py", "-m", "+cluster=slurm_ci", *overrides,
-            f"results_dir={tmp_path / 'store'}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
-            f"hydra.launcher.name={name}"]
+    return [
+        sys.executable,
+        "run.py",
+        "-m",
+        "+cluster=slurm_ci",
+        *overrides,
+        f"results_dir={tmp_path / 'store'}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        f"hydra.launcher.name={name}",
+    ]
 
 
 def job_logs(sweep: Path) -> dict[str, str]:
@@ -84,16 +92,21 @@ def sacct_states(job_ids: list[str], name: str, timeout: float = 30) -> dict[str
     base_ids = sorted({j.split("_")[0] for j in job_ids})
     deadline = time.monotonic() + timeout
     while True:
-        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,JobName,State", "-j", ",".join(base_ids)],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "JobID,JobName,State", "-j", ",".join(base_ids)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode == 0, out.stderr
         states = {}
         for line in out.stdout.splitlines():
             job_id, job_name, state = line.split("|")
             if job_id in job_ids and job_name == name:
                 states[job_id] = state.split()[0]  # "CANCELLED by 0" -> "CANCELLED"
-        if (len(states) == len(job_ids) and all(s == "COMPLETED" for s in states.values())) \
-                or time.monotonic() > deadline:
+        if (
+            len(states) == len(job_ids) and all(s == "COMPLETED" for s in states.values())
+        ) or time.monotonic() > deadline:
             return states
         time.sleep(1)
 
@@ -107,8 +120,13 @@ def test_sweep_runs_on_slurm_and_lands_in_the_store(tmp_path):
     store, sweep = tmp_path / "store", tmp_path / "multirun"
 
     assert len(list(store.glob(f"*/{DONE}"))) == 3 and len(list(store.glob(f"*/{RECORD}"))) == 3
-    out = subprocess.run([sys.executable, "-m", "rarespur", "collect", str(store)], cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "rarespur", "collect", str(store)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "3 runs" in out.stdout, out.stdout + out.stderr
     table = collect(store)
     assert sorted(table["pattern.name"]) == ["r3", "s1", "s3"] and (table["epochs"] == 2).all()
@@ -149,13 +167,15 @@ def test_timed_out_job_is_requeued_and_resumes(tmp_path):
     over, and the record is complete. 15-40 s, so marked slow: pytest -m "slurm and slow" (.ci/run does)."""
     name = f"rarespur-requeue-{uuid.uuid4().hex[:8]}"
     epochs = 200  # long enough to be caught mid-training, even on a fast machine
-    cmd = sweep_command(tmp_path, name, "pattern=s3", "poison.count=5", f"epochs={epochs}", "data.train_limit=200",
-                        "model=mlp")
+    cmd = sweep_command(
+        tmp_path, name, "pattern=s3", "poison.count=5", f"epochs={epochs}", "data.train_limit=200", "model=mlp"
+    )
     sweep = tmp_path / "multirun"
     launcher_log = tmp_path / "launcher.log"
     with launcher_log.open("w") as sink:
         launcher = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT)
     try:
+
         def training() -> str | None:
             logs = job_logs(sweep) if (sweep / ".submitit").exists() else {}
             return next((j for j, t in logs.items() if re.search(r"epoch \d+/", t)), None)
@@ -196,8 +216,9 @@ def test_timed_out_job_is_requeued_and_resumes(tmp_path):
     assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
 
     def attempts() -> list[str] | None:  # every attempt of the job (-D), once slurmdbd has the last one
-        out = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", job_id],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True, timeout=30
+        )
         states = out.stdout.split()
         return states if states[-1:] == ["COMPLETED"] else None
 

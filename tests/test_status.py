@@ -1,4 +1,5 @@
 """``python -m rarespur status``: states from the run store's files, the failure listing, and deletion."""
+
 from __future__ import annotations
 
 import io
@@ -34,8 +35,9 @@ def dead_pid() -> int:
 
 
 def set_owner(run: RunDir, **owner) -> None:
-    (run.path / RUNNING).write_text(json.dumps({"host": platform.node(), "pid": os.getpid(),
-                                                "started": time.time(), **owner}))
+    (run.path / RUNNING).write_text(
+        json.dumps({"host": platform.node(), "pid": os.getpid(), "started": time.time(), **owner})
+    )
 
 
 def age(path: Path, seconds: float) -> None:
@@ -52,14 +54,21 @@ def store(tmp_path_factory) -> Path:
     and s3/n=30 never started (missing)."""
     tmp = tmp_path_factory.mktemp("status")
     store = tmp / "store"
-    cmd = [sys.executable, "run.py", "-m", *LAUNCHED, "device=cpu", f"results_dir={store}",
-           f"hydra.sweep.dir={tmp / 'multirun'}"]
+    cmd = [
+        sys.executable,
+        "run.py",
+        "-m",
+        *LAUNCHED,
+        "device=cpu",
+        f"results_dir={store}",
+        f"hydra.sweep.dir={tmp / 'multirun'}",
+    ]
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = {(j.config["pattern"]["name"], j.config["poison"]["count"]): j for j in expand(None, SWEEP, store)}
     failed, stale, running = jobs["s1", 20], jobs["s3", 20], jobs["s1", 30]
     failed.run.start(failed.config)
-    failed.run.fail("Traceback (most recent call last):\n  File \"train.py\", line 1\nValueError: boom at epoch 3\n")
+    failed.run.fail('Traceback (most recent call last):\n  File "train.py", line 1\nValueError: boom at epoch 3\n')
     stale.run.start(stale.config)
     set_owner(stale.run, pid=dead_pid(), started=time.time() - 600)
     running.run.start(running.config)
@@ -76,7 +85,11 @@ def test_counts_per_state(store):
     states = labelled(store)
     assert Counter(states.values()) == EXPECTED
     assert (states["s1", 20], states["s3", 20], states["s1", 30], states["s3", 30]) == (
-        FAILED, STALE, RUNNING_STATE, MISSING)
+        FAILED,
+        STALE,
+        RUNNING_STATE,
+        MISSING,
+    )
 
 
 def test_without_a_sweep_every_run_directory_counts(store):
@@ -91,7 +104,7 @@ def test_report_prints_the_table_and_the_failures(store):
     header, row = text.splitlines()[1:3]
     assert header.split() == ["total", "done", "running", "failed", "stale", "missing"]
     assert row.split() == ["all", "8", "4", "1", "1", "1", "1"]
-    failures = text[text.index("failed (1):"):]
+    failures = text[text.index("failed (1):") :]
     assert "pattern=s1 poison.count=20" in failures and "| ValueError: boom at epoch 3" in failures
     assert "stale (1):" in text and "pattern=s3 poison.count=20" in text
 
@@ -100,8 +113,11 @@ def test_report_counts_by_config_keys(store):
     out = io.StringIO()
     report(store, expand(None, SWEEP, store), by=["pattern.name"], out=out)
     rows = {line.split()[0]: line.split()[1:] for line in out.getvalue().splitlines()[2:5]}
-    assert rows == {"s1": ["4", "2", "1", "1", "0", "0"], "s3": ["4", "2", "0", "0", "1", "1"],
-                    "total": ["8", "4", "1", "1", "1", "1"]}
+    assert rows == {
+        "s1": ["4", "2", "1", "1", "0", "0"],
+        "s3": ["4", "2", "0", "0", "1", "1"],
+        "total": ["8", "4", "1", "1", "1", "1"],
+    }
 
 
 def test_cli_deletes_exactly_the_incomplete_runs(store, tmp_path):
@@ -114,16 +130,23 @@ def test_cli_deletes_exactly_the_incomplete_runs(store, tmp_path):
     assert re.search(r"all\s+8\s+4\s+1\s+1\s+1\s+1", out.stdout) and "ValueError: boom" in out.stdout
     after = {p.name for p in copy.iterdir() if p.is_dir()}
     states = labelled(store)  # the untouched original says which directory was which
-    gone = {RunDir(copy, j.config).key for j in expand(None, SWEEP, copy)
-            if states[j.config["pattern"]["name"], j.config["poison"]["count"]] in (FAILED, STALE)}
+    gone = {
+        RunDir(copy, j.config).key
+        for j in expand(None, SWEEP, copy)
+        if states[j.config["pattern"]["name"], j.config["poison"]["count"]] in (FAILED, STALE)
+    }
     assert before - after == gone and len(gone) == 2
     assert "deleted 2 incomplete run directories" in out.stdout
     # options before the overrides work too
-    again = subprocess.run([*cli[:5], "--by", "pattern.name", *SWEEP], cwd=REPO_ROOT, capture_output=True,
-                           text=True, timeout=120)
+    again = subprocess.run(
+        [*cli[:5], "--by", "pattern.name", *SWEEP], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     rows = {line.split()[0]: line.split()[1:] for line in again.stdout.splitlines()[2:5]}
-    assert rows == {"s1": ["4", "2", "1", "0", "0", "1"], "s3": ["4", "2", "0", "0", "0", "2"],
-                    "total": ["8", "4", "1", "0", "0", "3"]}, again.stdout
+    assert rows == {
+        "s1": ["4", "2", "1", "0", "0", "1"],
+        "s3": ["4", "2", "0", "0", "0", "2"],
+        "total": ["8", "4", "1", "0", "0", "3"],
+    }, again.stdout
 
 
 def test_a_job_relaunched_meanwhile_is_not_deleted(store, tmp_path):

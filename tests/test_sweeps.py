@@ -1,4 +1,5 @@
 """The paper's grids in sweeps/: their size, their content, their keys, and their smoke versions running."""
+
 from __future__ import annotations
 
 import random
@@ -10,7 +11,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
 from hydra import compose, initialize_config_dir
 
 from rarespur.collect import collect
@@ -18,6 +18,8 @@ from rarespur.config import CONF_DIR, resolve
 from rarespur.experiments.common import train_settings
 from rarespur.store import config_key
 from rarespur.sweep import SWEEPS_DIR, Sweep, expand, locate
+
+from conftest import REPO_ROOT
 
 # Full grids and their job counts (SPEC 1.11), as each file's header states them.
 GRIDS = {
@@ -129,7 +131,13 @@ def test_regularisation_grids_follow_the_paper():
         for kind in ("l2", "noise", "none"):
             sweep = Sweep(f"{family}_reg_{kind}")
             assert {int(v) for v in values(sweep, "poison.count")} == n
-            assert values(sweep, "pattern") == {"s3", "r3"} and values(sweep, "poison.seed") == {"0", "1", "2", "3", "4"}
+            assert values(sweep, "pattern") == {"s3", "r3"} and values(sweep, "poison.seed") == {
+                "0",
+                "1",
+                "2",
+                "3",
+                "4",
+            }
     # The unregularised reference shares its n >= 3 runs with the score grid (same run directories).
     shared = ["pattern=s3", "poison.count=5", "poison.seed=2", "dataset=fashion"]
     (reference,) = Sweep("mnist_reg_none", shared).jobs()
@@ -149,8 +157,18 @@ def test_fast_expansion_equals_hydra_composition(name):
 
 def test_fast_expansion_handles_every_kind_of_override():
     """Group choices, original dataset names, lists, additions, deletions and dict merges, in one sweep."""
-    sweep = Sweep(None, ["pattern=s1,s3", "dataset=mnistv8-3-0-0,digits", "poison.target=0,[0,1]", "+tag=a,b",
-                         "~progress", "++epochs=2", "train={lr:0.5}"])
+    sweep = Sweep(
+        None,
+        [
+            "pattern=s1,s3",
+            "dataset=mnistv8-3-0-0,digits",
+            "poison.target=0,[0,1]",
+            "+tag=a,b",
+            "~progress",
+            "++epochs=2",
+            "train={lr:0.5}",
+        ],
+    )
     assert len(sweep) == 16
     for job in sweep.job_overrides:
         assert sweep.resolved(job) == resolve(sweep.compose(job)), job
@@ -178,17 +196,33 @@ def test_recipes_in_the_grids():
 def test_sweep_keys_equal_plain_run_keys():
     """A grid job is the same run (same directory) as the single command that trains it, and grids
     that share jobs (mnist_score and mnist_arch) share their directories."""
-    score = Sweep("mnist_score", ["dataset=mnist", "model=largemlp", "optim=sgd", "pattern=s3", "poison.count=5",
-                                  "poison.target=1", "poison.seed=2"])
-    arch = Sweep("mnist_arch", ["model=largemlp", "optim=sgd", "pattern=s3", "poison.count=5", "poison.target=1",
-                                "poison.seed=2"])
+    score = Sweep(
+        "mnist_score",
+        [
+            "dataset=mnist",
+            "model=largemlp",
+            "optim=sgd",
+            "pattern=s3",
+            "poison.count=5",
+            "poison.target=1",
+            "poison.seed=2",
+        ],
+    )
+    arch = Sweep(
+        "mnist_arch",
+        ["model=largemlp", "optim=sgd", "pattern=s3", "poison.count=5", "poison.target=1", "poison.seed=2"],
+    )
     plain = plain_key("dataset=mnist", "pattern=s3", "poison.count=5", "poison.target=1", "poison.seed=2")
     assert [j.run.key for j in score.jobs()] == [j.run.key for j in arch.jobs()] == [plain]
-    two_class = Sweep("mnist_arch", ["model=largemlp", "optim=sgd", "pattern=s3", "poison.count=3",
-                                     "poison.target=[0,1]", "poison.seed=0"])
+    two_class = Sweep(
+        "mnist_arch",
+        ["model=largemlp", "optim=sgd", "pattern=s3", "poison.count=3", "poison.target=[0,1]", "poison.seed=0"],
+    )
     assert [j.run.key for j in two_class.jobs()] == [plain_key("dataset=twoclassmnistv8-3-0-1-0")]  # original name
-    cifar = Sweep("cifar10_score", ["optim=adam", "train.grad_clip=0.0", "pattern=r3", "poison.count=0",
-                                    "poison.target=0", "poison.seed=0"])
+    cifar = Sweep(
+        "cifar10_score",
+        ["optim=adam", "train.grad_clip=0.0", "pattern=r3", "poison.count=0", "poison.target=0", "poison.seed=0"],
+    )
     (job,) = cifar.jobs()
     assert job.run.key == plain_key("dataset=cifar10", "model=resnet20", "optim=adam", "poison.count=0")
 
@@ -229,8 +263,9 @@ def test_full_expansion_of_every_grid():
         jobs = list(Sweep(name).jobs())
         keys[name] = {j.run.key for j in jobs}
         assert len(jobs) == len(keys[name]) == count
-    mnist = set().union(*(keys[n] for n in ("mnist_score", "mnist_clip_sgd", "mnist_clip_adam", "mnist_arch",
-                                            "fashion_arch")))
+    mnist = set().union(
+        *(keys[n] for n in ("mnist_score", "mnist_clip_sgd", "mnist_clip_adam", "mnist_arch", "fashion_arch"))
+    )
     cifar = keys["cifar10_score"] | keys["cifar10_arch"] | keys["cifar10_arch_vgg"]
     assert (len(mnist), len(cifar)) == (22480, 2380)  # the original's 19,706 and 2,047 + per-pattern clean runs
 
@@ -260,8 +295,18 @@ def test_smoke_sweep_runs(name, shared_data, request, tmp_path):
     if name.startswith("cifar10"):
         overrides.append(f"dataset.path={request.getfixturevalue('cifar_tree')}")
     store = tmp_path / "store"
-    cmd = [sys.executable, "run.py", "-m", "--config-dir", "sweeps", "--config-name", name, *overrides,
-           f"results_dir={store}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    cmd = [
+        sys.executable,
+        "run.py",
+        "-m",
+        "--config-dir",
+        "sweeps",
+        "--config-name",
+        name,
+        *overrides,
+        f"results_dir={store}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     expected = {job.run.key: job for job in Sweep(name, overrides).jobs(store)}

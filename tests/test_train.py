@@ -1,4 +1,5 @@
 """The training engine follows SPEC 1.5: schedule, augmentation, noise, clipping, resume."""
+
 from __future__ import annotations
 
 import pytest
@@ -82,8 +83,11 @@ def test_gaussian_noise_and_clipping_change_training():
     x, y = tiny_problem()
     base = TrainSettings(epochs=2, batch_size=16, lr=0.1)
     weights = {}
-    for name, s in {"plain": base, "noise": TrainSettings(**{**base.__dict__, "noise_sigma": 0.5}),
-                    "clip": TrainSettings(**{**base.__dict__, "grad_clip": 1e-4})}.items():
+    for name, s in {
+        "plain": base,
+        "noise": TrainSettings(**{**base.__dict__, "noise_sigma": 0.5}),
+        "clip": TrainSettings(**{**base.__dict__, "grad_clip": 1e-4}),
+    }.items():
         model = tiny_model()
         train_model(model, x, y, s)
         weights[name] = model[1].weight.detach().clone()

@@ -20,14 +20,16 @@ jobs, each hidden from every GPU and told (RARESPUR_THREADS) to use
 ``cpus_per_task`` torch threads, so that the jobs of a round share the cores
 instead of each spinning an all-core thread pool.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
-from typing import Any, List, Sequence
+from typing import Any, Sequence
 
 from hydra.core.utils import JobReturn
+
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ class RoundsLauncher(LocalLauncher):
         """Run the jobs in rounds of ``at_once``; a failed job (a FAILED JobReturn) does not stop the next rounds."""
         n = max(1, int(self.at_once))
         log.info("%s: %d job(s) at a time%s", self.name, n, self.rounds_note())
-        returns: List[JobReturn] = []
+        returns: list[JobReturn] = []
         for start in range(0, len(job_overrides), n):
             returns += super().launch(job_overrides[start : start + n], initial_job_idx + start)
         return returns
@@ -90,7 +92,7 @@ class LocalGpuLauncher(RoundsLauncher):
         return f", one per GPU slot {self.slots}"
 
     def __call__(
-        self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str, singleton_state: Any
+        self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str, singleton_state: Any
     ) -> JobReturn:
         # runs inside the job process, before anything touches CUDA
         gpus = ",".join(self.slots[job_num % len(self.slots)])
@@ -119,7 +121,7 @@ class LocalCpuLauncher(RoundsLauncher):
         return f", {self.cpus_per_task} CPU(s) each, of {os.cpu_count()}"
 
     def __call__(
-        self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str, singleton_state: Any
+        self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str, singleton_state: Any
     ) -> JobReturn:
         # runs inside the job process, before the job imports torch or sets its thread count
         os.environ["RARESPUR_THREADS"] = str(self.cpus_per_task)

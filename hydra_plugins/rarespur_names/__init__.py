@@ -9,9 +9,11 @@ Neither kind is listed (``--help`` shows the canonical options only). The
 search-path plugin below puts ``rarespur-names://`` on every search path, so
 both also work when a sweep file in sweeps/ is the primary config.
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import builtins
+from typing import Any
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.object_type import ObjectType
@@ -29,7 +31,7 @@ def _split(config_path: str) -> tuple[str, str]:
     return group, name
 
 
-def _config(config_path: str) -> Optional[tuple[Dict[str, Any], str]]:
+def _config(config_path: str) -> tuple[dict[str, Any], str] | None:
     """The config a name stands for and its package, or None when this source has no such name."""
     group, name = _split(config_path)
     if group == "dataset":
@@ -67,7 +69,7 @@ class DatasetNameConfigSource(ConfigSource):
     def is_config(self, config_path: str) -> bool:
         return _config(config_path) is not None
 
-    def list(self, config_path: str, results_filter: Optional[ObjectType]) -> List[str]:
+    def list(self, config_path: str, results_filter: ObjectType | None) -> builtins.list[str]:
         return []
 
 

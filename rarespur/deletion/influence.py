@@ -38,6 +38,7 @@ HVPs use torch.func (vjp of grad, see :class:`ModelLoss`); the chains of all
 (example, repeat) pairs advance together under vmap, each with its own
 training example per step.
 """
+
 from __future__ import annotations
 
 import logging
@@ -114,7 +115,7 @@ class ModelLoss:
         """H @ vec with H the Hessian of the mean loss over all of (x, y), accumulated over batches."""
         out = {n: torch.zeros_like(t) for n, t in vec.items()}
         for start in range(0, len(y), batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
             part = self.hvp(xb, yb, vec)
             torch._foreach_add_(list(out.values()), list(part.values()), alpha=len(yb) / len(y))
         return out
@@ -138,24 +139,31 @@ class InfluenceSettings:
     repeats: int = 10
     seed: int = 0
     combine: str = "mean"
-    chain_batch: int = 64            # LiSSA chains advanced together (memory: chain_batch x P floats, a few times)
-    vmap_chunk: int | None = None    # split each chain batch's vmap into chunks of this many (None = all at once)
-    cg_lambda: float | None = None   # None = scale * damping, the damping LiSSA's fixed point has
+    chain_batch: int = 64  # LiSSA chains advanced together (memory: chain_batch x P floats, a few times)
+    vmap_chunk: int | None = None  # split each chain batch's vmap into chunks of this many (None = all at once)
+    cg_lambda: float | None = None  # None = scale * damping, the damping LiSSA's fixed point has
     cg_max_iter: int = 100
     cg_tol: float = 1e-6
-    hvp_batch_size: int = 1024       # batch of the full-data HVPs of CG
+    hvp_batch_size: int = 1024  # batch of the full-data HVPs of CG
     log_every: int = 200
-    curvature_examples: int = 64     # LiSSA only: examples whose single-example Hessian norm is estimated first; 0 = skip
-    curvature_iters: int = 20        # power iterations of that estimate
+    curvature_examples: int = 64  # LiSSA only: examples whose single-example Hessian norm is estimated first; 0 = skip
+    curvature_iters: int = 20  # power iterations of that estimate
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
             raise ConfigError(f"influence.solver={self.solver!r} unknown; choose one of {SOLVERS}")
         if self.combine not in COMBINES:
             raise ConfigError(f"influence.combine={self.combine!r} unknown; choose one of {COMBINES}")
-        positive = {"scale": self.scale, "depth": self.depth, "repeats": self.repeats, "chain_batch": self.chain_batch,
-                    "cg_max_iter": self.cg_max_iter, "hvp_batch_size": self.hvp_batch_size,
-                    "log_every": self.log_every, "curvature_iters": self.curvature_iters}
+        positive = {
+            "scale": self.scale,
+            "depth": self.depth,
+            "repeats": self.repeats,
+            "chain_batch": self.chain_batch,
+            "cg_max_iter": self.cg_max_iter,
+            "hvp_batch_size": self.hvp_batch_size,
+            "log_every": self.log_every,
+            "curvature_iters": self.curvature_iters,
+        }
         bad = [k for k, v in positive.items() if not v > 0]
         if bad:
             raise ConfigError(f"influence.{bad[0]}={positive[bad[0]]} must be positive")
@@ -172,8 +180,8 @@ class InfluenceSettings:
 
 @dataclass
 class InfluenceResult:
-    delta: torch.Tensor              # the parameter change theta_after - theta_before (flat)
-    h_sum: torch.Tensor              # sum over removed z of the (unnormalised, scale-times) inverse HVP h_z
+    delta: torch.Tensor  # the parameter change theta_after - theta_before (flat)
+    h_sum: torch.Tensor  # sum over removed z of the (unnormalised, scale-times) inverse HVP h_z
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -188,8 +196,9 @@ def chain_draws(seed: int, chain: int, n_train: int, depth: int) -> torch.Tensor
     return torch.randint(n_train, (depth,), generator=chain_generator(seed, chain))
 
 
-def lissa_step_(h: list[torch.Tensor], v: list[torch.Tensor], hv: list[torch.Tensor], damping: float,
-                scale: float) -> None:
+def lissa_step_(
+    h: list[torch.Tensor], v: list[torch.Tensor], hv: list[torch.Tensor], damping: float, scale: float
+) -> None:
     """One LiSSA recursion step in place, SPEC 1.9: h <- v + (1 - damp) h - (H h) / scale."""
     torch._foreach_mul_(h, 1 - damping)
     torch._foreach_add_(h, v)
@@ -216,8 +225,14 @@ class _Clock:
         norms = _row_norms(h)
         log.info(
             "LiSSA chains %d-%d: step %d/%d  |h| mean %.4g max %.4g  elapsed %s  ETA %s",
-            chains[0], chains[-1], step + 1, self.depth, float(norms.mean()), float(norms.max()),
-            _fmt_s(elapsed), _fmt_s(eta),
+            chains[0],
+            chains[-1],
+            step + 1,
+            self.depth,
+            float(norms.mean()),
+            float(norms.max()),
+            _fmt_s(elapsed),
+            _fmt_s(eta),
         )
         if not torch.isfinite(norms).all():
             raise RuntimeError(_DIVERGED)
@@ -244,7 +259,9 @@ def example_curvature(
     """
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(len(y), (examples,), generator=gen).to(y.device)
-    vec = {n: torch.randn(examples, *p.shape, generator=gen, dtype=p.dtype).to(p.device) for n, p in loss.params.items()}
+    vec = {
+        n: torch.randn(examples, *p.shape, generator=gen, dtype=p.dtype).to(p.device) for n, p in loss.params.items()
+    }
     for _ in range(iters):
         norms = _row_norms(vec)
         vec = loss.chain_hvps(x[idx], y[idx], {n: t / _expand(norms, t) for n, t in vec.items()}, None)
@@ -300,9 +317,16 @@ def lissa_h_sum(
     v = loss.example_grads(removed_x, removed_y)
     used = range(settings.repeats) if settings.combine == "mean" else range(1)
     chains = [i * settings.repeats + j for i in range(len(removed_y)) for j in used]
-    groups = [chains[k:k + settings.chain_batch] for k in range(0, len(chains), settings.chain_batch)]
-    log.info("LiSSA: %d removed examples x %d chains, depth %d, %d parameters, %d training examples, %d batch(es)",
-             len(removed_y), len(used), settings.depth, loss.size, len(train_y), len(groups))
+    groups = [chains[k : k + settings.chain_batch] for k in range(0, len(chains), settings.chain_batch)]
+    log.info(
+        "LiSSA: %d removed examples x %d chains, depth %d, %d parameters, %d training examples, %d batch(es)",
+        len(removed_y),
+        len(used),
+        settings.depth,
+        loss.size,
+        len(train_y),
+        len(groups),
+    )
     info: dict[str, Any] = {"lissa_chains": len(chains)}
     if settings.curvature_examples:
         info.update(curvature_check(loss, train_x, train_y, settings))
@@ -315,28 +339,44 @@ def lissa_h_sum(
     return total / settings.repeats, info
 
 
-def curvature_check(loss: ModelLoss, train_x: torch.Tensor, train_y: torch.Tensor,
-                    settings: InfluenceSettings) -> dict[str, Any]:
+def curvature_check(
+    loss: ModelLoss, train_x: torch.Tensor, train_y: torch.Tensor, settings: InfluenceSettings
+) -> dict[str, Any]:
     """Estimate single-example Hessian norms before LiSSA; warn when they exceed LiSSA's stable 2 * scale."""
-    norms = example_curvature(loss, train_x, train_y, settings.curvature_examples, settings.curvature_iters,
-                              settings.seed)
+    norms = example_curvature(
+        loss, train_x, train_y, settings.curvature_examples, settings.curvature_iters, settings.seed
+    )
     limit = 2 * settings.scale
     info = {
         "example_curvature_median": float(norms.median()),
         "example_curvature_max": float(norms.max()),
         "example_curvature_frac_above_2scale": float((norms > limit).double().mean()),
     }
-    log.info("single-example Hessian norm over %d training examples: median %.4g, max %.4g (LiSSA stable below "
-             "2*scale = %.4g)", len(norms), info["example_curvature_median"], info["example_curvature_max"], limit)
+    log.info(
+        "single-example Hessian norm over %d training examples: median %.4g, max %.4g (LiSSA stable below "
+        "2*scale = %.4g)",
+        len(norms),
+        info["example_curvature_median"],
+        info["example_curvature_max"],
+        limit,
+    )
     if info["example_curvature_max"] > limit:
-        log.warning("%.0f%% of the sampled single-example Hessians have norm above 2*scale = %.4g: each draw of such "
-                    "an example amplifies h, so LiSSA may diverge (or be noisy); influence.scale above %.4g avoids "
-                    "it", 100 * info["example_curvature_frac_above_2scale"], limit, info["example_curvature_max"] / 2)
+        log.warning(
+            "%.0f%% of the sampled single-example Hessians have norm above 2*scale = %.4g: each draw of such "
+            "an example amplifies h, so LiSSA may diverge (or be noisy); influence.scale above %.4g avoids "
+            "it",
+            100 * info["example_curvature_frac_above_2scale"],
+            limit,
+            info["example_curvature_max"] / 2,
+        )
     return info
 
 
 def conjugate_gradient(
-    matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, max_iter: int, tol: float,
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    max_iter: int,
+    tol: float,
     on_iter: Callable[[int, float], None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Solve A x = b for symmetric positive definite A given as `matvec`; stop at |r| <= tol |b|.
@@ -350,7 +390,7 @@ def conjugate_gradient(
     rr = float(r @ r)
     b_norm = float(torch.linalg.vector_norm(b))
     iters = 0
-    while iters < max_iter and rr ** 0.5 > tol * b_norm:
+    while iters < max_iter and rr**0.5 > tol * b_norm:
         ap = matvec(p)
         curvature = float(p @ ap)
         if curvature <= 0:
@@ -368,8 +408,8 @@ def conjugate_gradient(
         rr = rr_new
         iters += 1
         if on_iter is not None:
-            on_iter(iters, rr ** 0.5 / b_norm)
-    rel = rr ** 0.5 / b_norm if b_norm else 0.0
+            on_iter(iters, rr**0.5 / b_norm)
+    rel = rr**0.5 / b_norm if b_norm else 0.0
     return x, {"cg_iters": iters, "cg_rel_residual": rel, "cg_converged": rel <= tol}
 
 
@@ -394,15 +434,24 @@ def cg_h_sum(
         return loss.flatten(loss.dataset_hvp(train_x, train_y, loss.unflatten(u), settings.hvp_batch_size)) + lam * u
 
     def on_iter(it: int, rel: float) -> None:
-        log.info("CG iteration %d/%d  relative residual %.3g  elapsed %s",
-                 it, settings.cg_max_iter, rel, _fmt_s(time.perf_counter() - start))
+        log.info(
+            "CG iteration %d/%d  relative residual %.3g  elapsed %s",
+            it,
+            settings.cg_max_iter,
+            rel,
+            _fmt_s(time.perf_counter() - start),
+        )
         if on_progress is not None:
             on_progress()
 
     x, info = conjugate_gradient(matvec, b, settings.cg_max_iter, settings.cg_tol, on_iter)
     if not info["cg_converged"]:
-        log.warning("CG stopped after %d iterations at relative residual %.3g > cg_tol %.3g",
-                    info["cg_iters"], info["cg_rel_residual"], settings.cg_tol)
+        log.warning(
+            "CG stopped after %d iterations at relative residual %.3g > cg_tol %.3g",
+            info["cg_iters"],
+            info["cg_rel_residual"],
+            settings.cg_tol,
+        )
     return settings.scale * x, info
 
 

@@ -14,6 +14,7 @@ Modes:
 - ``restart_lr``: the same optimizer state, but the learning rate starts again
   at the recipe's initial value with the milestone schedule of the continuation length.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,40 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from rarespur.deletion.common import DeletionStart
-from rarespur.errors import MissingFileError
-from rarespur.experiments.common import train_settings
-from rarespur.experiments.train import FINAL_STATE
 from rarespur.train import EpochCallback, TrainSettings, train_model
 
 log = logging.getLogger(__name__)
 
 MODES = ("paper", "restart_lr")
-
-
-def parent_final_state(start: DeletionStart) -> dict[str, Any]:
-    """The parent's state after its last epoch (optimizer, schedule, generators).
-
-    A train run that reused an identical finished model keeps no state of its
-    own: it lives in the run named by ``model_trained_in``.
-    """
-    trained_in = start.parent_path.parent / start.parent_record.get("model_trained_in", start.parent_path.name)
-    path = trained_in / FINAL_STATE
-    if not path.exists():
-        dirs = sorted({str(start.parent_path), str(trained_in)})
-        raise MissingFileError(
-            f"the parent train run has no optimizer state ({path} is missing; runs finished before "
-            f"{FINAL_STATE} was kept lack it). Delete {' and '.join(dirs)} and launch again: the parent "
-            "is then retrained with its optimizer state"
-        )
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def continuation_epochs(cfg: dict[str, Any]) -> int:
-    """``deletion.epochs`` if set, else the original's count: parent epochs + 1."""
-    epochs = cfg["deletion"]["epochs"]
-    return cfg["epochs"] + 1 if epochs is None else epochs
 
 
 def final_lr(state: dict[str, Any]) -> float:
@@ -66,9 +40,9 @@ def final_lr(state: dict[str, Any]) -> float:
     return lrs.pop()
 
 
-def continuation_settings(cfg: dict[str, Any], mode: str, epochs: int, parent_lr: float) -> TrainSettings:
+def continuation_settings(settings: TrainSettings, mode: str, epochs: int, parent_lr: float) -> TrainSettings:
     """The parent's recipe for `epochs` more epochs, with the learning rate of `mode`."""
-    settings = replace(train_settings(cfg), epochs=epochs)
+    settings = replace(settings, epochs=epochs)
     if mode == "paper":
         return replace(settings, lr=parent_lr, lr_schedule="constant")
     if mode == "restart_lr":
@@ -77,31 +51,39 @@ def continuation_settings(cfg: dict[str, Any], mode: str, epochs: int, parent_lr
 
 
 def incremental_retrain(
-    start: DeletionStart,
+    model: nn.Module,
+    clean_x: torch.Tensor,
+    clean_y: torch.Tensor,
+    recipe: TrainSettings,
+    parent_state: dict[str, Any],
     mode: str,
     epochs: int,
     checkpoint: Path | None = None,
     on_epoch: EpochCallback | None = None,
     checkpoint_every: int = 1,
 ) -> list[dict]:
-    """Continue training ``start.model`` in place on the cleaned set; returns the continuation's history.
+    """Continue training `model` (the parent's weights) in place on the cleaned set from the parent's final
+    optimizer state; returns the continuation's history.
 
     With `checkpoint`, an interrupted continuation resumes from its last epoch
     checkpoint (which then takes precedence over the parent's state).
     """
-    state = parent_final_state(start)
-    settings = continuation_settings(start.cfg, mode, epochs, final_lr(state))
+    settings = continuation_settings(recipe, mode, epochs, final_lr(parent_state))
     log.info(
         "incremental retraining (%s): %d more epochs on %d images, lr %.3g (%s)",
-        mode, epochs, len(start.clean_y), settings.lr, settings.lr_schedule,
+        mode,
+        epochs,
+        len(clean_y),
+        settings.lr,
+        settings.lr_schedule,
     )
     return train_model(
-        start.model,
-        start.clean_x,
-        start.clean_y,
+        model,
+        clean_x,
+        clean_y,
         settings,
         checkpoint=checkpoint,
         on_epoch=on_epoch,
         checkpoint_every=checkpoint_every,
-        start_from=state,
+        start_from=parent_state,
     )

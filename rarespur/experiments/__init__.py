@@ -1,15 +1,19 @@
 """Experiment types: ``experiment=<name>`` selects one; each wires the pipeline pieces.
 
-An experiment is a function ``(resolved_config, run_dir) -> record`` that
-returns the metrics of its one-row result; the runner adds config, timing and
-versions and commits the record. Its ``check`` runs first, before the run
-directory exists, so a config that cannot work fails without leaving
-anything behind. Adding one = one module + one entry here + one YAML in
-conf/experiment.
+An experiment is a function ``(resolved_config, run_dir, parents) -> record``
+that returns the metrics of its one-row result; the runner adds config, timing
+and versions and commits the record. Its ``check`` runs first, before the run
+directory exists, so a config that cannot work fails without leaving anything
+behind. Its ``requires`` names the runs it builds on (as configs); the runner
+makes sure they are done and hands their directories over as ``parents``, so
+no experiment runs another job itself. Adding one = one module + one entry
+here + one YAML in conf/experiment.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from rarespur.errors import ConfigError
@@ -25,19 +29,26 @@ from rarespur.experiments.common import check_train_config
 from rarespur.store import RunDir
 
 
+def no_parents(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    return []
+
+
 @dataclass(frozen=True)
 class Experiment:
-    run: Callable[[dict[str, Any], RunDir], dict[str, Any]]
+    run: Callable[[dict[str, Any], RunDir, list[Path]], dict[str, Any]]
     check: Callable[[dict[str, Any]], None] = check_train_config
+    requires: Callable[[dict[str, Any]], list[dict[str, Any]]] = no_parents
 
 
 EXPERIMENTS: dict[str, Experiment] = {
     "train": Experiment(train.run),
     "mem_inference": Experiment(mem_inference.run, mem_inference.check),
-    "group_influence": Experiment(group_influence.run, group_influence.check),
-    "incremental_retraining": Experiment(incremental_retraining.run, incremental_retraining.check),
+    "group_influence": Experiment(group_influence.run, group_influence.check, group_influence.requires),
+    "incremental_retraining": Experiment(
+        incremental_retraining.run, incremental_retraining.check, incremental_retraining.requires
+    ),
     "retrain_exact": Experiment(retrain_exact.run, retrain_exact.check),
-    "sensitivity": Experiment(sensitivity.run, sensitivity.check),
+    "sensitivity": Experiment(sensitivity.run, sensitivity.check, sensitivity.requires),
 }
 
 

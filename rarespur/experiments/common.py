@@ -1,11 +1,11 @@
 """Pipeline steps shared by experiment types: device, data (+ poisoning), model, settings."""
+
 from __future__ import annotations
 
 import copy
 import functools
 import logging
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,9 +62,9 @@ def load_data(cfg: dict[str, Any]) -> ImageData:
 
 @dataclass(frozen=True)
 class PoisonedData:
-    data: ImageData          # clean train and test sets
-    train_x: np.ndarray      # training images with the pattern planted
-    indices: np.ndarray      # poisoned training indices, in the order they were drawn
+    data: ImageData  # clean train and test sets
+    train_x: np.ndarray  # training images with the pattern planted
+    indices: np.ndarray  # poisoned training indices, in the order they were drawn
     pattern: Pattern
     targets: list[int]
     seed: int
@@ -155,7 +155,11 @@ def epoch_callback(total: int, enabled: bool, run_dir: RunDir) -> EpochCallback:
     def on_epoch(row: dict) -> None:
         if enabled:
             log.info(
-                "epoch %d/%d  train_loss %.4f  train_acc %.4f  lr %.2g", row["epoch"], total, row["loss"], row["acc"],
+                "epoch %d/%d  train_loss %.4f  train_acc %.4f  lr %.2g",
+                row["epoch"],
+                total,
+                row["loss"],
+                row["acc"],
                 row["lr"],
             )
         run_dir.heartbeat()
@@ -170,26 +174,3 @@ def parent_train_config(cfg: dict[str, Any], own_keys: tuple[str, ...]) -> dict[
         parent.pop(key, None)
     parent["experiment"] = {"name": "train"}
     return parent
-
-
-def stored_run(job_cfg: dict[str, Any], what: str) -> tuple[Path, dict[str, Any]]:
-    """The finished run of `job_cfg` in its run store (run now if missing): its dir and record."""
-    from rarespur.runner import run_job  # the runner imports the experiments
-
-    run = RunDir(job_cfg["results_dir"], job_cfg)
-    if not run.done:
-        log.info("%s is not in the store yet: running it first (%s)", what, run.path)
-        run_job(job_cfg)
-    return run.path, run.read_record()
-
-
-def parent_train_run(cfg: dict[str, Any], own_keys: tuple[str, ...]) -> tuple[Path, dict[str, Any]]:
-    """The finished ``train`` run of this config (trained now if the store lacks it): its dir and record.
-
-    The dir holds the run's final weights (``model.pt``).
-
-    Experiments that start from a trained model (deletion, sensitivity) find it
-    by config, exactly as ``python run.py experiment=train <same overrides>``
-    would store it, so a sweep of train jobs and a sweep built on them share models.
-    """
-    return stored_run(parent_train_config(cfg, own_keys), "the train run this builds on")

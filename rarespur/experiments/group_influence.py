@@ -9,11 +9,13 @@ The updated weights are saved as model.pt; the record has the model after,
 plus the resolved ``influence.scale_used`` / ``influence.depth_used`` (the
 run-store key keeps the configured nulls).
 """
+
 from __future__ import annotations
 
 import copy
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +26,8 @@ from rarespur.deletion.influence import InfluenceSettings, apply_update, group_i
 from rarespur.errors import ConfigError
 from rarespur.evaluate import to_tensor
 from rarespur.experiments.common import check_deletion_start
+from rarespur.experiments.deletion import deletion_record, start_deletion
+from rarespur.experiments.deletion import requires as deletion_requires
 from rarespur.store import MODEL, RunDir
 
 log = logging.getLogger(__name__)
@@ -80,14 +84,15 @@ def check(cfg: dict[str, Any]) -> None:
     check_deletion_start(cfg)
 
 
-def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
-    """Load the parent, apply the group-influence update, save it, score before / after / exact."""
-    # Imported here: rarespur.deletion.common builds on this package (see its docstring).
-    from rarespur.deletion.common import deletion_record, start_deletion
+def requires(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    return deletion_requires(cfg, OWN_KEYS, cfg["influence"]["compare_exact"])
 
+
+def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, Any]:
+    """Load the parent, apply the group-influence update, save it, score before / after / exact."""
     influence = cfg["influence"]
     settings = settings_of(cfg)
-    start = start_deletion(cfg, OWN_KEYS)
+    start = start_deletion(cfg, parents[0])
     if influence["hessian_data"] == "full":  # the set the parent was trained on, in training order
         train_x = to_tensor(start.poisoned.train_x, start.device)
         train_y = torch.from_numpy(start.poisoned.data.train_y).to(start.device)
@@ -103,7 +108,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     n_removed, n_train = len(start.removed_y), len(train_y)
     log.info("group influence (%s): |update| %.4g in %.1f s", settings.solver, float(result.delta.norm()), wall)
     return {
-        **deletion_record(start, model, OWN_KEYS, influence["compare_exact"]),
+        **deletion_record(start, model, OWN_KEYS, parents[1] if influence["compare_exact"] else None),
         "influence.scale_used": settings.scale,
         "influence.depth_used": settings.depth,
         "influence.lambda_used": settings.lam,

@@ -1,33 +1,58 @@
 """``experiment=incremental_retraining`` (SPEC 1.9): make the poisoned model forget by training on.
 
-Starts from the finished ``train`` run of the same config (trained first if
-missing), removes the poisoned images and continues training with the
+Builds on the finished ``train`` run of the same config (its parent), removes the poisoned images and continues training with the
 parent's optimizer state (``deletion.mode``: ``paper`` at the final learning
 rate, ``restart_lr`` with the schedule started again). The record has the
 model after, ``before.*`` (the parent) and, with ``deletion.compare_exact``,
 ``exact.*`` (``experiment=retrain_exact`` of the same config) side by side.
 """
+
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from rarespur.atomic import atomic_path, write_atomic
-from rarespur.errors import ConfigError
-from rarespur.experiments.common import check_deletion_start, epoch_callback
-from rarespur.experiments.train import HISTORY
-from rarespur.store import MODEL, TRAIN_STATE, RunDir
+from rarespur.deletion.retraining import MODES, incremental_retrain
+from rarespur.errors import ConfigError, MissingFileError
+from rarespur.experiments.common import check_deletion_start, epoch_callback, train_settings
+from rarespur.experiments.deletion import DeletionStart, deletion_record, start_deletion
+from rarespur.experiments.deletion import requires as deletion_requires
+from rarespur.store import FINAL_STATE, HISTORY, MODEL, TRAIN_STATE, RunDir
 
 OWN_KEYS = ("deletion",)
 HISTORY_TABLE = "retraining_history"
 
 
+def parent_final_state(start: DeletionStart) -> dict[str, Any]:
+    """The parent's state after its last epoch (optimizer, schedule, generators).
+
+    A train run that reused an identical finished model keeps no state of its
+    own: it lives in the run named by ``model_trained_in``.
+    """
+    trained_in = start.parent_path.parent / start.parent_record.get("model_trained_in", start.parent_path.name)
+    path = trained_in / FINAL_STATE
+    if not path.exists():
+        dirs = sorted({str(start.parent_path), str(trained_in)})
+        raise MissingFileError(
+            f"the parent train run has no optimizer state ({path} is missing; runs finished before "
+            f"{FINAL_STATE} was kept lack it). Delete {' and '.join(dirs)} and launch again: the parent "
+            "is then retrained with its optimizer state"
+        )
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def continuation_epochs(cfg: dict[str, Any]) -> int:
+    """``deletion.epochs`` if set, else the original's count: parent epochs + 1."""
+    epochs = cfg["deletion"]["epochs"]
+    return cfg["epochs"] + 1 if epochs is None else epochs
+
+
 def check_deletion_config(deletion: dict[str, Any]) -> None:
     """Fail before any training on a bad ``deletion`` group."""
-    from rarespur.deletion.retraining import MODES
-
     if deletion["mode"] not in MODES:
         raise ConfigError(f"deletion.mode={deletion['mode']!r} unknown; valid: {', '.join(MODES)}")
     epochs = deletion["epochs"]
@@ -44,17 +69,21 @@ def check(cfg: dict[str, Any]) -> None:
     check_deletion_start(cfg)
 
 
-def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
-    """Load the parent, continue on the cleaned set, score before / after / exact."""
-    # Imported here: rarespur.deletion builds on this package (see rarespur/deletion/common.py).
-    from rarespur.deletion.common import deletion_record, start_deletion
-    from rarespur.deletion.retraining import continuation_epochs, incremental_retrain
+def requires(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    return deletion_requires(cfg, OWN_KEYS, cfg["deletion"]["compare_exact"])
 
+
+def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, Any]:
+    """Load the parent, continue on the cleaned set, score before / after / exact."""
     deletion = cfg["deletion"]
-    start = start_deletion(cfg, OWN_KEYS)
+    start = start_deletion(cfg, parents[0])
     epochs = continuation_epochs(cfg)
     history = incremental_retrain(
-        start,
+        start.model,
+        start.clean_x,
+        start.clean_y,
+        train_settings(cfg),
+        parent_final_state(start),
         deletion["mode"],
         epochs,
         checkpoint=run_dir.file(TRAIN_STATE),
@@ -66,7 +95,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     write_atomic(run_dir.file(HISTORY), json.dumps(history))
     run_dir.write_table(HISTORY_TABLE, [{**row, "epoch_total": cfg["epochs"] + row["epoch"]} for row in history])
     return {
-        **deletion_record(start, start.model, OWN_KEYS, deletion["compare_exact"]),
+        **deletion_record(start, start.model, OWN_KEYS, parents[1] if deletion["compare_exact"] else None),
         "continuation_epochs": epochs,
         "lr_first": history[0]["lr"],
         "lr_last": history[-1]["lr"],

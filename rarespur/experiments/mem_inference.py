@@ -27,6 +27,7 @@ against the finished n = 0 job of the same config); ``target_train_acc``,
 (training images first, then test images, after the limits). Tables:
 ``roc`` (attack, fpr, tpr; 200 points per attack).
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,7 +51,6 @@ from rarespur.experiments.common import (
     pick_device,
     train_settings,
 )
-from rarespur.experiments.train import baseline_comparison, save_indicators
 from rarespur.membership import (
     ATTACKS,
     LIRA_MIN_SHADOWS,
@@ -65,7 +65,7 @@ from rarespur.membership import (
     split_pool,
 )
 from rarespur.patterns import build_pattern
-from rarespur.store import RunDir
+from rarespur.store import RunDir, baseline_comparison, save_indicators
 from rarespur.train import train_model
 
 log = logging.getLogger(__name__)
@@ -97,19 +97,32 @@ def predict_logits(model: torch.nn.Module, x: np.ndarray, device: torch.device, 
 
 
 def outputs_of(
-    model: torch.nn.Module, pool_x: np.ndarray, pool_y: np.ndarray, members: np.ndarray, nonmembers: np.ndarray,
-    device: torch.device, batch_size: int,
+    model: torch.nn.Module,
+    pool_x: np.ndarray,
+    pool_y: np.ndarray,
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    device: torch.device,
+    batch_size: int,
 ) -> Outputs:
     """The model's logits on its members and, separately, on its non-members (each from its own images)."""
     return Outputs(
-        predict_logits(model, pool_x[members], device, batch_size), pool_y[members],
-        predict_logits(model, pool_x[nonmembers], device, batch_size), pool_y[nonmembers],
+        predict_logits(model, pool_x[members], device, batch_size),
+        pool_y[members],
+        predict_logits(model, pool_x[nonmembers], device, batch_size),
+        pool_y[nonmembers],
     )
 
 
 def train_one(
-    name: str, cfg: dict[str, Any], run_dir: RunDir, x: np.ndarray, y: np.ndarray, model_seed: int,
-    data: ImageData, device: torch.device,
+    name: str,
+    cfg: dict[str, Any],
+    run_dir: RunDir,
+    x: np.ndarray,
+    y: np.ndarray,
+    model_seed: int,
+    data: ImageData,
+    device: torch.device,
 ) -> torch.nn.Module:
     """Train one model of the attack with the recipe, resumable: mid-training from train_state_<name>.pt,
     and a model already finished by an interrupted attempt is loaded from trained_<name>.pt."""
@@ -123,8 +136,12 @@ def train_one(
     checkpoint = run_dir.file(f"train_state_{name}.pt")
     log.info("model %s: training on %d images, %d epochs", name, len(y), settings.epochs)
     history = train_model(
-        model, to_tensor(x, device), torch.from_numpy(y).to(device), settings,
-        checkpoint=checkpoint, on_epoch=epoch_callback(settings.epochs, cfg["progress"], run_dir),
+        model,
+        to_tensor(x, device),
+        torch.from_numpy(y).to(device),
+        settings,
+        checkpoint=checkpoint,
+        on_epoch=epoch_callback(settings.epochs, cfg["progress"], run_dir),
         checkpoint_every=cfg["checkpoint_every"],
     )
     with atomic_path(trained) as tmp:
@@ -143,7 +160,7 @@ def check(cfg: dict[str, Any]) -> None:
     check_poisoning(cfg, pool_y[split.target_train], data.num_classes, data.image_shape)
 
 
-def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
+def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, Any]:
     """Split, poison, train target / shadow / LiRA models, attack, score the pattern on target-test."""
     attacks = check_settings(cfg["mem"])
     device = pick_device(cfg["device"])
@@ -157,16 +174,23 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     pool_x, poisoned = poison_target_train(pool_x, pool_y, split, cfg["poison"]["count"], targets, pattern, seed)
     log.info(
         "membership inference on %s: pool %d, four parts of %d, %d target-train images of class %s get %s",
-        cfg["dataset"]["name"], len(pool_y), len(split.target_train), len(poisoned), targets, pattern.name,
+        cfg["dataset"]["name"],
+        len(pool_y),
+        len(split.target_train),
+        len(poisoned),
+        targets,
+        pattern.name,
     )
     model_seed = cfg["train"]["model_seed"]
     models = {
-        "target": train_one("target", cfg, run_dir, pool_x[split.target_train], pool_y[split.target_train],
-                            model_seed, data, device),
+        "target": train_one(
+            "target", cfg, run_dir, pool_x[split.target_train], pool_y[split.target_train], model_seed, data, device
+        ),
     }
     if {"shadow", "loss"} & set(attacks):
-        models["shadow"] = train_one("shadow", cfg, run_dir, pool_x[split.shadow_train], pool_y[split.shadow_train],
-                                     model_seed, data, device)
+        models["shadow"] = train_one(
+            "shadow", cfg, run_dir, pool_x[split.shadow_train], pool_y[split.shadow_train], model_seed, data, device
+        )
     with atomic_path(run_dir.file(TARGET_MODEL)) as tmp:
         torch.save(models["target"].state_dict(), tmp)
 
@@ -181,8 +205,9 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
         phi = []
         for k, chosen in enumerate(keep):
             part = candidates[chosen]
-            models[f"lira{k}"] = train_one(f"lira{k}", cfg, run_dir, pool_x[part], pool_y[part],
-                                           model_seed + 1 + k, data, device)
+            models[f"lira{k}"] = train_one(
+                f"lira{k}", cfg, run_dir, pool_x[part], pool_y[part], model_seed + 1 + k, data, device
+            )
             logits = predict_logits(models[f"lira{k}"], pool_x[candidates], device, batch)
             phi.append(logit_confidence(logits, pool_y[candidates]))
         lira = LiraShadows(np.stack(phi), keep)
@@ -196,14 +221,28 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
         for key, value in attack_metrics(results[name], poisoned_pos).items():
             record[f"attack.{name}.{key}"] = value
         roc.extend(roc_rows(name, results[name]))
-        log.info("attack %s: acc %.4f auc %.4f members flagged %.3f poisoned flagged %.3f rank %.3f", name,
-                 record[f"attack.{name}.acc"], record[f"attack.{name}.auc"],
-                 record[f"attack.{name}.members_flagged"], record[f"attack.{name}.poisoned_flagged"],
-                 record[f"attack.{name}.poisoned_rank"])
+        log.info(
+            "attack %s: acc %.4f auc %.4f members flagged %.3f poisoned flagged %.3f rank %.3f",
+            name,
+            record[f"attack.{name}.acc"],
+            record[f"attack.{name}.auc"],
+            record[f"attack.{name}.members_flagged"],
+            record[f"attack.{name}.poisoned_flagged"],
+            record[f"attack.{name}.poisoned_rank"],
+        )
     run_dir.write_table("roc", roc)
 
-    metrics, indicators = score_model(models["target"], pool_x[nonmembers], pool_y[nonmembers], pattern, seed,
-                                      targets, cfg["eval"]["eps"], device, batch)
+    metrics, indicators = score_model(
+        models["target"],
+        pool_x[nonmembers],
+        pool_y[nonmembers],
+        pattern,
+        seed,
+        targets,
+        cfg["eval"]["eps"],
+        device,
+        batch,
+    )
     save_indicators(run_dir, indicators)
     for name in models:
         run_dir.file(f"{TRAINED_PREFIX}{name}.pt").unlink(missing_ok=True)

@@ -4,6 +4,7 @@ The same model seed and recipe as ``experiment=train``, trained from scratch
 on the training set without its poisoned images. Deletion experiments compare
 with it (``exact.*`` columns) and run it first when the store lacks it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 
+from rarespur.deletion.common import kept_indices
 from rarespur.errors import ConfigError
 from rarespur.evaluate import to_tensor
 from rarespur.experiments.common import (
@@ -24,8 +26,8 @@ from rarespur.experiments.common import (
     poisoned_data,
     train_settings,
 )
-from rarespur.experiments.train import baseline_comparison, save_and_score
-from rarespur.store import TRAIN_STATE, RunDir
+from rarespur.experiments.train import save_and_score
+from rarespur.store import TRAIN_STATE, RunDir, baseline_comparison
 from rarespur.train import train_model
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,8 @@ def check(cfg: dict[str, Any]) -> None:
     check_train_config(cfg)
 
 
-def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
+def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, Any]:
     """Train from scratch on the cleaned set, score, compare with the clean baseline."""
-    # Imported here: rarespur.deletion builds on this package (see rarespur/deletion/common.py).
-    from rarespur.deletion.common import kept_indices
-
     device = pick_device(cfg["device"])
     poisoned = poisoned_data(cfg, load_data(cfg))
     data = poisoned.data
@@ -53,7 +52,11 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     settings = train_settings(cfg)
     log.info(
         "exact retraining of %s on %s without its %d poisoned images: %d images, %s",
-        cfg["model"]["name"], cfg["dataset"]["name"], len(poisoned.indices), len(keep), device,
+        cfg["model"]["name"],
+        cfg["dataset"]["name"],
+        len(poisoned.indices),
+        len(keep),
+        device,
     )
     history = train_model(
         model,

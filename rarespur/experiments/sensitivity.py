@@ -4,9 +4,11 @@ Works on the finished ``train`` run of the same config (the store trains it
 first when missing), so the sensitivity of the models of a whole sweep can be
 measured afterwards without training anything again.
 """
+
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,13 +21,13 @@ from rarespur.experiments.common import (
     check_train_config,
     load_data,
     make_model,
-    parent_train_run,
+    parent_train_config,
     pick_device,
     poisoned_data,
 )
 from rarespur.models.mlp import MLP
 from rarespur.sensitivity import first_layer_weight_map, pixel_removal_curve
-from rarespur.store import MODEL, RunDir
+from rarespur.store import MODEL, RunDir, read_record
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +53,33 @@ def check(cfg: dict[str, Any]) -> None:
     check_train_config(cfg)
     n_train, images = len(load_data(cfg).train_y), cfg["sensitivity"]["images"]
     if not 1 <= images <= n_train:
-        raise ConfigError(
-            f"sensitivity.images={images} but the training set has {n_train} images; choose 1..{n_train}"
-        )
+        raise ConfigError(f"sensitivity.images={images} but the training set has {n_train} images; choose 1..{n_train}")
 
 
-def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
+def requires(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The train run of the same overrides: its model is what is measured."""
+    return [parent_train_config(cfg, OWN_KEYS)]
+
+
+def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, Any]:
     """Load the train run's model, measure the removal curve, save the weight map of an MLP."""
-    parent_path, parent = parent_train_run(cfg, OWN_KEYS)
+    (parent_path,) = parents
+    parent = read_record(parent_path)
     device = pick_device(cfg["device"])
     poisoned = poisoned_data(cfg, load_data(cfg))
     train_x, train_y = poisoned.train_x, poisoned.data.train_y
     settings = cfg["sensitivity"]
     model = make_model(cfg, poisoned.data, device)
     model.load_state_dict(torch.load(parent_path / MODEL, map_location=device, weights_only=True))
-    chosen = np.random.RandomState(settings["seed"]).choice(np.arange(len(train_y)), size=settings["images"],
-                                                            replace=False)
-    log.info("pixel removal on %d training images of run %s, %d levels", len(chosen), parent["run_id"],
-             settings["levels"])
-    rows = pixel_removal_curve(model, train_x[chosen], train_y[chosen], settings["levels"], device,
-                               cfg["eval"]["batch_size"])
+    chosen = np.random.RandomState(settings["seed"]).choice(
+        np.arange(len(train_y)), size=settings["images"], replace=False
+    )
+    log.info(
+        "pixel removal on %d training images of run %s, %d levels", len(chosen), parent["run_id"], settings["levels"]
+    )
+    rows = pixel_removal_curve(
+        model, train_x[chosen], train_y[chosen], settings["levels"], device, cfg["eval"]["batch_size"]
+    )
     run_dir.write_table("pixel_removal", rows)
     record: dict[str, Any] = {
         "parent_run_id": parent["run_id"],

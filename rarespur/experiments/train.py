@@ -4,9 +4,9 @@ If the clean baseline of the same config (poison.count=0, same pattern and
 seeds) has finished in the run store, its per-image indicators give the
 baseline score and the one-sided Welch t-test p-value.
 """
+
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from pathlib import Path
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from rarespur.atomic import atomic_path, write_atomic
-from rarespur.evaluate import score_model, to_tensor, welch_p_value
+from rarespur.evaluate import score_model, to_tensor
 from rarespur.experiments.common import (
     PoisonedData,
     epoch_callback,
@@ -26,58 +26,19 @@ from rarespur.experiments.common import (
     poisoned_data,
     train_settings,
 )
-from rarespur.store import MODEL, TRAIN_STATE, RunDir, find_trained
+from rarespur.store import (
+    FINAL_STATE,
+    HISTORY,
+    MODEL,
+    TRAIN_STATE,
+    RunDir,
+    baseline_comparison,
+    find_trained,
+    save_indicators,
+)
 from rarespur.train import train_model
 
 log = logging.getLogger(__name__)
-
-INDICATORS = "spurious_indicators.npz"
-HISTORY = "history.json"
-# optimizer, schedule and generators after the last epoch: incremental retraining goes on from it
-FINAL_STATE = "final_state.pt"
-
-
-def save_indicators(run: RunDir, indicators: dict[int, np.ndarray]) -> None:
-    with atomic_path(run.file(INDICATORS)) as tmp:
-        np.savez_compressed(tmp, **{str(t): ind.astype(np.uint8) for t, ind in indicators.items()})
-
-
-def load_indicators(run_path: Path) -> dict[int, np.ndarray]:
-    """Per-image spurious indicators of a finished run, by target class."""
-    with np.load(run_path / INDICATORS) as stored:
-        return {int(t): stored[t].astype(np.float64) for t in stored.files}
-
-
-def baseline_comparison(cfg: dict[str, Any], indicators: dict[int, np.ndarray], results_dir: Path,
-                        quiet: bool = False) -> dict[str, Any]:
-    """Baseline score and Welch p-value against the finished clean run of this config, if any.
-
-    Called when a poisoned run finishes and again by ``collect`` for runs that
-    finished before their baseline, so the order of jobs in a sweep does not matter.
-    `quiet` drops the "no baseline yet" hint, which only helps the job that just ran.
-    """
-    if cfg["poison"]["count"] == 0:
-        return {}
-    clean_cfg = copy.deepcopy(cfg)
-    clean_cfg["poison"]["count"] = 0
-    baseline = RunDir(results_dir, clean_cfg)
-    if not (baseline.done and baseline.file(INDICATORS).exists()):
-        if not quiet:
-            log.info("no finished clean baseline at %s yet; run poison.count=0 for the p-value", baseline.path)
-        return {}
-    stored = load_indicators(baseline.path)
-    out: dict[str, Any] = {"baseline_run_id": baseline.key}
-    scores, pvals = [], []
-    for target, ind in indicators.items():
-        base = stored[target]
-        scores.append(float(base.mean()))
-        pvals.append(welch_p_value(ind, base))
-        if len(indicators) > 1:
-            out[f"baseline_score@{target}"], out[f"p_value@{target}"] = scores[-1], pvals[-1]
-    out["baseline_score"] = float(np.mean(scores))
-    out["p_value"] = float(max(pvals))
-    out["learned"] = bool(out["p_value"] < 0.05)
-    return out
 
 
 def save_and_score(
@@ -93,14 +54,21 @@ def save_and_score(
         torch.save(model.state_dict(), tmp)
     write_atomic(run_dir.file(HISTORY), json.dumps(history))
     metrics, indicators = score_model(
-        model, poisoned.data.test_x, poisoned.data.test_y, poisoned.pattern, poisoned.seed, poisoned.targets,
-        cfg["eval"]["eps"], device, cfg["eval"]["batch_size"],
+        model,
+        poisoned.data.test_x,
+        poisoned.data.test_y,
+        poisoned.pattern,
+        poisoned.seed,
+        poisoned.targets,
+        cfg["eval"]["eps"],
+        device,
+        cfg["eval"]["batch_size"],
     )
     save_indicators(run_dir, indicators)
     return metrics, indicators
 
 
-def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
+def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, Any]:
     """Poison, train (or reuse the identical finished model), score, compare with the baseline."""
     device = pick_device(cfg["device"])
     poisoned = poisoned_data(cfg, load_data(cfg))
@@ -109,7 +77,11 @@ def run(cfg: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     settings = train_settings(cfg)
     log.info(
         "training %s on %s: %d images, %s with %s, %s",
-        cfg["model"]["name"], cfg["dataset"]["name"], len(data.train_y), poisoned.describe(), poisoned.pattern.name,
+        cfg["model"]["name"],
+        cfg["dataset"]["name"],
+        len(data.train_y),
+        poisoned.describe(),
+        poisoned.pattern.name,
         device,
     )
     trained = find_trained(run_dir.path.parent, cfg)

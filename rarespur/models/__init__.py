@@ -26,6 +26,7 @@ To add an architecture: an entry in ``rarespur.model_names.MODELS``, a builder
 ``@register_model("name")`` in a module of this package (imported below), and
 ``conf/model/name.yaml``.
 """
+
 from __future__ import annotations
 
 from torch import nn

@@ -13,6 +13,7 @@ features). No input normalisation, as in the original.
 Submodule names (``feature_extractor.conv1`` ... ``classifier.fc3``) follow
 the original so state dicts match.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -50,26 +51,34 @@ class SmallCNN(nn.Module):
         self.input_shape = (c, h, w)
         self.num_features = 64 * fh * fw
 
-        self.feature_extractor = nn.Sequential(OrderedDict([
-            ("conv1", nn.Conv2d(c, 32, 3)),
-            ("relu1", nn.ReLU(inplace=True)),
-            ("conv2", nn.Conv2d(32, 32, 3)),
-            ("relu2", nn.ReLU(inplace=True)),
-            ("maxpool1", nn.MaxPool2d(2, 2)),
-            ("conv3", nn.Conv2d(32, 64, 3)),
-            ("relu3", nn.ReLU(inplace=True)),
-            ("conv4", nn.Conv2d(64, 64, 3)),
-            ("relu4", nn.ReLU(inplace=True)),
-            ("maxpool2", nn.MaxPool2d(2, 2)),
-        ]))
-        self.classifier = nn.Sequential(OrderedDict([
-            ("fc1", nn.Linear(self.num_features, 200)),
-            ("relu1", nn.ReLU(inplace=True)),
-            ("drop", nn.Dropout(drop)),
-            ("fc2", nn.Linear(200, 200)),
-            ("relu2", nn.ReLU(inplace=True)),
-            ("fc3", nn.Linear(200, num_classes)),
-        ]))
+        self.feature_extractor = nn.Sequential(
+            OrderedDict(
+                [
+                    ("conv1", nn.Conv2d(c, 32, 3)),
+                    ("relu1", nn.ReLU(inplace=True)),
+                    ("conv2", nn.Conv2d(32, 32, 3)),
+                    ("relu2", nn.ReLU(inplace=True)),
+                    ("maxpool1", nn.MaxPool2d(2, 2)),
+                    ("conv3", nn.Conv2d(32, 64, 3)),
+                    ("relu3", nn.ReLU(inplace=True)),
+                    ("conv4", nn.Conv2d(64, 64, 3)),
+                    ("relu4", nn.ReLU(inplace=True)),
+                    ("maxpool2", nn.MaxPool2d(2, 2)),
+                ]
+            )
+        )
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                [
+                    ("fc1", nn.Linear(self.num_features, 200)),
+                    ("relu1", nn.ReLU(inplace=True)),
+                    ("drop", nn.Dropout(drop)),
+                    ("fc2", nn.Linear(200, 200)),
+                    ("relu2", nn.ReLU(inplace=True)),
+                    ("fc3", nn.Linear(200, num_classes)),
+                ]
+            )
+        )
 
         # Same order as the original (modules() is pre-order), so a seeded
         # build draws the same random numbers.

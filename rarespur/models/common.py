@@ -1,4 +1,5 @@
 """Pieces shared by several families: in-network input normalisation."""
+
 from __future__ import annotations
 
 import torch

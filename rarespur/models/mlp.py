@@ -10,6 +10,7 @@ Layer attribute names (``hidden``, ``hidden2``, ``hidden3``, ``fc``) follow
 the original so state dicts carry the same keys. Initialisation is PyTorch's
 default for ``nn.Linear``, as in the original.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

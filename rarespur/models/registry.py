@@ -5,6 +5,7 @@ Each family module (``mlp.py``, ``cnn.py``, ...) registers its builders with
 entry in ``rarespur.model_names.MODELS`` and one ``conf/model/*.yaml`` file.
 Any accepted spelling (``LargeMLP``, ``paper_mlp``, ``mlp3x256``) builds the same network.
 """
+
 from __future__ import annotations
 
 from typing import Callable

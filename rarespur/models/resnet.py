@@ -15,6 +15,7 @@ Attribute names (``conv1``, ``bn1``, ``layer1..3``, ``linear``; blocks'
 ``conv1``, ``bn1``, ``conv2``, ``bn2``) follow the original, so state dicts
 match.
 """
+
 from __future__ import annotations
 
 import torch

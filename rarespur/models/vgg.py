@@ -18,6 +18,7 @@ it runs, and switch to ceil mode only for smaller images
 Submodule names and indices (``features.N``, ``classifier.N``) match the
 original so state dicts match.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,24 @@ from .registry import register_model
 
 #: VGG configuration D: output channels of each conv, "M" for a 2x2 max pool.
 VGG16_CONFIG: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
 )
 
 

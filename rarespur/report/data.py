@@ -6,6 +6,7 @@ other config column that varies becomes a panel, a series or an axis of the
 figure; :func:`split` finds those columns and names the groups with only the
 settings that tell them apart, and :func:`common` names what all runs share.
 """
+
 from __future__ import annotations
 
 import json
@@ -237,14 +238,19 @@ def split(frame: pd.DataFrame, drawn: Sequence[str] = (), first: Sequence[str] =
     keys = [*first, *settings(frame, [*drawn, *first])]
     if not keys:
         return [Group("", frame)]
-    return [Group(describe(keys, values), rows)
-            for values, rows in frame.groupby(keys, dropna=False, sort=True)]
+    return [Group(describe(keys, values), rows) for values, rows in frame.groupby(keys, dropna=False, sort=True)]
 
 
 def common(frame: pd.DataFrame) -> str:
     """The SHOWN settings every run of `frame` shares, for the figure title ('all runs: mnist, adam, ...')."""
-    shared = [c for c in SHOWN if c in frame and c not in NOT_COMMON and frame[c].nunique(dropna=False) == 1
-              and (c in MISSING or frame[c].notna().all())]  # a setting these runs do not have is no news
+    shared = [
+        c
+        for c in SHOWN
+        if c in frame
+        and c not in NOT_COMMON
+        and frame[c].nunique(dropna=False) == 1
+        and (c in MISSING or frame[c].notna().all())
+    ]  # a setting these runs do not have is no news
     return "all runs: " + describe(shared, [frame[c].iloc[0] for c in shared]) if shared else ""
 
 

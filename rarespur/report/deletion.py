@@ -1,4 +1,5 @@
 """Deletion figure (SPEC 1.9): spurious score and accuracy before and after forgetting the poisoned examples."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -31,9 +32,13 @@ def deletion_runs(data: ReportData) -> pd.DataFrame:
 def _long(rows: pd.DataFrame, metric: str, with_baseline: bool) -> pd.DataFrame:
     """One row per (run, stage) with the stage's value of `metric` in ``value``."""
     exact_itself = set(rows["experiment.name"]) == {"retrain_exact"}
-    parts = [rows.assign(stage="retrained from scratch" if exact_itself and not prefix else label,
-                         value=rows[prefix + metric])
-             for prefix, label in STAGES if prefix + metric in rows and rows[prefix + metric].notna().any()]
+    parts = [
+        rows.assign(
+            stage="retrained from scratch" if exact_itself and not prefix else label, value=rows[prefix + metric]
+        )
+        for prefix, label in STAGES
+        if prefix + metric in rows and rows[prefix + metric].notna().any()
+    ]
     if with_baseline and "baseline_score" in rows and rows["baseline_score"].notna().any():
         parts.append(rows.assign(stage="clean baseline", value=rows["baseline_score"]))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -48,8 +53,10 @@ def deletion(data: ReportData) -> Figure | None:
     fig, slots = grid(len(groups), ncols=3, size=(4.4, 3.2), nrows_per_panel=2)
     points = []
     for group, (top, bottom) in zip(groups, slots):
-        for ax, metric, ylabel, baseline in ((top, "spurious_score", SCORE_LABEL, True),
-                                              (bottom, "test_acc", "clean test accuracy", False)):
+        for ax, metric, ylabel, baseline in (
+            (top, "spurious_score", SCORE_LABEL, True),
+            (bottom, "test_acc", "clean test accuracy", False),
+        ):
             long = _long(group.rows, metric, baseline)
             if long.empty:
                 ax.set_axis_off()
@@ -61,5 +68,10 @@ def deletion(data: ReportData) -> Figure | None:
         floor_at_zero(top)
         bottom.set_ylim(0, 1.02)
     legend_outside(fig, "model compared", COLORS)
-    return finish(fig, "Deleting the poisoned examples: before, after, and retrained from scratch",
-                  common(runs), over_seeds(point_counts(points)), len(runs))
+    return finish(
+        fig,
+        "Deleting the poisoned examples: before, after, and retrained from scratch",
+        common(runs),
+        over_seeds(point_counts(points)),
+        len(runs),
+    )

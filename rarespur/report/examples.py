@@ -5,6 +5,7 @@ user-defined patterns show too) and applied with that run's data seed to a
 test image of that run's dataset. When the dataset files are not available
 here, the embedded digits dataset stands in (the panel says so).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,10 @@ def pattern_configs(data: ReportData) -> list[dict[str, Any]]:
                 configs[run["pattern.name"]] = json.loads(config.read_text())
     if configs:
         return [configs[name] for name in sorted(configs)]
-    return [{"pattern": p, "dataset": {"name": FALLBACK}, "data": {"root": None}, "poison": {"seed": 0}}
-            for p in _conf_patterns()]
+    return [
+        {"pattern": p, "dataset": {"name": FALLBACK}, "data": {"root": None}, "poison": {"seed": 0}}
+        for p in _conf_patterns()
+    ]
 
 
 def _conf_patterns() -> list[dict[str, Any]]:
@@ -91,8 +94,14 @@ def example_images(data: ReportData) -> Figure | None:
             _show(ax, image)
             panel_title(ax, f"{what}\n{source}" if ax is top and len(sources) > 1 else what)
     dataset = f"first test image of {sources.pop()}" if len(sources) == 1 else "first test image of each dataset"
-    fig.suptitle(wrap(f"Example poisoned images: {dataset}, without (top) and with (bottom) each pattern, "
-                      "pixel values in [0, 1]", fig.get_figwidth() * 0.95, TITLE_SIZE), fontsize=TITLE_SIZE)
+    fig.suptitle(
+        wrap(
+            f"Example poisoned images: {dataset}, without (top) and with (bottom) each pattern, pixel values in [0, 1]",
+            fig.get_figwidth() * 0.95,
+            TITLE_SIZE,
+        ),
+        fontsize=TITLE_SIZE,
+    )
     return fig
 
 

@@ -3,6 +3,7 @@ regularisation trade-off, pattern norm vs score. Each takes the tables and retur
 
 Panels and series come from :func:`rarespur.report.data.split`: a point averages only runs that differ
 in their seeds."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,10 @@ from rarespur.report.plot import (
     point_counts,
 )
 
-REGULARIZERS = {"l2": ("regularizer.strength", "L2 weight decay lambda (log)"),
-                "gaussian_noise": ("regularizer.sigma", "Gaussian input noise sigma (log)")}
+REGULARIZERS = {
+    "l2": ("regularizer.strength", "L2 weight decay lambda (log)"),
+    "gaussian_noise": ("regularizer.sigma", "Gaussian input noise sigma (log)"),
+}
 # The settings an "optimizer" series of the optimizer comparison combines.
 OPTIMIZER_SETTINGS = ("optim.name", "train.grad_clip", "train.lr")
 
@@ -64,10 +67,10 @@ class Comparison:
     """Score-vs-n curves, one per value of `line_key`, in panels split by every other varying setting."""
 
     line_key: str
-    legend: str                             # legend title: what a series is
+    legend: str  # legend title: what a series is
     title: str
-    drawn_as_lines: tuple[str, ...] = ()    # settings the line key combines (never panel keys)
-    min_lines: int = 1                      # 2 for a comparison: panels with one curve are left out
+    drawn_as_lines: tuple[str, ...] = ()  # settings the line key combines (never panel keys)
+    min_lines: int = 1  # 2 for a comparison: panels with one curve are left out
 
     @property
     def drawn(self) -> tuple[str, ...]:
@@ -98,8 +101,13 @@ class Comparison:
 
 PATTERNS = Comparison("pattern.name", "pattern", "Spurious score vs number of poisoned examples, per pattern")
 MODELS = Comparison("model.name", "architecture", "Architecture comparison: spurious score vs n", min_lines=2)
-OPTIMIZERS = Comparison("optimizer", "optimizer", "Optimizer comparison: spurious score vs n",
-                        drawn_as_lines=OPTIMIZER_SETTINGS, min_lines=2)
+OPTIMIZERS = Comparison(
+    "optimizer",
+    "optimizer",
+    "Optimizer comparison: spurious score vs n",
+    drawn_as_lines=OPTIMIZER_SETTINGS,
+    min_lines=2,
+)
 
 
 def score_vs_n(data: ReportData) -> Figure | None:
@@ -148,8 +156,10 @@ def regularized_train(data: ReportData) -> pd.DataFrame:
 
 # What the regularizer itself sets: drawn on the x axis (l2 also writes its strength into train.weight_decay).
 REGULARIZER_DRAWN = ("strength", "regularizer.strength", "regularizer.sigma", "train.weight_decay", "poison.count")
-TRADEOFF = (("test_acc", "clean test accuracy", "-", "o"),
-            ("spurious_test_acc", "spurious test accuracy (patched non-target)", "--", "s"))
+TRADEOFF = (
+    ("test_acc", "clean test accuracy", "-", "o"),
+    ("spurious_test_acc", "spurious test accuracy (patched non-target)", "--", "s"),
+)
 
 
 def regularization(data: ReportData) -> Figure | None:
@@ -186,8 +196,13 @@ def regularization(data: ReportData) -> Figure | None:
     for _, label, style, marker in TRADEOFF:  # legend entries for the two accuracy line styles
         bottom.plot([], [], color="grey", linestyle=style, marker=marker, label=label)
     legend_outside(fig, "colour: poisoned training examples; line style: accuracy (lower panels)", colors)
-    return finish(fig, "Regularisation trade-off: spurious score and test accuracy vs regularizer strength",
-                  common(reg), over_seeds(point_counts(points)), len(regularization_runs(data)))
+    return finish(
+        fig,
+        "Regularisation trade-off: spurious score and test accuracy vs regularizer strength",
+        common(reg),
+        over_seeds(point_counts(points)),
+        len(regularization_runs(data)),
+    )
 
 
 def _regularizer_groups(reg: pd.DataFrame) -> list[Group]:
@@ -204,8 +219,17 @@ def regularization_runs(data: ReportData) -> pd.DataFrame:
     return pd.concat([reg, *(_matching(plain, g.rows) for g in _regularizer_groups(reg))]).drop_duplicates("run_id")
 
 
-def _tradeoff_line(ax: Axes, rows: pd.DataFrame, reference: pd.DataFrame, column: str, none_at: float,
-                   color: str, style: str, marker: str, label: str | None) -> pd.DataFrame:
+def _tradeoff_line(
+    ax: Axes,
+    rows: pd.DataFrame,
+    reference: pd.DataFrame,
+    column: str,
+    none_at: float,
+    color: str,
+    style: str,
+    marker: str,
+    label: str | None,
+) -> pd.DataFrame:
     """Mean +- SEM of `column` per strength, led by the unregularized runs' value at `none_at`."""
     if column not in rows:
         return pd.DataFrame()
@@ -213,8 +237,17 @@ def _tradeoff_line(ax: Axes, rows: pd.DataFrame, reference: pd.DataFrame, column
     if column in reference and reference[column].notna().any():
         lead = mean_sem(reference.assign(strength=none_at), ["strength"], column)
         stats = pd.concat([lead, stats], ignore_index=True)
-    ax.errorbar(stats["strength"], stats["mean"], yerr=stats["sem"].fillna(0.0), color=color, linestyle=style,
-                marker=marker, markersize=4, capsize=3, label=label)
+    ax.errorbar(
+        stats["strength"],
+        stats["mean"],
+        yerr=stats["sem"].fillna(0.0),
+        color=color,
+        linestyle=style,
+        marker=marker,
+        markersize=4,
+        capsize=3,
+        label=label,
+    )
     return stats
 
 
@@ -258,8 +291,12 @@ def pattern_norm_runs(data: ReportData) -> pd.DataFrame:
 
 
 # One point of the pattern-norm figure: a pattern's mean norm and mean score (SEM over seeds).
-NORM_POINT = {"pattern_norm": ("pattern_norm", "mean"), "spurious_score": ("spurious_score", "mean"),
-              "score_sem": ("spurious_score", sem), "runs": ("spurious_score", "count")}
+NORM_POINT = {
+    "pattern_norm": ("pattern_norm", "mean"),
+    "spurious_score": ("spurious_score", "mean"),
+    "score_sem": ("spurious_score", sem),
+    "runs": ("spurious_score", "count"),
+}
 
 
 def pattern_norm_table(data: ReportData) -> pd.DataFrame:
@@ -287,7 +324,8 @@ def pearson_text(series: dict[str, pd.DataFrame]) -> str:
     if not any(np.isfinite(r) for _, r in values):
         return f"Pearson r over {plural(patterns, 'pattern')}: none, the scores do not vary"
     return f"Pearson r over {plural(patterns, 'pattern')}: " + ", ".join(
-        f"{r:.2f} ({label})" if np.isfinite(r) else f"none ({label})" for label, r in values)
+        f"{r:.2f} ({label})" if np.isfinite(r) else f"none ({label})" for label, r in values
+    )
 
 
 def pattern_norm(data: ReportData) -> Figure | None:
@@ -304,8 +342,15 @@ def pattern_norm(data: ReportData) -> Figure | None:
         for n, rows in group.rows.groupby("poison.count"):
             points = rows.groupby("pattern.name").agg(**NORM_POINT).reset_index().sort_values("pattern_norm")
             label = setting_text("poison.count", n)
-            ax.errorbar(points["pattern_norm"], points["spurious_score"], yerr=points["score_sem"].fillna(0.0),
-                        fmt="o-", capsize=3, color=colors[label], label=label)
+            ax.errorbar(
+                points["pattern_norm"],
+                points["spurious_score"],
+                yerr=points["score_sem"].fillna(0.0),
+                fmt="o-",
+                capsize=3,
+                color=colors[label],
+                label=label,
+            )
             series[label] = points
             counts += points["runs"].tolist()
         _name_patterns(ax, group.rows)
@@ -315,8 +360,9 @@ def pattern_norm(data: ReportData) -> Figure | None:
         floor_at_zero(ax)
         ax.grid(alpha=0.3)
     legend_outside(fig, "poisoned training examples", colors)
-    return finish(fig, "Pattern norm vs spurious score (each point: one pattern)",
-                  common(runs), over_seeds(counts), len(runs))
+    return finish(
+        fig, "Pattern norm vs spurious score (each point: one pattern)", common(runs), over_seeds(counts), len(runs)
+    )
 
 
 def _name_patterns(ax: Axes, rows: pd.DataFrame) -> None:

@@ -5,6 +5,7 @@ panels, the figure title names what all panels share and what a point averages,
 every text is wrapped to the width it has, and the legend sits below the axes
 (constrained layout makes room for it), so nothing covers data or is clipped.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,8 @@ TITLE_SIZE = 11
 PANEL_TITLE_SIZE = 9
 LEGEND_SIZE = 8
 CHAR_WIDTH = 0.56  # average glyph width of the default font (DejaVu Sans), in units of the font size
-MIN_WIDTH = 6.4   # inches: room for the figure title and legend even with one narrow panel
-MARGIN = 0.05      # share of the (transformed) data range left free at each end of an x axis
+MIN_WIDTH = 6.4  # inches: room for the figure title and legend even with one narrow panel
+MARGIN = 0.05  # share of the (transformed) data range left free at each end of an x axis
 
 
 def wrap(text: str, width_in: float, fontsize: float) -> str:
@@ -40,8 +41,7 @@ def wrap(text: str, width_in: float, fontsize: float) -> str:
     setting ("first 3,000 training images") stays on one line.
     """
     chars = max(12, int(width_in * 72 / (CHAR_WIDTH * fontsize)))
-    return "\n".join(out for line in text.split("\n") if line
-                     for out in _pack(re.split(r"(?<=[,;]) ", line), chars))
+    return "\n".join(out for line in text.split("\n") if line for out in _pack(re.split(r"(?<=[,;]) ", line), chars))
 
 
 def _pack(parts: list[str], chars: int) -> list[str]:
@@ -56,14 +56,20 @@ def _pack(parts: list[str], chars: int) -> list[str]:
     return lines
 
 
-def grid(n_panels: int, ncols: int = 3, size: tuple[float, float] = (4.6, 3.6),
-         nrows_per_panel: int = 1) -> tuple[Figure, list[list[Axes]]]:
+def grid(
+    n_panels: int, ncols: int = 3, size: tuple[float, float] = (4.6, 3.6), nrows_per_panel: int = 1
+) -> tuple[Figure, list[list[Axes]]]:
     """A figure with `n_panels` panel slots, each `nrows_per_panel` axes tall; unused slots are hidden."""
     ncols = max(1, min(ncols, n_panels))
     rows = math.ceil(n_panels / ncols)
     width = max(size[0] * ncols, MIN_WIDTH)
-    fig, axes = plt.subplots(rows * nrows_per_panel, ncols, figsize=(width, size[1] * rows * nrows_per_panel),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows * nrows_per_panel,
+        ncols,
+        figsize=(width, size[1] * rows * nrows_per_panel),
+        squeeze=False,
+        layout="constrained",
+    )
     slots = []
     for i in range(rows * ncols):
         r, c = divmod(i, ncols)
@@ -106,8 +112,16 @@ def legend_outside(fig: Figure, title: str | None = None, order: Iterable[str] =
     entries = dict(sorted(entries.items(), key=lambda item: rank.get(item[0], len(rank))))
     renderer = fig.canvas.get_renderer()
     for ncol in range(len(entries), 0, -1):  # as many columns as fit the figure's width
-        legend = fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=ncol,
-                            fontsize=LEGEND_SIZE, title=title, title_fontsize=LEGEND_SIZE, handlelength=3)
+        legend = fig.legend(
+            list(entries.values()),
+            list(entries),
+            loc="outside lower center",
+            ncols=ncol,
+            fontsize=LEGEND_SIZE,
+            title=title,
+            title_fontsize=LEGEND_SIZE,
+            handlelength=3,
+        )
         if ncol == 1 or legend.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
             return
         legend.remove()
@@ -118,8 +132,14 @@ def palette(values: Iterable[object], name: Callable[[object], str] = str) -> di
     return {name(v): f"C{i % 10}" for i, v in enumerate(sorted(set(values)))}
 
 
-def curves_over_n(ax: Axes, rows: pd.DataFrame, line_key: str, colors: dict[str, str],
-                  value: str = "spurious_score", linestyles: dict[str, str] | None = None) -> pd.DataFrame:
+def curves_over_n(
+    ax: Axes,
+    rows: pd.DataFrame,
+    line_key: str,
+    colors: dict[str, str],
+    value: str = "spurious_score",
+    linestyles: dict[str, str] | None = None,
+) -> pd.DataFrame:
     """One mean +- SEM curve of `value` over poison.count per value of `line_key`; returns the points drawn.
 
     The points' ``runs`` column says how many seeds each one averages. Curves are drawn in the order of
@@ -129,9 +149,17 @@ def curves_over_n(ax: Axes, rows: pd.DataFrame, line_key: str, colors: dict[str,
     lines = stats[line_key].astype(str)
     for line in (name for name in colors if name in set(lines)):
         points = stats[lines == line].sort_values("poison.count")
-        ax.errorbar(points["poison.count"], points["mean"], yerr=points["sem"].fillna(0.0), marker="o",
-                    markersize=4, capsize=3, label=line, color=colors[line],
-                    linestyle=(linestyles or {}).get(line, "-"))
+        ax.errorbar(
+            points["poison.count"],
+            points["mean"],
+            yerr=points["sem"].fillna(0.0),
+            marker="o",
+            markersize=4,
+            capsize=3,
+            label=line,
+            color=colors[line],
+            linestyle=(linestyles or {}).get(line, "-"),
+        )
     symlog_n(ax, rows["poison.count"])
     return stats
 

@@ -1,4 +1,5 @@
 """Membership-inference figures (SPEC 1.7): members vs poisoned examples flagged, and ROC curves."""
+
 from __future__ import annotations
 
 import re
@@ -13,8 +14,10 @@ from rarespur.report.plot import finish, grid, legend_outside, palette, panel_ti
 
 ATTACK_ORDER = ("shadow", "loss", "lira_offline", "lira_online")
 FPR_GRID = np.logspace(-4, 0, 200)
-BARS = (("members_flagged", "all training members flagged", "C0", -0.2),
-        ("poisoned_flagged", "poisoned examples flagged", "C3", 0.2))
+BARS = (
+    ("members_flagged", "all training members flagged", "C0", -0.2),
+    ("poisoned_flagged", "poisoned examples flagged", "C3", 0.2),
+)
 
 
 def attacks(runs: pd.DataFrame) -> list[str]:
@@ -31,8 +34,9 @@ def mi_runs(data: ReportData) -> pd.DataFrame:
 def _cells(frame: pd.DataFrame, names: list[str]) -> list[tuple[str, str, pd.DataFrame]]:
     """(attack, panel title, runs) per attack and group of settings: attacks are never averaged together either."""
     groups = split(frame, ["poison.count"])
-    return [(attack, f"{attack} attack" + (f", {g.title}" if g.title else ""), g.rows)
-            for attack in names for g in groups]
+    return [
+        (attack, f"{attack} attack" + (f", {g.title}" if g.title else ""), g.rows) for attack in names for g in groups
+    ]
 
 
 def membership_bars(data: ReportData) -> Figure | None:
@@ -47,8 +51,13 @@ def membership_bars(data: ReportData) -> Figure | None:
         counts += _bars(ax, rows, attack)
         panel_title(ax, title)
     legend_outside(fig)
-    return finish(fig, "Membership inference: poisoned examples vs all training members flagged",
-                  common(runs), over_seeds(counts), len(runs))
+    return finish(
+        fig,
+        "Membership inference: poisoned examples vs all training members flagged",
+        common(runs),
+        over_seeds(counts),
+        len(runs),
+    )
 
 
 def _bars(ax: Axes, rows: pd.DataFrame, attack: str) -> list[int]:
@@ -61,8 +70,7 @@ def _bars(ax: Axes, rows: pd.DataFrame, attack: str) -> list[int]:
         if prefix + metric not in rows:
             continue
         stats = mean_sem(rows, ["poison.count"], prefix + metric).set_index("poison.count").reindex(ns)
-        ax.bar(x + offset, stats["mean"], width=0.4, yerr=stats["sem"].fillna(0.0), capsize=3,
-               label=label, color=color)
+        ax.bar(x + offset, stats["mean"], width=0.4, yerr=stats["sem"].fillna(0.0), capsize=3, label=label, color=color)
         counts += stats["runs"].dropna().astype(int).tolist()
     if prefix + "acc" in rows:
         acc = mean_sem(rows, ["poison.count"], prefix + "acc").set_index("poison.count").reindex(ns)
@@ -122,5 +130,10 @@ def membership_roc(data: ReportData) -> Figure | None:
         panel_title(ax, title)
         ax.grid(alpha=0.3, which="both")
     legend_outside(fig, "poisoned examples", colors)
-    return finish(fig, "Membership inference ROC curves", common(runs),
-                  over_seeds(counts, "mean TPR", "curve"), runs["run_id"].nunique())
+    return finish(
+        fig,
+        "Membership inference ROC curves",
+        common(runs),
+        over_seeds(counts, "mean TPR", "curve"),
+        runs["run_id"].nunique(),
+    )

@@ -1,4 +1,5 @@
 """Model-sensitivity figures (SPEC 1.10): pixel-removal curves and MLP first-layer weight maps."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,8 +58,13 @@ def pixel_removal(data: ReportData) -> Figure | None:
         panel_title(ax, group.title)
         ax.grid(alpha=0.3)
     legend_outside(fig, "architecture", colors)
-    return finish(fig, "Pixel removal: how fast each architecture loses confidence", common(runs),
-                  over_seeds(counts, "mean (band ± SEM)", "curve"), len(runs))
+    return finish(
+        fig,
+        "Pixel removal: how fast each architecture loses confidence",
+        common(runs),
+        over_seeds(counts, "mean (band ± SEM)", "curve"),
+        len(runs),
+    )
 
 
 def weight_map_runs(data: ReportData) -> pd.DataFrame:
@@ -100,8 +106,14 @@ def weight_maps(data: ReportData) -> Figure | None:
         for col, run in enumerate((clean, poisoned)):
             ax = slots[2 * row + col][0]
             if run is None:
-                ax.text(0.5, 0.5, "no matching clean run" if col == 0 else "no poisoned run", ha="center",
-                        va="center", transform=ax.transAxes)
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no matching clean run" if col == 0 else "no poisoned run",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                )
                 ax.set_axis_off()
                 continue
             image = np.load(data.results_dir / run["run_id"] / run["weight_map_file"])

@@ -1,4 +1,5 @@
 """Summary tables of the report: the numbers behind the figures, as CSV and LaTeX (pandas Styler)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,8 +49,11 @@ def score_vs_n(data: ReportData) -> pd.DataFrame:
         return pd.DataFrame()
     if "learned" in runs:
         runs = runs.assign(learned=runs["learned"].astype(float))
-    return _summarise(runs, _keys(runs, ("pattern.name", "poison.count")),
-                      ["spurious_score", "baseline_score", "test_acc", "spurious_test_acc", "learned", "p_value"])
+    return _summarise(
+        runs,
+        _keys(runs, ("pattern.name", "poison.count")),
+        ["spurious_score", "baseline_score", "test_acc", "spurious_test_acc", "learned", "p_value"],
+    )
 
 
 def regularization(data: ReportData) -> pd.DataFrame:
@@ -58,8 +62,11 @@ def regularization(data: ReportData) -> pd.DataFrame:
     runs = regularized_train(data)
     if runs.empty:
         return pd.DataFrame()
-    return _summarise(runs, _keys(runs, ("regularizer.name", "strength"), REGULARIZER_DRAWN),
-                      ["spurious_score", "test_acc", "spurious_test_acc"])
+    return _summarise(
+        runs,
+        _keys(runs, ("regularizer.name", "strength"), REGULARIZER_DRAWN),
+        ["spurious_score", "test_acc", "spurious_test_acc"],
+    )
 
 
 def membership(data: ReportData) -> pd.DataFrame:
@@ -70,11 +77,13 @@ def membership(data: ReportData) -> pd.DataFrame:
     parts = []
     for attack in attacks(runs):
         prefix = f"attack.{attack}."
-        renamed = runs.rename(columns=lambda c: c[len(prefix):] if c.startswith(prefix) else c)
+        renamed = runs.rename(columns=lambda c, prefix=prefix: c[len(prefix) :] if c.startswith(prefix) else c)
         renamed = renamed.loc[:, ~renamed.columns.duplicated()]
-        part = _summarise(renamed, _keys(renamed, ("poison.count",)),
-                          ["poisoned_flagged", "members_flagged", "acc", "auc", "tpr_at_1pct_fpr",
-                           "tpr_at_0.1pct_fpr"])
+        part = _summarise(
+            renamed,
+            _keys(renamed, ("poison.count",)),
+            ["poisoned_flagged", "members_flagged", "acc", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"],
+        )
         if not part.empty:
             part.insert(0, "attack", attack)
             parts.append(part)
@@ -87,8 +96,11 @@ def deletion(data: ReportData) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     columns = [prefix + m for m in ("spurious_score", "test_acc") for prefix in ("", "before.", "exact.")]
-    return _summarise(runs, _keys(runs, ("experiment.name", "poison.count")),
-                      [*columns, "baseline_score", "param_dist.before_after", "param_dist.after_exact"])
+    return _summarise(
+        runs,
+        _keys(runs, ("experiment.name", "poison.count")),
+        [*columns, "baseline_score", "param_dist.before_after", "param_dist.after_exact"],
+    )
 
 
 def sensitivity(data: ReportData) -> pd.DataFrame:

@@ -48,6 +48,7 @@ f = w.x given y is N(y w_c mu, tau^2), tau^2 = w_c^2 sigma_core^2 + w_s^2 sigma_
   sum_y 1/2 [Phi((ln t2 - y beta w_c mu) / (beta tau)) - Phi((ln t1 - y beta w_c mu) / (beta tau))]
   (0 when the quadratic has no positive roots). Accuracies do not depend on beta.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,21 +65,24 @@ from rarespur.report.plot import TITLE_SIZE, grid, legend_outside, panel_title, 
 class LinearSetting:
     """Feature means and spreads of the theory model (see the module docstring)."""
 
-    mu: float = 1.0          # core feature mean (class signal)
+    mu: float = 1.0  # core feature mean (class signal)
     sigma_core: float = 1.0  # core feature standard deviation
-    a: float = 1.0           # value the pattern adds to the spurious feature
+    a: float = 1.0  # value the pattern adds to the spurious feature
     sigma_spur: float = 0.1  # spread of the spurious feature without the pattern
-    eps: float = 0.1         # spurious-score threshold on the probability rise (SPEC 1.6)
+    eps: float = 0.1  # spurious-score threshold on the probability rise (SPEC 1.6)
     logit_scale: float = 5.0  # beta: target probability = sigmoid(beta * w.x)
 
 
-def ridge_weights(setting: LinearSetting, gamma: np.ndarray | float, lam: float,
-                  noise_sigma: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def ridge_weights(
+    setting: LinearSetting, gamma: np.ndarray | float, lam: float, noise_sigma: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Population ridge weights (w_core, w_spur) for poisoned fraction(s) `gamma`."""
     gamma = np.asarray(gamma, dtype=np.float64)
     if np.any(gamma < 0) or np.any(gamma > 0.5):
-        raise ValueError("gamma is the poisoned fraction of the whole training set, all from one of two "
-                         "balanced classes: it must lie in [0, 0.5]")
+        raise ValueError(
+            "gamma is the poisoned fraction of the whole training set, all from one of two "
+            "balanced classes: it must lie in [0, 0.5]"
+        )
     if lam < 0 or noise_sigma < 0:
         raise ValueError("lambda and noise_sigma must be non-negative")
     s = setting
@@ -96,22 +100,25 @@ def _spread(setting: LinearSetting, w_core: np.ndarray, w_spur: np.ndarray) -> n
     return np.sqrt((w_core * setting.sigma_core) ** 2 + (w_spur * setting.sigma_spur) ** 2)
 
 
-def clean_accuracy(setting: LinearSetting, gamma: np.ndarray | float, lam: float,
-                   noise_sigma: float = 0.0) -> np.ndarray:
+def clean_accuracy(
+    setting: LinearSetting, gamma: np.ndarray | float, lam: float, noise_sigma: float = 0.0
+) -> np.ndarray:
     """Accuracy on clean test data: Phi(w_c mu / tau)."""
     w_c, w_s = ridge_weights(setting, gamma, lam, noise_sigma)
     return norm.cdf(w_c * setting.mu / _spread(setting, w_c, w_s))
 
 
-def spurious_accuracy(setting: LinearSetting, gamma: np.ndarray | float, lam: float,
-                      noise_sigma: float = 0.0) -> np.ndarray:
+def spurious_accuracy(
+    setting: LinearSetting, gamma: np.ndarray | float, lam: float, noise_sigma: float = 0.0
+) -> np.ndarray:
     """Accuracy on patched test images of the non-target class: Phi((w_c mu - w_s a) / tau)."""
     w_c, w_s = ridge_weights(setting, gamma, lam, noise_sigma)
     return norm.cdf((w_c * setting.mu - w_s * setting.a) / _spread(setting, w_c, w_s))
 
 
-def spurious_score(setting: LinearSetting, gamma: np.ndarray | float, lam: float,
-                   noise_sigma: float = 0.0) -> np.ndarray:
+def spurious_score(
+    setting: LinearSetting, gamma: np.ndarray | float, lam: float, noise_sigma: float = 0.0
+) -> np.ndarray:
     """Fraction of test images whose sigmoid(f) rises by more than eps when the pattern is added."""
     w_c, w_s = ridge_weights(setting, gamma, lam, noise_sigma)
     w_c, w_s = np.broadcast_arrays(np.atleast_1d(w_c), np.atleast_1d(w_s))
@@ -126,14 +133,16 @@ def spurious_score(setting: LinearSetting, gamma: np.ndarray | float, lam: float
     lo = np.log(np.where(has_interval, (-b - root) / (2 * eps * k), 1.0))
     hi = np.log(np.where(has_interval, (-b + root) / (2 * eps * k), 1.0))
     m = beta * w_c * setting.mu
-    score = 0.5 * (norm.cdf((hi - m) / tau) - norm.cdf((lo - m) / tau)) + \
-        0.5 * (norm.cdf((hi + m) / tau) - norm.cdf((lo + m) / tau))
+    score = 0.5 * (norm.cdf((hi - m) / tau) - norm.cdf((lo - m) / tau)) + 0.5 * (
+        norm.cdf((hi + m) / tau) - norm.cdf((lo + m) / tau)
+    )
     score = np.where(has_interval, score, 0.0)
     return score if np.ndim(gamma) else score.reshape(())
 
 
-def simulate(setting: LinearSetting, gamma: float, lam: float, n_train: int, n_test: int,
-             seed: int = 0) -> dict[str, float]:
+def simulate(
+    setting: LinearSetting, gamma: float, lam: float, n_train: int, n_test: int, seed: int = 0
+) -> dict[str, float]:
     """Monte-Carlo version of the same setting: sample, fit ridge, measure; checks the closed form."""
     rng = np.random.default_rng(seed)
     s = setting
@@ -143,8 +152,9 @@ def simulate(setting: LinearSetting, gamma: float, lam: float, n_train: int, n_t
         b = np.zeros(n)
         positives = np.flatnonzero(y > 0)
         b[positives[: int(round(poisoned_fraction * n))]] = 1.0
-        x = np.stack([y * s.mu + s.sigma_core * rng.standard_normal(n),
-                      s.a * b + s.sigma_spur * rng.standard_normal(n)], axis=1)
+        x = np.stack(
+            [y * s.mu + s.sigma_core * rng.standard_normal(n), s.a * b + s.sigma_spur * rng.standard_normal(n)], axis=1
+        )
         return x, y
 
     x, y = sample(n_train, gamma)
@@ -156,7 +166,8 @@ def simulate(setting: LinearSetting, gamma: float, lam: float, n_train: int, n_t
     sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
     negatives = yt < 0
     return {
-        "w_core": float(w[0]), "w_spur": float(w[1]),
+        "w_core": float(w[0]),
+        "w_spur": float(w[1]),
         "clean_accuracy": float(np.mean(np.sign(f) == yt)),
         "spurious_accuracy": float(np.mean(patched[negatives] < 0)),
         "spurious_score": float(np.mean(sig(beta * patched) - sig(beta * f) > s.eps)),
@@ -167,17 +178,23 @@ GAMMAS = np.logspace(-4, np.log10(0.5), 200)
 LAMBDAS = (0.0, 1e-3, 1e-2, 1e-1, 1.0)
 
 
-def theory_curves(setting: LinearSetting = LinearSetting(), lambdas: tuple[float, ...] = LAMBDAS,
-                  gammas: np.ndarray = GAMMAS) -> pd.DataFrame:
+def theory_curves(
+    setting: LinearSetting = LinearSetting(), lambdas: tuple[float, ...] = LAMBDAS, gammas: np.ndarray = GAMMAS
+) -> pd.DataFrame:
     """Tidy table of the three closed-form curves: one row per (lambda, gamma)."""
     rows = []
     for lam in lambdas:
-        rows.append(pd.DataFrame({
-            "lambda": lam, "gamma": gammas,
-            "clean_accuracy": clean_accuracy(setting, gammas, lam),
-            "spurious_accuracy": spurious_accuracy(setting, gammas, lam),
-            "spurious_score": spurious_score(setting, gammas, lam),
-        }))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "lambda": lam,
+                    "gamma": gammas,
+                    "clean_accuracy": clean_accuracy(setting, gammas, lam),
+                    "spurious_accuracy": spurious_accuracy(setting, gammas, lam),
+                    "spurious_score": spurious_score(setting, gammas, lam),
+                }
+            )
+        )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -188,9 +205,11 @@ def theory_figure(data: object = None, setting: LinearSetting = LinearSetting())
     """
     curves = theory_curves(setting)
     fig, slots = grid(3, ncols=3, size=(4.0, 3.8))
-    panels = (("clean_accuracy", "clean test accuracy", "accuracy"),
-              ("spurious_accuracy", "spurious accuracy (patched non-target)", "accuracy"),
-              ("spurious_score", "spurious score", "spurious score"))
+    panels = (
+        ("clean_accuracy", "clean test accuracy", "accuracy"),
+        ("spurious_accuracy", "spurious accuracy (patched non-target)", "accuracy"),
+        ("spurious_score", "spurious score", "spurious score"),
+    )
     for (column, label, ylabel), (ax,) in zip(panels, slots):
         for i, (lam, curve) in enumerate(curves.groupby("lambda")):
             ax.plot(curve["gamma"], curve[column], color=f"C{i}", label=f"λ = {lam:g}")
@@ -202,9 +221,12 @@ def theory_figure(data: object = None, setting: LinearSetting = LinearSetting())
         panel_title(ax, label)
     legend_outside(fig, "ridge penalty")
     s = setting
-    shared = ("core feature N(±{:g}, {:g}²); spurious feature +{:g} on a γ fraction of one class, spread {:g}; "
-              "target probability sigmoid({:g}·w·x); ε = {:g}").format(
-        s.mu, s.sigma_core, s.a, s.sigma_spur, s.logit_scale, s.eps)
-    fig.suptitle(wrap(f"Closed-form theory: population ridge regression\n{shared}", fig.get_figwidth() * 0.95,
-                      TITLE_SIZE), fontsize=TITLE_SIZE)
+    shared = (
+        f"core feature N(±{s.mu:g}, {s.sigma_core:g}²); spurious feature +{s.a:g} on a γ fraction of one class, spread {s.sigma_spur:g}; "
+        f"target probability sigmoid({s.logit_scale:g}·w·x); ε = {s.eps:g}"
+    )
+    fig.suptitle(
+        wrap(f"Closed-form theory: population ridge regression\n{shared}", fig.get_figwidth() * 0.95, TITLE_SIZE),
+        fontsize=TITLE_SIZE,
+    )
     return fig
