@@ -15,6 +15,7 @@ from torch import nn
 from rarespur.config import targets_of
 from rarespur.data import ImageData, load_dataset
 from rarespur.errors import ConfigError
+from rarespur.evaluate import score_model
 from rarespur.models import build_model
 from rarespur.patterns import Pattern, build_pattern
 from rarespur.poisoning import choose_poison_indices, poison_images
@@ -123,6 +124,23 @@ def poisoned_data(cfg: dict[str, Any], data: ImageData) -> PoisonedData:
     seed = cfg["poison"]["seed"]
     indices = choose_poison_indices(data.train_y, cfg["poison"]["count"], targets, seed)
     return PoisonedData(data, poison_images(data.train_x, indices, pattern, seed), indices, pattern, targets, seed)
+
+
+def score_poisoned(
+    cfg: dict[str, Any], model: nn.Module, poisoned: PoisonedData, device: torch.device
+) -> tuple[dict[str, float], dict[int, np.ndarray]]:
+    """SPEC 1.6 metrics and per-image indicators of `model` on the clean test set, with the run's pattern."""
+    return score_model(
+        model,
+        poisoned.data.test_x,
+        poisoned.data.test_y,
+        poisoned.pattern,
+        poisoned.seed,
+        poisoned.targets,
+        cfg["eval"]["eps"],
+        device,
+        cfg["eval"]["batch_size"],
+    )
 
 
 def make_model(cfg: dict[str, Any], data: ImageData, device: torch.device) -> nn.Module:

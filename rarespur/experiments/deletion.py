@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from rarespur.deletion.common import flat_parameters, kept_indices
-from rarespur.evaluate import score_model, to_tensor
+from rarespur.evaluate import to_tensor
 from rarespur.experiments.common import (
     PoisonedData,
     load_data,
@@ -29,6 +29,7 @@ from rarespur.experiments.common import (
     parent_train_config,
     pick_device,
     poisoned_data,
+    score_poisoned,
 )
 from rarespur.store import MODEL, baseline_comparison, load_indicators, read_record
 
@@ -142,17 +143,7 @@ def deletion_record(
     cfg, poisoned = start.cfg, start.poisoned
     train_cfg = parent_train_config(cfg, own_keys)
     results_dir = Path(cfg["results_dir"])
-    after, indicators = score_model(
-        model_after,
-        poisoned.data.test_x,
-        poisoned.data.test_y,
-        poisoned.pattern,
-        poisoned.seed,
-        poisoned.targets,
-        cfg["eval"]["eps"],
-        start.device,
-        cfg["eval"]["batch_size"],
-    )
+    after, indicators = score_poisoned(cfg, model_after, poisoned, start.device)
     before_state = torch.load(start.parent_path / MODEL, map_location="cpu", weights_only=True)
     before_params, after_params = flat_parameters(model_after, before_state), flat_parameters(model_after)
     baseline = baseline_comparison(train_cfg, indicators, results_dir)

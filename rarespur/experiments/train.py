@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from rarespur.atomic import atomic_path, write_atomic
-from rarespur.evaluate import score_model, to_tensor
+from rarespur.evaluate import to_tensor
 from rarespur.experiments.common import (
     PoisonedData,
     epoch_callback,
@@ -24,6 +24,7 @@ from rarespur.experiments.common import (
     make_model,
     pick_device,
     poisoned_data,
+    score_poisoned,
     train_settings,
 )
 from rarespur.store import (
@@ -53,17 +54,7 @@ def save_and_score(
     with atomic_path(run_dir.file(MODEL)) as tmp:
         torch.save(model.state_dict(), tmp)
     write_atomic(run_dir.file(HISTORY), json.dumps(history))
-    metrics, indicators = score_model(
-        model,
-        poisoned.data.test_x,
-        poisoned.data.test_y,
-        poisoned.pattern,
-        poisoned.seed,
-        poisoned.targets,
-        cfg["eval"]["eps"],
-        device,
-        cfg["eval"]["batch_size"],
-    )
+    metrics, indicators = score_poisoned(cfg, model, poisoned, device)
     save_indicators(run_dir, indicators)
     return metrics, indicators
 
