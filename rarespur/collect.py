@@ -22,10 +22,13 @@ def _with_late_baseline(record: dict, run: Path, results_dir: Path) -> dict:
     return {**record, **baseline_comparison(cfg, load_indicators(run), results_dir, quiet=True)}
 
 
-def _canonical_model(record: dict) -> dict:
-    """Records written before the model renames say ``largemlp``: one model, one name in the table."""
+def _canonical_names(record: dict) -> dict:
+    """Records written before the renames say ``largemlp`` and ``regularizer.sigma``: one name per
+    concept in the table (the model's current name, every regularizer's ``regularizer.strength``)."""
     if isinstance(record.get("model.name"), str):
         record["model.name"] = resolve_model_name(record["model.name"])
+    if "regularizer.sigma" in record and "regularizer.strength" not in record:
+        record["regularizer.strength"] = record.pop("regularizer.sigma")
     return record
 
 
@@ -35,7 +38,7 @@ def collect(results_dir: str | Path) -> pd.DataFrame:
     if not results_dir.is_dir():
         raise MissingFileError(f"results directory {results_dir} does not exist; pass the run store (results_dir)")
     rows = [
-        _canonical_model(_with_late_baseline(json.loads((run / RECORD).read_text()), run, results_dir))
+        _canonical_names(_with_late_baseline(json.loads((run / RECORD).read_text()), run, results_dir))
         for run in sorted(results_dir.iterdir())
         if (run / DONE).exists()
     ]

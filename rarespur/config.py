@@ -17,15 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from rarespur.errors import ConfigError
 from rarespur.model_names import resolve_model_name
 from rarespur.poisoning import parse_dataset_name
+from rarespur.schema import Field, check_fields, count, non_negative, positive, positive_int
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # Keys that say where or how a job runs, not what it computes: left out of the run-store key.
 RUNTIME_KEYS = ("data.root", "data.download", "device", "results_dir", "progress", "checkpoint_every")
-
-
-def _group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
@@ -38,7 +35,6 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     else:
         out = copy.deepcopy(cfg)
     out.pop("hydra", None)
-    _cast_floats(out)
     train, recipe, optim = out["train"], out["dataset"]["recipe"], out["optim"]
     if optim["name"] not in recipe["lr"]:
         raise ConfigError(f"optim={optim['name']} unknown; valid optimizers: {sorted(recipe['lr'])}")
@@ -47,51 +43,42 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     if train["augment"] is None:
         train["augment"] = recipe["augment"]
     out["model"]["name"] = resolve_model_name(out["model"]["name"])
+    check_fields(out, COMMON_FIELDS)
     reg = out["regularizer"]
     if reg["name"] == "l2":
         if train["weight_decay"] not in (None, reg["strength"]):  # equal: an already resolved config
             raise ConfigError("regularizer=l2 sets the weight decay: give regularizer.strength, not train.weight_decay")
         train["weight_decay"] = reg["strength"]
-    elif reg["name"] not in ("none", "gaussian_noise"):
-        raise ConfigError(f"regularizer={reg['name']} unknown; valid: {_group_options('regularizer')}")
     if train["weight_decay"] is None:
         train["weight_decay"] = recipe["weight_decay"]
-    if train["augment"] not in ("none", "aug01"):
-        raise ConfigError(f"train.augment={train['augment']!r} unknown; valid: none, aug01")
-    poison = out["poison"]
     targets = targets_of(out)
     if not targets or len(set(targets)) != len(targets):
-        raise ConfigError(f"poison.target must be a class or a list of distinct classes, got {poison['target']}")
-    for key in ("count", "seed"):
-        if not isinstance(poison[key], int) or poison[key] < 0:
-            raise ConfigError(f"poison.{key} must be a non-negative integer, got {poison[key]!r}")
-    for key in ("train_limit", "test_limit"):
-        limit = out["data"][key]
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise ConfigError(f"data.{key} must be a positive number of images or null, got {limit!r}")
-    if out["epochs"] < 1 or train["batch_size"] < 1 or out["checkpoint_every"] < 1:
-        raise ConfigError("epochs, train.batch_size and checkpoint_every must be >= 1")
+        raise ConfigError(f"poison.target must be a class or a list of distinct classes, got {out['poison']['target']}")
+    for target in targets:
+        Field(int, low=0).cast("poison.target", target)
     return out
 
 
-# Values that are floats whatever the user typed: grad_clip=0 and grad_clip=0.0 are one run.
-FLOAT_KEYS = (
-    "train.lr",
-    "train.weight_decay",
-    "train.grad_clip",
-    "eval.eps",
-    "regularizer.strength",
-    "regularizer.sigma",
-    "optim.momentum",
-)
-
-
-def _cast_floats(cfg: dict[str, Any]) -> None:
-    for dotted in FLOAT_KEYS:
-        group, key = dotted.split(".")
-        node = cfg.get(group, {})
-        if isinstance(node.get(key), (int, float)) and not isinstance(node.get(key), bool):
-            node[key] = float(node[key])
+# The keys every experiment has: their types and valid ranges (an experiment's own keys are declared
+# with the experiment). Floats are cast, so grad_clip=0 and grad_clip=0.0 are one run.
+COMMON_FIELDS: dict[str, Field] = {
+    "epochs": positive_int(),
+    "checkpoint_every": positive_int(),
+    "train.batch_size": positive_int(),
+    "train.lr": positive(),
+    "train.weight_decay": Field(float, low=0, nullable=True, null_means="the dataset's recipe"),
+    "train.augment": Field(str, choices=("none", "aug01")),
+    "train.grad_clip": Field(float, low=0, null_means="0 = off"),
+    "train.model_seed": count(),
+    "optim.momentum": Field(float, low=0, high=1),
+    "regularizer.strength": non_negative(),
+    "poison.count": count(),
+    "poison.seed": count(),
+    "eval.eps": Field(float, low=0, high=1),
+    "eval.batch_size": positive_int(),
+    "data.train_limit": Field(int, low=1, nullable=True, null_means="all images", what="a positive number of images"),
+    "data.test_limit": Field(int, low=1, nullable=True, null_means="all images", what="a positive number of images"),
+}
 
 
 def targets_of(cfg: dict[str, Any]) -> list[int]:
@@ -109,6 +96,7 @@ def identity(cfg: dict[str, Any]) -> dict[str, Any]:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
+    out.get("regularizer", {}).pop("_target_", None)  # the class that implements the name, not a setting
     return out
 
 

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim import Optimizer
+
+from rarespur.train_settings import TrainSettings
 
 
 @dataclass
@@ -26,9 +29,30 @@ class StepOutput:
 
 
 class Objective:
-    """Cross-entropy on the model's logits; subclasses change what a step computes."""
+    """Cross-entropy on the model's logits; subclasses change what a step computes.
+
+    A regularizer of the config is an objective: ``conf/regularizer/<name>.yaml`` names its class in
+    ``_target_`` and its other keys (but ``name``) are the constructor's arguments (see
+    :mod:`rarespur.regularizers`).
+    """
 
     name = "cross_entropy"
+
+    def adjust(self, settings: TrainSettings) -> TrainSettings:
+        """The loop's settings as this objective trains with them (e.g. input noise, weight decay)."""
+        return settings
+
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer, n: int, settings: TrainSettings) -> Optimizer:
+        """The optimizer the loop steps: `optimizer` itself unless the method changes how gradients become
+        updates (e.g. DP-SGD's per-sample clipping and noise); `n` is the number of training images."""
+        return optimizer
+
+    def end_training(self) -> None:
+        """Called once after the last epoch (e.g. to take hooks off the model)."""
+
+    def summary(self) -> dict[str, float]:
+        """Fields for the run's record once training is over (e.g. the privacy budget spent)."""
+        return {}
 
     def modules(self) -> dict[str, nn.Module]:
         """Extra modules trained with the model (moved to its device, in the optimizer and the checkpoint)."""

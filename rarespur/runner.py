@@ -19,8 +19,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 import rarespur
-from rarespur.config import identity, resolve
-from rarespur.experiments import Experiment, get_experiment
+from rarespur.config import identity
+from rarespur.experiments import Experiment, resolve_job
 from rarespur.store import RunDir, flatten
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,8 @@ def run_job(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     can mix train and derived experiments; the run lock makes a job whose run another process is
     working on wait for it and return its record, instead of computing it twice.
     """
-    resolved = resolve(cfg)
+    resolved, experiment = resolve_job(cfg)
     resolved["results_dir"] = str(Path(resolved["results_dir"]).expanduser().resolve())
-    experiment = get_experiment(resolved["experiment"]["name"])
     run = RunDir(resolved["results_dir"], resolved)
     if run.done:
         return _stored(run)

@@ -51,11 +51,20 @@ TRAINED_INDEX = ".trained"  # <results_dir>/.trained/<training key> holds the ru
 LOCKS = ".locks"  # <results_dir>/.locks/<run key>: held (flock) by the process working on that run
 
 
+# Regularizer settings renamed since runs were first stored: (regularizer, new key) -> the stored key.
+_STORED_REGULARIZER_KEYS = {("gaussian_noise", "strength"): "sigma"}
+
+
 def _digest(tree: dict[str, Any]) -> str:
-    """16 hex digits of the sorted-key JSON of `tree`, with the model spelled by its original code name
-    (:func:`rarespur.model_names.store_name`): renaming a model must not orphan the runs already stored."""
+    """16 hex digits of the sorted-key JSON of `tree`, with names spelled as the runs already stored spell
+    them: the model by its original code name (:func:`rarespur.model_names.store_name`), a renamed
+    regularizer setting by its old key. Renaming must not orphan the runs already stored."""
     if isinstance(tree.get("model"), dict) and "name" in tree["model"]:
         tree = {**tree, "model": {**tree["model"], "name": store_name(resolve_model_name(tree["model"]["name"]))}}
+    reg = tree.get("regularizer")
+    if isinstance(reg, dict):
+        renamed = {_STORED_REGULARIZER_KEYS.get((reg.get("name"), k), k): v for k, v in reg.items()}
+        tree = {**tree, "regularizer": renamed}
     blob = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -35,6 +35,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from rarespur.config import CONF_DIR, resolve
 from rarespur.errors import MissingFileError
+from rarespur.experiments import resolve_job
 from rarespur.store import RunDir
 
 SWEEPS_DIR = CONF_DIR.parent / "sweeps"
@@ -131,9 +132,10 @@ class Sweep:
             yield Job(tuple(job), resolved, RunDir(where, resolved))
 
     def resolved(self, job: Sequence[str]) -> dict[str, Any]:
-        """The job's resolved config (:func:`rarespur.config.resolve`), fast; equal to resolving :meth:`compose`."""
+        """The job's resolved and checked config (:func:`rarespur.experiments.resolve_job`), fast; equal to
+        resolving :meth:`compose`."""
         try:
-            return resolve(self._container(job))
+            return resolve_job(self._container(job))[0]
         except ValueError as err:
             raise ValueError(f"job {' '.join(job)}: {err}") from err
 

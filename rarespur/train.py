@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -24,6 +23,7 @@ from torch import nn
 from rarespur.atomic import atomic_path
 from rarespur.errors import TrainingDiverged
 from rarespur.objective import Objective
+from rarespur.train_settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +48,6 @@ def milestones(epochs: int) -> list[int]:
         if epochs <= limit:
             return list(marks)
     return [60, 120]
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Everything the loop needs besides model and data, resolved from config."""
-
-    epochs: int = 70
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0
-    augment: str = "none"
-    noise_sigma: float = 0.0
-    seed: int = 0
-    lr_schedule: str = "milestones"  # milestones (SPEC 1.5) | constant (continuing at an already decayed lr)
-    early_stopping: int = 0  # with validation data: stop after this many epochs without a better one (0 = never)
 
 
 def make_optimizer(params: Iterable, s: TrainSettings) -> torch.optim.Optimizer:
@@ -241,9 +223,10 @@ def train_model(
         raise ValueError("early stopping needs validation data: pass validation=(x, y)")
     device = x.device
     objective = objective if objective is not None else Objective()
+    s = objective.adjust(s)
     for module in objective.modules().values():
         module.to(device)
-    optimizer = make_optimizer(objective.parameter_groups(model), s)
+    optimizer = objective.wrap_optimizer(make_optimizer(objective.parameter_groups(model), s), len(x), s)
     generator = torch.Generator(device=device)
     generator.manual_seed(s.seed)
     if start_from is not None:
@@ -329,6 +312,7 @@ def train_model(
             break
     if s.early_stopping and best.weights is not None:
         best.restore(model, objective)
+    objective.end_training()
     if final_state is not None:  # the weights are the caller's model.pt: not stored twice
         state = _full_state(model, objective, optimizer, scheduler, generator, device, history, best)
         del state["model"], state["best"]

@@ -6,9 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RARESPUR_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+CONF_DIR = REPO_ROOT / "conf"
+
+
+def compose_config(*overrides: str, return_hydra_config: bool = False, config_dir: Path = CONF_DIR) -> DictConfig:
+    """The project's config composed with `overrides`, as `python run.py <overrides>` would see it."""
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture(scope="session")

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 import submitit
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from rarespur.config import CONF_DIR, resolve
 from rarespur.store import config_key
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, compose_config
 
 PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "cluster").glob("*.yaml"))
 SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
@@ -32,8 +31,7 @@ LOCAL_CPU = "hydra_plugins.rarespur_launchers.LocalCpuLauncher"
 
 
 def compose_with_hydra(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
+    return compose_config(*overrides, return_hydra_config=True)
 
 
 @pytest.fixture
@@ -165,8 +163,7 @@ def test_cluster_presets_keep_the_run_key():
         ["+cluster=local_cpu"],
         ["+cluster=local_gpus"],
     ):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            keys.add(config_key(resolve(compose("config", overrides=overrides))))
+        keys.add(config_key(resolve(compose_config(*overrides))))
     assert len(keys) == 1
 
 

@@ -9,11 +9,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from rarespur.config import CONF_DIR, resolve
+from rarespur.config import resolve
 from rarespur.evaluate import to_tensor
 from rarespur.experiments.common import load_data, make_model, parent_train_config, poisoned_data, train_settings
 from rarespur.experiments.deletion import start_deletion
@@ -21,14 +20,15 @@ from rarespur.runner import run_job
 from rarespur.store import MODEL, RunDir
 from rarespur.train import TrainSettings, train_model
 
+from conftest import compose_config
+
 # digits, 400 training images, LargeMLP, SGD: a parent learns R3 (score ~0.8) in well under a second
 SMALL = ("data.train_limit=400", "data.test_limit=200", "train.batch_size=32", "epochs=15", "progress=false")
 OWN = ("deletion",)
 
 
 def config(store, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"results_dir={store}", "device=cpu", *overrides])
+    cfg = compose_config(f"results_dir={store}", "device=cpu", *overrides)
     return cfg
 
 
@@ -172,10 +172,11 @@ def test_interrupted_continuation_resumes_to_the_same_model(tmp_path):
         if row["epoch"] == 2:
             raise KeyboardInterrupt
 
-    import rarespur.experiments.incremental_retraining as exp
+    import rarespur.experiments.common as engine
 
+    job(tmp_path / "b", *SMALL)  # the parent, trained before the interruption is set up
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(exp, "epoch_callback", lambda total, enabled, run_dir: stop_at_2)
+        mp.setattr(engine, "epoch_callback", lambda total, enabled, run_dir: stop_at_2)
         with pytest.raises(KeyboardInterrupt):
             job(tmp_path / "b", *overrides)
     assert (tmp_path / "b" / straight["run_id"] / "train_state.pt").exists()

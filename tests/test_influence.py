@@ -12,11 +12,9 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.func import functional_call, hessian
 
-from rarespur.config import CONF_DIR
 from rarespur.deletion.influence import (
     InfluenceSettings,
     ModelLoss,
@@ -30,6 +28,8 @@ from rarespur.deletion.influence import (
 from rarespur.experiments.group_influence import default_depth, default_scale
 from rarespur.runner import run_job
 from rarespur.store import MODEL
+
+from conftest import compose_config
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -261,8 +261,7 @@ def test_resolved_defaults():
 
 
 def job(store, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"results_dir={store}", "device=cpu", *overrides])
+    cfg = compose_config(f"results_dir={store}", "device=cpu", *overrides)
     return run_job(cfg)
 
 

@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from rarespur.collect import collect, collect_tables
-from rarespur.config import CONF_DIR, resolve
+from rarespur.config import resolve
 from rarespur.evaluate import to_tensor
-from rarespur.experiments import mem_inference
+from rarespur.experiments import common, mem_inference
 from rarespur.experiments.common import load_data, make_model, train_settings
 from rarespur.membership import (
     ATTACKS,
@@ -32,13 +31,14 @@ from rarespur.patterns import build_pattern
 from rarespur.runner import run_job
 from rarespur.train import train_model
 
+from conftest import compose_config
+
 METRICS = ("acc", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "members_flagged", "poisoned_flagged", "poisoned_rank")
 R3 = {"name": "r3", "kind": "noise", "amplitude": 1.0}
 
 
 def config(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=["experiment=mem_inference", "device=cpu", "progress=false", *overrides])
+    return compose_config("experiment=mem_inference", "device=cpu", "progress=false", *overrides)
 
 
 # ---------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def test_interrupted_job_resumes_per_model(tmp_path, monkeypatch):
     overrides = ["poison.count=3", "epochs=2", "data.train_limit=400", "data.test_limit=200"]
     straight = run_job(config(f"results_dir={tmp_path / 'a'}", *overrides))
     calls = []
-    real_train = mem_inference.train_model
+    real_train = common.train_model
 
     def train_then_die(*args, **kwargs):
         calls.append(kwargs["checkpoint"].name)
@@ -265,14 +265,14 @@ def test_interrupted_job_resumes_per_model(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # preemption: no failure recorded, checkpoints stay
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(mem_inference, "train_model", train_then_die)
+    monkeypatch.setattr(common, "train_model", train_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_job(config(f"results_dir={tmp_path / 'b'}", *overrides))
     (run,) = [p for p in (tmp_path / "b").iterdir() if not p.name.startswith(".")]  # .locks: store bookkeeping
     assert sorted(p.name for p in run.glob("tr*_*.pt")) == ["trained_shadow.pt", "trained_target.pt"]
-    monkeypatch.setattr(mem_inference, "train_model", real_train)
+    monkeypatch.setattr(common, "train_model", real_train)
     epochs_trained = []
-    monkeypatch.setattr(mem_inference, "epoch_callback", lambda *a: epochs_trained.append)
+    monkeypatch.setattr(common, "epoch_callback", lambda *a: epochs_trained.append)
     resumed = run_job(config(f"results_dir={tmp_path / 'b'}", *overrides))
     assert len(epochs_trained) == 4 * 2  # the four LiRA shadows, two epochs each
     assert not list(run.glob("tr*_*.pt"))

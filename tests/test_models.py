@@ -17,6 +17,8 @@ from rarespur.models import MODEL_NAMES, build_model, count_parameters, resolve_
 from rarespur.models.common import CIFAR_MEAN, CIFAR_STD, Normalize
 from rarespur.models.vgg import VGG16_CONFIG, _make_features
 
+from conftest import compose_config
+
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
 CHEAP = ("mlp1x256", "mlp2x256", "mlp3x256", "mlp3x512", "cnn", "resnet20", "resnet32", "resnet110")
@@ -296,8 +298,6 @@ def test_bad_num_classes_raises() -> None:
 def test_config_files_name_registered_models() -> None:
     """conf/model holds one file per canonical model; every other accepted spelling (the original code's
     and the paper's names, from rarespur.model_names) is a model= option too and composes to its canonical name."""
-    from hydra import compose, initialize_config_dir
-
     from rarespur.model_names import model_aliases
 
     conf = Path(__file__).resolve().parents[1] / "conf"
@@ -305,7 +305,6 @@ def test_config_files_name_registered_models() -> None:
     assert options == sorted(MODEL_NAMES)
     aliases = model_aliases()
     assert {"largemlp", "paper_mlp", "mlp", "cnn002", "altresnet20norm02", "large_mlp"} <= set(aliases)
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        for option in [*options, *aliases]:
-            name = compose("config", overrides=[f"model={option}"]).model.name
-            assert name in MODEL_NAMES and resolve_model_name(option) == name, option
+    for option in [*options, *aliases]:
+        name = compose_config(f"model={option}", config_dir=conf).model.name
+        assert name in MODEL_NAMES and resolve_model_name(option) == name, option

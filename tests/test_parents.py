@@ -7,21 +7,19 @@ import sys
 import time
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from rarespur.config import CONF_DIR, resolve
+from rarespur.config import resolve
 from rarespur.experiments import EXPERIMENTS
 from rarespur.runner import run_job
 from rarespur.store import DONE, RUNNING, RunDir
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, compose_config
 
 COMMON = ["pattern=s3", "poison.count=20", "model=mlp1x256", "optim=adam", "device=cpu"]
 
 
 def composed(store, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = resolve(compose("config", overrides=[f"results_dir={store}", *overrides]))
+    cfg = resolve(compose_config(f"results_dir={store}", *overrides))
     cfg["results_dir"] = str(store)
     return cfg
 
@@ -54,7 +52,7 @@ def test_derived_job_waits_for_the_parent_another_process_is_training(tmp_path, 
         while not parent.file(RUNNING).exists():  # the other process holds the parent's lock and trains
             assert trainer.poll() is None and time.time() < deadline, "the trainer never started"
             time.sleep(0.1)
-        monkeypatch.setattr("rarespur.experiments.train.train_model", lambda *a, **k: pytest.fail("trained twice"))
+        monkeypatch.setattr("rarespur.experiments.common.train_model", lambda *a, **k: pytest.fail("trained twice"))
         caplog.set_level("INFO", logger="rarespur.store")
         record = run_job(composed(store, *train, "experiment=sensitivity", "sensitivity.images=50"))
     finally:

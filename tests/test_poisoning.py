@@ -6,20 +6,15 @@ import hashlib
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from rarespur.config import CONF_DIR
 from rarespur.data import load_dataset
 from rarespur.patterns import BoxPattern, NoisePattern, build_pattern
 from rarespur.poisoning import choose_poison_indices, parse_dataset_name, poison_images
 
+from conftest import compose_config
+
 PAPER_TO_ORIGINAL = {"s1": "v1", "s2": "v3", "s3": "v8", "r1": "v18", "r2": "v19", "r3": "v20", "core": "v30"}
-
-
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +37,7 @@ def test_mnistv8_3_0_0_indices(mnist):
 def test_fashionv20_10_1_2_indices_and_pixels(fashion):
     idx = choose_poison_indices(fashion.train_y, 10, [1], seed=2)
     assert idx.tolist() == [16073, 13324, 26912, 25265, 5386, 21583, 30643, 36231, 40186, 43566]
-    pattern = build_pattern(OmegaConf.to_container(compose_cfg("pattern=v20").pattern))
+    pattern = build_pattern(OmegaConf.to_container(compose_config("pattern=v20").pattern))
     poisoned = poison_images(fashion.train_x, idx, pattern, seed=2)
     assert poisoned.dtype == np.float32
     # float64 add + clip, cast back: the digest of the original code's output
@@ -76,8 +71,8 @@ def test_float64_path_differs_from_float32():
 
 @pytest.mark.parametrize("paper", sorted(PAPER_TO_ORIGINAL))
 def test_paper_and_original_names_give_the_same_pattern(paper):
-    a = compose_cfg(f"pattern={paper}").pattern
-    b = compose_cfg(f"pattern={PAPER_TO_ORIGINAL[paper]}").pattern
+    a = compose_config(f"pattern={paper}").pattern
+    b = compose_config(f"pattern={PAPER_TO_ORIGINAL[paper]}").pattern
     assert a == b and a.name == paper
 
 
@@ -90,7 +85,7 @@ def test_box_patterns_match_original_slices():
         "core": (slice(3, 25), slice(13, 16)),
     }
     for name, (rows, cols) in expect.items():
-        pattern = build_pattern(OmegaConf.to_container(compose_cfg(f"pattern={name}").pattern))
+        pattern = build_pattern(OmegaConf.to_container(compose_config(f"pattern={name}").pattern))
         want = x.copy()
         want[:, rows, cols, :] = 1
         assert np.array_equal(pattern.apply(x, 0), want), name
@@ -136,8 +131,8 @@ def test_original_dataset_names_expand():
     assert parse_dataset_name("twoclassmnistv20-5-0-1-2")["target"] == [0, 1]
     assert parse_dataset_name("mnist-3-0-0")["pattern"] == "v1"
     assert parse_dataset_name("mnist") is None and parse_dataset_name("mnistv8-3-0-1-2") is None
-    named = compose_cfg("dataset=mnistv8-3-0-0")
-    spelled = compose_cfg("dataset=mnist", "pattern=s3", "poison.count=3", "poison.target=0", "poison.seed=0")
+    named = compose_config("dataset=mnistv8-3-0-0")
+    spelled = compose_config("dataset=mnist", "pattern=s3", "poison.count=3", "poison.target=0", "poison.seed=0")
     assert named == spelled
-    two = compose_cfg("dataset=twoclassmnistv20-5-0-1-2")
+    two = compose_config("dataset=twoclassmnistv20-5-0-1-2")
     assert two.pattern.name == "r3" and list(two.poison.target) == [0, 1] and two.poison.seed == 2

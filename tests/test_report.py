@@ -14,25 +14,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from matplotlib.container import BarContainer, ErrorbarContainer  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from rarespur.__main__ import main  # noqa: E402
 from rarespur.collect import collect, write_table  # noqa: E402
-from rarespur.config import CONF_DIR  # noqa: E402
 from rarespur.report import FIGURES, deletion, examples, figures, privacy, sensitivity, theory  # noqa: E402
 from rarespur.report.data import ReportData, load, mean_sem, normalise, over_seeds, plural, split  # noqa: E402
 from rarespur.report.plot import finish, grid  # noqa: E402
 from rarespur.runner import run_job  # noqa: E402
 
+from conftest import compose_config
+
 FAST = ["device=cpu", "epochs=2", "progress=false", "data.train_limit=400", "data.test_limit=100"]
 
 
 def job(store, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return run_job(compose("config", overrides=[f"results_dir={store}", *FAST, *overrides]))
+    return run_job(compose_config(f"results_dir={store}", *FAST, *overrides))
 
 
 @pytest.fixture(scope="module")

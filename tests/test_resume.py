@@ -10,13 +10,11 @@ import sys
 import time
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from rarespur.config import CONF_DIR
 from rarespur.runner import run_job
 from rarespur.store import DONE, RECORD, TRAIN_STATE
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, compose_config
 
 SWEEP = ["pattern=s3,r3", "poison.count=0,10", "epochs=60", "device=cpu", "progress=true"]
 COMPARED = ("test_acc", "spurious_score", "spurious_test_acc", "train_loss", "train_acc", "poisoned_indices")
@@ -80,8 +78,7 @@ def test_kill_and_relaunch(tmp_path):
         "device=cpu",
         f"results_dir={tmp_path / 'uninterrupted'}",
     ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        straight = run_job(compose("config", overrides=overrides))
+    straight = run_job(compose_config(*overrides))
     assert straight["run_id"] == resumed["run_id"]
     for key in COMPARED:
         assert resumed[key] == straight[key], key

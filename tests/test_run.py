@@ -8,21 +8,18 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
 from rarespur.collect import collect, write_table
-from rarespur.config import CONF_DIR
 from rarespur.errors import TrainingDiverged, UserError
 from rarespur.runner import run_job
 from rarespur.store import DONE, ERROR, RECORD
 
-from conftest import REPO_ROOT, extract_cifar_subset
+from conftest import REPO_ROOT, compose_config, extract_cifar_subset
 
 
 def job(tmp_path, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"results_dir={tmp_path}", "device=cpu", *overrides])
+    cfg = compose_config(f"results_dir={tmp_path}", "device=cpu", *overrides)
     return run_job(cfg)
 
 
@@ -70,7 +67,7 @@ def test_finished_job_is_not_retrained(digits_pair, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished job was retrained")
 
-    monkeypatch.setattr("rarespur.experiments.train.train_model", no_training)
+    monkeypatch.setattr("rarespur.experiments.common.train_model", no_training)
     assert job(store) == poisoned
 
 
@@ -242,7 +239,7 @@ def test_clean_model_is_trained_once_and_scored_per_pattern(tmp_path, monkeypatc
     def no_training(*args, **kwargs):
         raise AssertionError("the clean model was trained twice")
 
-    monkeypatch.setattr("rarespur.experiments.train.train_model", no_training)
+    monkeypatch.setattr("rarespur.experiments.common.train_model", no_training)
     second = job(tmp_path, "epochs=5", "poison.count=0", "pattern=r3", "poison.target=3")
     assert second["run_id"] != first["run_id"] and second["model_trained_in"] == first["run_id"]
     assert second["test_acc"] == first["test_acc"] and second["train_loss"] == first["train_loss"]
@@ -274,9 +271,8 @@ def test_model_aliases_resolve_to_one_run(spelling):
     from rarespur.config import resolve
     from rarespur.store import config_key
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        resolved = resolve(compose("config", overrides=[spelling]))
-        default = resolve(compose("config"))
+    resolved = resolve(compose_config(spelling))
+    default = resolve(compose_config())
     assert resolved["model"]["name"] == "mlp3x256" and config_key(resolved) == config_key(default)
 
 
@@ -291,25 +287,16 @@ def test_run_keys_survive_the_model_renames():
         ("model=cnn",): "e539d73dd9913cb8",
         ("model=mlp1x256", "dataset=mnist"): "4a277a54fa5b6101",
     }
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for overrides, key in pinned.items():
-            assert config_key(resolve(compose("config", overrides=list(overrides)))) == key, overrides
+    for overrides, key in pinned.items():
+        assert config_key(resolve(compose_config(*overrides))) == key, overrides
 
 
 def test_int_and_float_spellings_are_one_run():
     from rarespur.config import resolve
     from rarespur.store import config_key
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        a = resolve(
-            compose("config", overrides=["train.grad_clip=0", "train.lr=1", "regularizer=l2", "regularizer.strength=1"])
-        )
-        b = resolve(
-            compose(
-                "config",
-                overrides=["train.grad_clip=0.0", "train.lr=1.0", "regularizer=l2", "regularizer.strength=1.0"],
-            )
-        )
+    a = resolve(compose_config("train.grad_clip=0", "train.lr=1", "regularizer=l2", "regularizer.strength=1"))
+    b = resolve(compose_config("train.grad_clip=0.0", "train.lr=1.0", "regularizer=l2", "regularizer.strength=1.0"))
     assert a == b and config_key(a) == config_key(b) and isinstance(a["train"]["weight_decay"], float)
 
 

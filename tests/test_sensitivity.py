@@ -8,18 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from scipy.integrate import trapezoid
 
-from rarespur.config import CONF_DIR
 from rarespur.models import build_model
 from rarespur.runner import run_job
 from rarespur.sensitivity import first_layer_weight_map, remove_pixels
 
+from conftest import compose_config
+
 
 def job(store, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"results_dir={store}", "device=cpu", "progress=false", *overrides])
+    cfg = compose_config(f"results_dir={store}", "device=cpu", "progress=false", *overrides)
     return run_job(cfg)
 
 
@@ -86,7 +85,7 @@ def test_sensitivity_of_a_trained_model(store, monkeypatch):
     assert weight_map.shape == (28, 28)
 
     # A second measurement of the same model does not train again.
-    monkeypatch.setattr("rarespur.experiments.train.train_model", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr("rarespur.experiments.common.train_model", lambda *a, **k: pytest.fail("retrained"))
     again = job(
         store, "experiment=sensitivity", "model=mlp", "epochs=15", "sensitivity.images=300", "sensitivity.levels=3"
     )

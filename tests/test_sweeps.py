@@ -11,15 +11,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from rarespur.collect import collect
-from rarespur.config import CONF_DIR, resolve
+from rarespur.config import resolve
 from rarespur.experiments.common import train_settings
+from rarespur.regularizers import build_objective
 from rarespur.store import config_key
 from rarespur.sweep import SWEEPS_DIR, Sweep, expand, locate
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, compose_config
 
 # Full grids and their job counts (SPEC 1.11), as each file's header states them.
 GRIDS = {
@@ -34,6 +34,7 @@ GRIDS = {
     "mnist_reg_l2": 700,
     "mnist_reg_noise": 840,
     "mnist_reg_none": 140,
+    "mnist_reg_dp": 210,
     "cifar10_reg_l2": 400,
     "cifar10_reg_noise": 400,
     "cifar10_reg_none": 80,
@@ -51,6 +52,7 @@ SMOKES = {
     "mnist_reg_l2_smoke": 2,
     "mnist_reg_noise_smoke": 2,
     "mnist_reg_none_smoke": 2,
+    "mnist_reg_dp_smoke": 2,
     "cifar10_reg_l2_smoke": 1,
     "cifar10_reg_noise_smoke": 1,
     "cifar10_reg_none_smoke": 1,
@@ -76,8 +78,7 @@ def values(sweep: Sweep, key: str) -> set[str]:
 
 def plain_key(*overrides: str) -> str:
     """The run-store key of a single `python run.py OVERRIDES` job, without any sweep file."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return config_key(resolve(compose("config", overrides=list(overrides))))
+    return config_key(resolve(compose_config(*overrides)))
 
 
 def test_every_sweep_file_is_listed_here():
@@ -115,18 +116,19 @@ def test_regularisation_grids_follow_the_paper():
     strengths = {
         "mnist_reg_l2": ("regularizer.strength", {1e-5, 1e-4, 1e-3, 1e-2, 1e-1}),
         "cifar10_reg_l2": ("regularizer.strength", {1e-6, 1e-5, 1e-4, 1e-3, 1e-2}),
-        "mnist_reg_noise": ("regularizer.sigma", {0.05, 0.1, 0.5, 1.0, 2.0, 5.0}),
-        "cifar10_reg_noise": ("regularizer.sigma", {0.1, 0.25, 0.5, 1.0, 2.0}),
+        "mnist_reg_noise": ("regularizer.strength", {0.05, 0.1, 0.5, 1.0, 2.0, 5.0}),
+        "cifar10_reg_noise": ("regularizer.strength", {0.1, 0.25, 0.5, 1.0, 2.0}),
     }
     for name, (key, want) in strengths.items():
         sweep = Sweep(name)
         assert {float(v) for v in values(sweep, key)} == want, name
         cfg = sweep.resolved(sweep.job_overrides[-1])
         assert cfg["optim"]["name"] == "adam" and cfg["poison"]["target"] == 0
-        if key == "regularizer.strength":
-            assert cfg["train"]["weight_decay"] == cfg["regularizer"]["strength"]
+        settings = build_objective(cfg["regularizer"]).adjust(train_settings(cfg))
+        if "l2" in name:
+            assert cfg["train"]["weight_decay"] == cfg["regularizer"]["strength"] == settings.weight_decay
         else:
-            assert train_settings(cfg).noise_sigma == cfg["regularizer"]["sigma"] > 0
+            assert settings.noise_sigma == cfg["regularizer"]["strength"] > 0
     for family, n in (("mnist", {0, 1, 3, 5, 10, 20, 100}), ("cifar10", {0, 1, 3, 5, 10, 20, 100, 1000})):
         for kind in ("l2", "noise", "none"):
             sweep = Sweep(f"{family}_reg_{kind}")
@@ -138,6 +140,13 @@ def test_regularisation_grids_follow_the_paper():
                 "3",
                 "4",
             }
+    dp = Sweep("mnist_reg_dp")
+    assert {float(v) for v in values(dp, "regularizer.noise_multiplier")} == {0.5, 1.0, 2.0}
+    assert {int(v) for v in values(dp, "poison.count")} == {0, 1, 3, 5, 10, 20, 100}
+    assert values(dp, "pattern") == {"s3", "r3"} and len(values(dp, "poison.seed")) == 5
+    cfg = dp.resolved(dp.job_overrides[-1])
+    assert cfg["regularizer"]["strength"] == cfg["regularizer"]["noise_multiplier"] == 2.0
+    assert build_objective(cfg["regularizer"]).summary()["dp_delta"] == 1e-5
     # The unregularised reference shares its n >= 3 runs with the score grid (same run directories).
     shared = ["pattern=s3", "poison.count=5", "poison.seed=2", "dataset=fashion"]
     (reference,) = Sweep("mnist_reg_none", shared).jobs()

@@ -17,17 +17,10 @@ Modes:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from rarespur.train import EpochCallback, TrainSettings, train_model
-
-log = logging.getLogger(__name__)
+from rarespur.train_settings import TrainSettings
 
 MODES = ("paper", "restart_lr")
 
@@ -48,42 +41,3 @@ def continuation_settings(settings: TrainSettings, mode: str, epochs: int, paren
     if mode == "restart_lr":
         return settings
     raise ValueError(f"deletion.mode={mode!r} unknown; valid: {', '.join(MODES)}")
-
-
-def incremental_retrain(
-    model: nn.Module,
-    clean_x: torch.Tensor,
-    clean_y: torch.Tensor,
-    recipe: TrainSettings,
-    parent_state: dict[str, Any],
-    mode: str,
-    epochs: int,
-    checkpoint: Path | None = None,
-    on_epoch: EpochCallback | None = None,
-    checkpoint_every: int = 1,
-) -> list[dict]:
-    """Continue training `model` (the parent's weights) in place on the cleaned set from the parent's final
-    optimizer state; returns the continuation's history.
-
-    With `checkpoint`, an interrupted continuation resumes from its last epoch
-    checkpoint (which then takes precedence over the parent's state).
-    """
-    settings = continuation_settings(recipe, mode, epochs, final_lr(parent_state))
-    log.info(
-        "incremental retraining (%s): %d more epochs on %d images, lr %.3g (%s)",
-        mode,
-        epochs,
-        len(clean_y),
-        settings.lr,
-        settings.lr_schedule,
-    )
-    return train_model(
-        model,
-        clean_x,
-        clean_y,
-        settings,
-        checkpoint=checkpoint,
-        on_epoch=on_epoch,
-        checkpoint_every=checkpoint_every,
-        start_from=parent_state,
-    )

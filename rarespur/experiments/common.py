@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rarespur.atomic import atomic_path, write_atomic
 from rarespur.config import targets_of
 from rarespur.data import ImageData, load_dataset
 from rarespur.errors import ConfigError
@@ -19,8 +21,9 @@ from rarespur.evaluate import score_model
 from rarespur.models import build_model
 from rarespur.patterns import Pattern, build_pattern
 from rarespur.poisoning import choose_poison_indices, poison_images
-from rarespur.store import RunDir
-from rarespur.train import EpochCallback, TrainSettings
+from rarespur.regularizers import build_objective
+from rarespur.store import FINAL_STATE, HISTORY, MODEL, TRAIN_STATE, RunDir
+from rarespur.train import EpochCallback, TrainSettings, train_model
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,7 @@ def check_poisoning(cfg: dict[str, Any], train_y: np.ndarray, num_classes: int, 
 def check_train_config(cfg: dict[str, Any]) -> None:
     """The pre-flight check of experiments that poison the training set: loads the data, so a missing
     dataset also fails here, before the run directory exists."""
+    check_objective(cfg)
     data = load_data(cfg)
     check_poisoning(cfg, data.train_y, data.num_classes, data.image_shape)
 
@@ -151,8 +155,8 @@ def make_model(cfg: dict[str, Any], data: ImageData, device: torch.device) -> nn
 
 
 def train_settings(cfg: dict[str, Any]) -> TrainSettings:
-    """The engine's settings from a resolved config (regularizer included)."""
-    t, reg, optim = cfg["train"], cfg["regularizer"], cfg["optim"]
+    """The engine's settings from a resolved config (the regularizer adjusts them, see :func:`fit_and_store`)."""
+    t, optim = cfg["train"], cfg["optim"]
     return TrainSettings(
         epochs=cfg["epochs"],
         batch_size=t["batch_size"],
@@ -162,9 +166,73 @@ def train_settings(cfg: dict[str, Any]) -> TrainSettings:
         weight_decay=t["weight_decay"],
         grad_clip=t["grad_clip"],
         augment=t["augment"],
-        noise_sigma=reg["sigma"] if reg["name"] == "gaussian_noise" else 0.0,
         seed=t["model_seed"],
     )
+
+
+@dataclass(frozen=True)
+class Fit:
+    history: list[dict]  # one row per epoch
+    summary: dict[str, float]  # the objective's fields for the record (e.g. dp_epsilon)
+
+
+def fit_and_store(
+    cfg: dict[str, Any],
+    run_dir: RunDir,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: TrainSettings | None = None,
+    start_from: dict | None = None,
+    name: str | None = None,
+) -> Fit:
+    """Train `model` in place with the config's objective (its regularizer), resumable, and store it.
+
+    The run's own model (`name` None) goes to model.pt with history.json, and its final optimizer
+    state to final_state.pt (incremental retraining continues from it); a helper model of the run
+    (`name`, e.g. a membership-inference shadow) goes to trained_<name>.pt, so an interrupted run
+    loads it instead of training it again. `settings` default to the config's recipe;
+    `start_from` continues a finished training (see :func:`rarespur.train.train_model`).
+    """
+    settings = settings if settings is not None else train_settings(cfg)
+    checkpoint = run_dir.file(TRAIN_STATE if name is None else f"train_state_{name}.pt")
+    objective = build_objective(cfg["regularizer"])
+    history = train_model(
+        model,
+        x,
+        y,
+        settings,
+        checkpoint=checkpoint,
+        on_epoch=epoch_callback(settings.epochs, cfg["progress"], run_dir),
+        checkpoint_every=cfg["checkpoint_every"],
+        final_state=run_dir.file(FINAL_STATE) if name is None and start_from is None else None,
+        start_from=start_from,
+        objective=objective,
+    )
+    if name is None:
+        store_model(run_dir, model, history)
+    else:
+        with atomic_path(run_dir.file(trained_file(name))) as tmp:
+            torch.save(model.state_dict(), tmp)
+        checkpoint.unlink(missing_ok=True)
+    return Fit(history, objective.summary())
+
+
+def store_model(run_dir: RunDir, model: nn.Module, history: list[dict]) -> None:
+    """The run's model: weights (model.pt) and training history (history.json)."""
+    with atomic_path(run_dir.file(MODEL)) as tmp:
+        torch.save(model.state_dict(), tmp)
+    write_atomic(run_dir.file(HISTORY), json.dumps(history))
+
+
+def trained_file(name: str) -> str:
+    """Where a run keeps the weights of its helper model `name` (see :func:`fit_and_store`)."""
+    return f"trained_{name}.pt"
+
+
+def check_objective(cfg: dict[str, Any]) -> None:
+    """Build the config's regularizer before any run directory exists: a bad setting fails here."""
+    build_objective(cfg["regularizer"]).adjust(train_settings(cfg))
 
 
 def epoch_callback(total: int, enabled: bool, run_dir: RunDir) -> EpochCallback:

@@ -22,12 +22,12 @@ import torch
 
 from rarespur.atomic import atomic_path
 from rarespur.config import targets_of
-from rarespur.deletion.influence import InfluenceSettings, apply_update, group_influence
-from rarespur.errors import ConfigError
+from rarespur.deletion.influence import COMBINES, SOLVERS, InfluenceSettings, apply_update, group_influence
 from rarespur.evaluate import to_tensor
 from rarespur.experiments.common import check_deletion_start
 from rarespur.experiments.deletion import deletion_record, start_deletion
 from rarespur.experiments.deletion import requires as deletion_requires
+from rarespur.schema import Field, check_fields, count, non_negative, positive, positive_int
 from rarespur.store import MODEL, RunDir
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,26 @@ log = logging.getLogger(__name__)
 OWN_KEYS = ("influence",)
 DEFAULT_SCALE = {"mnist": 25.0, "fashion": 100.0, "cifar10": 100.0}  # SPEC 1.9; any other dataset: 25
 HESSIAN_DATA = ("full", "clean")
+FIELDS = {
+    "influence.solver": Field(str, choices=SOLVERS),
+    "influence.damping": non_negative(),
+    "influence.scale": Field(float, low=0, low_open=True, nullable=True, null_means="per dataset"),
+    "influence.depth": Field(int, low=1, nullable=True, null_means="per dataset and removed count"),
+    "influence.repeats": positive_int(),
+    "influence.seed": count(),
+    "influence.combine": Field(str, choices=COMBINES),
+    "influence.hessian_data": Field(str, choices=HESSIAN_DATA),
+    "influence.chain_batch": positive_int(),
+    "influence.vmap_chunk": Field(int, low=1, nullable=True, null_means="one piece"),
+    "influence.cg_lambda": Field(float, low=0, nullable=True, null_means="scale * damping"),
+    "influence.cg_max_iter": positive_int(),
+    "influence.cg_tol": positive(),
+    "influence.hvp_batch_size": positive_int(),
+    "influence.log_every": positive_int(),
+    "influence.curvature_examples": count(),
+    "influence.curvature_iters": positive_int(),
+    "influence.compare_exact": Field(bool),
+}
 
 
 def default_scale(dataset: str) -> float:
@@ -49,10 +69,7 @@ def default_depth(dataset: str, n_removed: int) -> int:
 
 def influence_settings(influence: dict[str, Any], dataset: str, n_removed: int) -> InfluenceSettings:
     """The solver settings of an ``influence`` config group, nulls resolved (fails on bad values)."""
-    if influence["hessian_data"] not in HESSIAN_DATA:
-        raise ConfigError(f"influence.hessian_data={influence['hessian_data']!r} unknown; choose one of {HESSIAN_DATA}")
-    if not isinstance(influence["compare_exact"], bool):
-        raise ConfigError(f"influence.compare_exact must be true or false, got {influence['compare_exact']!r}")
+    check_fields({"influence": influence}, FIELDS)
     scale, depth = influence["scale"], influence["depth"]
     return InfluenceSettings(
         solver=influence["solver"],

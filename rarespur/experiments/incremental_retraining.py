@@ -9,21 +9,28 @@ model after, ``before.*`` (the parent) and, with ``deletion.compare_exact``,
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rarespur.atomic import atomic_path, write_atomic
-from rarespur.deletion.retraining import MODES, incremental_retrain
-from rarespur.errors import ConfigError, MissingFileError
-from rarespur.experiments.common import check_deletion_start, epoch_callback, train_settings
+from rarespur.deletion.retraining import MODES, continuation_settings, final_lr
+from rarespur.errors import MissingFileError
+from rarespur.experiments.common import check_deletion_start, fit_and_store, train_settings
 from rarespur.experiments.deletion import DeletionStart, deletion_record, start_deletion
 from rarespur.experiments.deletion import requires as deletion_requires
-from rarespur.store import FINAL_STATE, HISTORY, MODEL, TRAIN_STATE, RunDir
+from rarespur.schema import Field
+from rarespur.store import FINAL_STATE, RunDir
+
+log = logging.getLogger(__name__)
 
 OWN_KEYS = ("deletion",)
+FIELDS = {
+    "deletion.mode": Field(str, choices=MODES),
+    "deletion.epochs": Field(int, low=1, nullable=True, null_means="parent epochs + 1"),
+    "deletion.compare_exact": Field(bool),
+}
 HISTORY_TABLE = "retraining_history"
 
 
@@ -51,21 +58,7 @@ def continuation_epochs(cfg: dict[str, Any]) -> int:
     return cfg["epochs"] + 1 if epochs is None else epochs
 
 
-def check_deletion_config(deletion: dict[str, Any]) -> None:
-    """Fail before any training on a bad ``deletion`` group."""
-    if deletion["mode"] not in MODES:
-        raise ConfigError(f"deletion.mode={deletion['mode']!r} unknown; valid: {', '.join(MODES)}")
-    epochs = deletion["epochs"]
-    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
-        raise ConfigError(
-            f"deletion.epochs must be a positive number of epochs or null (parent epochs + 1), got {epochs!r}"
-        )
-    if not isinstance(deletion["compare_exact"], bool):
-        raise ConfigError(f"deletion.compare_exact must be true or false, got {deletion['compare_exact']!r}")
-
-
 def check(cfg: dict[str, Any]) -> None:
-    check_deletion_config(cfg["deletion"])
     check_deletion_start(cfg)
 
 
@@ -78,24 +71,24 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     deletion = cfg["deletion"]
     start = start_deletion(cfg, parents[0])
     epochs = continuation_epochs(cfg)
-    history = incremental_retrain(
-        start.model,
-        start.clean_x,
-        start.clean_y,
-        train_settings(cfg),
-        parent_final_state(start),
+    parent_state = parent_final_state(start)
+    settings = continuation_settings(train_settings(cfg), deletion["mode"], epochs, final_lr(parent_state))
+    log.info(
+        "incremental retraining (%s): %d more epochs on %d images, lr %.3g (%s)",
         deletion["mode"],
         epochs,
-        checkpoint=run_dir.file(TRAIN_STATE),
-        on_epoch=epoch_callback(epochs, cfg["progress"], run_dir),
-        checkpoint_every=cfg["checkpoint_every"],
+        len(start.clean_y),
+        settings.lr,
+        settings.lr_schedule,
     )
-    with atomic_path(run_dir.file(MODEL)) as tmp:
-        torch.save(start.model.state_dict(), tmp)
-    write_atomic(run_dir.file(HISTORY), json.dumps(history))
+    fit = fit_and_store(
+        cfg, run_dir, start.model, start.clean_x, start.clean_y, settings=settings, start_from=parent_state
+    )
+    history = fit.history
     run_dir.write_table(HISTORY_TABLE, [{**row, "epoch_total": cfg["epochs"] + row["epoch"]} for row in history])
     return {
         **deletion_record(start, start.model, OWN_KEYS, parents[1] if deletion["compare_exact"] else None),
+        **fit.summary,
         "continuation_epochs": epochs,
         "lr_first": history[0]["lr"],
         "lr_last": history[-1]["lr"],

@@ -44,12 +44,14 @@ from rarespur.data import ImageData
 from rarespur.errors import ConfigError
 from rarespur.evaluate import score_model, to_tensor
 from rarespur.experiments.common import (
+    check_objective,
     check_poisoning,
-    epoch_callback,
+    fit_and_store,
     load_data,
     make_model,
     pick_device,
     train_settings,
+    trained_file,
 )
 from rarespur.membership import (
     ATTACKS,
@@ -65,13 +67,14 @@ from rarespur.membership import (
     split_pool,
 )
 from rarespur.patterns import build_pattern
+from rarespur.schema import count
 from rarespur.store import RunDir, baseline_comparison, save_indicators
-from rarespur.train import train_model
+
+FIELDS = {"mem.num_shadow": count()}
 
 log = logging.getLogger(__name__)
 
 TARGET_MODEL = "target_model.pt"
-TRAINED_PREFIX = "trained_"  # trained_<model>.pt: weights of a model finished before an interruption
 
 
 def check_settings(mem: dict[str, Any]) -> list[str]:
@@ -127,26 +130,16 @@ def train_one(
     """Train one model of the attack with the recipe, resumable: mid-training from train_state_<name>.pt,
     and a model already finished by an interrupted attempt is loaded from trained_<name>.pt."""
     model = make_model({**cfg, "train": {**cfg["train"], "model_seed": model_seed}}, data, device)
-    trained = run_dir.file(f"{TRAINED_PREFIX}{name}.pt")
+    trained = run_dir.file(trained_file(name))
     if trained.exists():
         log.info("model %s: already trained by an earlier attempt, loading %s", name, trained.name)
         model.load_state_dict(torch.load(trained, map_location=device, weights_only=True))
         return model
     settings = replace(train_settings(cfg), seed=model_seed)
-    checkpoint = run_dir.file(f"train_state_{name}.pt")
     log.info("model %s: training on %d images, %d epochs", name, len(y), settings.epochs)
-    history = train_model(
-        model,
-        to_tensor(x, device),
-        torch.from_numpy(y).to(device),
-        settings,
-        checkpoint=checkpoint,
-        on_epoch=epoch_callback(settings.epochs, cfg["progress"], run_dir),
-        checkpoint_every=cfg["checkpoint_every"],
-    )
-    with atomic_path(trained) as tmp:
-        torch.save(model.state_dict(), tmp)
-    checkpoint.unlink(missing_ok=True)
+    history = fit_and_store(
+        cfg, run_dir, model, to_tensor(x, device), torch.from_numpy(y).to(device), settings=settings, name=name
+    ).history
     log.info("model %s: done, train loss %.4f acc %.4f", name, history[-1]["loss"], history[-1]["acc"])
     return model
 
@@ -154,6 +147,7 @@ def train_one(
 def check(cfg: dict[str, Any]) -> None:
     """mem.* and the poisoning of target-train (the part of the pool the seed gives the target model)."""
     check_settings(cfg["mem"])
+    check_objective(cfg)
     data = load_data(cfg)
     pool_y = np.concatenate([data.train_y, data.test_y])
     split = split_pool(len(pool_y), cfg["poison"]["seed"])
@@ -245,7 +239,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     )
     save_indicators(run_dir, indicators)
     for name in models:
-        run_dir.file(f"{TRAINED_PREFIX}{name}.pt").unlink(missing_ok=True)
+        run_dir.file(trained_file(name)).unlink(missing_ok=True)
     return {
         **metrics,
         **baseline_comparison(cfg, indicators, Path(cfg["results_dir"])),

@@ -18,17 +18,15 @@ from rarespur.errors import ConfigError
 from rarespur.evaluate import to_tensor
 from rarespur.experiments.common import (
     check_train_config,
-    epoch_callback,
+    fit_and_store,
     load_data,
     make_model,
     parent_train_config,
     pick_device,
     poisoned_data,
-    train_settings,
+    score_poisoned,
 )
-from rarespur.experiments.train import save_and_score
-from rarespur.store import TRAIN_STATE, RunDir, baseline_comparison
-from rarespur.train import train_model
+from rarespur.store import RunDir, baseline_comparison, save_indicators
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,6 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     data = poisoned.data
     keep = kept_indices(len(data.train_y), poisoned.indices)
     model = make_model(cfg, data, device)
-    settings = train_settings(cfg)
     log.info(
         "exact retraining of %s on %s without its %d poisoned images: %d images, %s",
         cfg["model"]["name"],
@@ -58,19 +55,16 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
         len(keep),
         device,
     )
-    history = train_model(
-        model,
-        to_tensor(poisoned.train_x[keep], device),
-        torch.from_numpy(data.train_y[keep]).to(device),
-        settings,
-        checkpoint=run_dir.file(TRAIN_STATE),
-        on_epoch=epoch_callback(settings.epochs, cfg["progress"], run_dir),
-        checkpoint_every=cfg["checkpoint_every"],
+    fit = fit_and_store(
+        cfg, run_dir, model, to_tensor(poisoned.train_x[keep], device), torch.from_numpy(data.train_y[keep]).to(device)
     )
-    metrics, indicators = save_and_score(cfg, run_dir, model, poisoned, history, device)
+    history = fit.history
+    metrics, indicators = score_poisoned(cfg, model, poisoned, device)
+    save_indicators(run_dir, indicators)
     train_cfg = parent_train_config(cfg, ())
     return {
         **metrics,
+        **fit.summary,
         **baseline_comparison(train_cfg, indicators, Path(cfg["results_dir"])),
         "train_loss": history[-1]["loss"],
         "train_acc": history[-1]["acc"],

@@ -26,12 +26,18 @@ from rarespur.experiments.common import (
     poisoned_data,
 )
 from rarespur.models.mlp import MLP
+from rarespur.schema import Field, count, positive_int
 from rarespur.sensitivity import first_layer_weight_map, pixel_removal_curve
 from rarespur.store import MODEL, RunDir, read_record
 
 log = logging.getLogger(__name__)
 
 OWN_KEYS = ("sensitivity",)
+FIELDS = {
+    "sensitivity.images": positive_int(),
+    "sensitivity.seed": count(),
+    "sensitivity.levels": Field(int, low=2),
+}
 WEIGHT_MAP = "weight_map.npy"
 PARENT_METRICS = ("test_acc", "spurious_score", "spurious_test_acc", "pattern_norm", "baseline_score", "p_value")
 

@@ -44,9 +44,11 @@ from rarespur.report.plot import (
     point_counts,
 )
 
-REGULARIZERS = {
-    "l2": ("regularizer.strength", "L2 weight decay lambda (log)"),
-    "gaussian_noise": ("regularizer.sigma", "Gaussian input noise sigma (log)"),
+# What regularizer.strength means for each regularizer: the trade-off figure's x-axis label.
+STRENGTH_LABELS = {
+    "l2": "L2 weight decay lambda (log)",
+    "gaussian_noise": "Gaussian input noise sigma (log)",
+    "dp_sgd": "DP-SGD noise multiplier (log)",
 }
 # The settings an "optimizer" series of the optimizer comparison combines.
 OPTIMIZER_SETTINGS = ("optim.name", "train.grad_clip", "train.lr")
@@ -142,20 +144,25 @@ def optimizers(data: ReportData) -> Figure | None:
 
 
 def regularized_train(data: ReportData) -> pd.DataFrame:
-    """Train runs with an L2 or Gaussian-noise regularizer (with their strength in ``strength``)."""
+    """Train runs with a regularizer (with its ``regularizer.strength`` in ``strength``)."""
     runs = data.experiment(TRAIN)
-    if runs.empty or "regularizer.name" not in runs:
+    if runs.empty or "regularizer.name" not in runs or "regularizer.strength" not in runs:
         return pd.DataFrame()
-    parts = []
-    for name, (column, _) in REGULARIZERS.items():
-        rows = runs[runs["regularizer.name"] == name]
-        if not rows.empty and column in rows:
-            parts.append(rows.assign(strength=rows[column].astype(float)))
-    return pd.concat(parts).dropna(subset=["strength", "spurious_score"]) if parts else pd.DataFrame()
+    rows = runs[runs["regularizer.name"].fillna("none") != "none"]
+    rows = rows.assign(strength=rows["regularizer.strength"].astype(float))
+    return rows.dropna(subset=["strength", "spurious_score"])
 
 
-# What the regularizer itself sets: drawn on the x axis (l2 also writes its strength into train.weight_decay).
-REGULARIZER_DRAWN = ("strength", "regularizer.strength", "regularizer.sigma", "train.weight_decay", "poison.count")
+# What the regularizer itself sets: drawn on the x axis, not split into panels
+# (l2 also writes its strength into train.weight_decay, DP-SGD's is its noise multiplier, whose epsilon follows.)
+REGULARIZER_DRAWN = (
+    "strength",
+    "regularizer.strength",
+    "regularizer.noise_multiplier",
+    "dp_epsilon",
+    "train.weight_decay",
+    "poison.count",
+)
 TRADEOFF = (
     ("test_acc", "clean test accuracy", "-", "o"),
     ("spurious_test_acc", "spurious test accuracy (patched non-target)", "--", "s"),
@@ -187,7 +194,7 @@ def regularization(data: ReportData) -> Figure | None:
                 points.append(_tradeoff_line(bottom, rows, base, column, none_at, colors[label], style, marker, None))
         regularizer = group.rows["regularizer.name"].iloc[0]
         for ax in (top, bottom):
-            _strength_axis(ax, group.rows["strength"], none_at, REGULARIZERS[regularizer][1])
+            _strength_axis(ax, group.rows["strength"], none_at, strength_label(regularizer))
         top.set_ylabel(SCORE_LABEL)
         floor_at_zero(top)
         bottom.set_ylabel("test accuracy")
@@ -203,6 +210,10 @@ def regularization(data: ReportData) -> Figure | None:
         over_seeds(point_counts(points)),
         len(regularization_runs(data)),
     )
+
+
+def strength_label(regularizer: str) -> str:
+    return STRENGTH_LABELS.get(regularizer, f"{regularizer} strength (log)")
 
 
 def _regularizer_groups(reg: pd.DataFrame) -> list[Group]:

@@ -1,0 +1,24 @@
+"""The training loop's settings, resolved from config: a module of its own so objectives can change them
+(:meth:`rarespur.objective.Objective.adjust`) without importing the loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything the loop needs besides model and data, resolved from config."""
+
+    epochs: int = 70
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    augment: str = "none"
+    noise_sigma: float = 0.0
+    seed: int = 0
+    lr_schedule: str = "milestones"  # milestones (SPEC 1.5) | constant (continuing at an already decayed lr)
+    early_stopping: int = 0  # with validation data: stop after this many epochs without a better one (0 = never)

@@ -1,0 +1,232 @@
+"""The engine's seams: regularizers as plug-in objectives, DP-SGD, config schemas, and old run stores."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from rarespur.collect import collect
+from rarespur.errors import ConfigError
+from rarespur.experiments import resolve_job
+from rarespur.regularizers import build_objective
+from rarespur.regularizers.dp_sgd import DPSGD
+from rarespur.runner import run_job
+from rarespur.store import config_key
+from rarespur.train import TrainSettings, train_model
+
+from conftest import REPO_ROOT, compose_config
+
+OLD_STORE = Path(__file__).parent / "fixtures" / "store_a309db1"
+DIGITS = ("dataset=digits", "model=mlp1x256", "epochs=1", "data.train_limit=300", "data.test_limit=100")
+FAST = ("device=cpu", "progress=false")
+
+
+# ---------------------------------------------------------------------------
+# a store written before the engine change
+
+
+OLD_JOBS = [
+    (*DIGITS, f"poison.count={n}", f"regularizer={reg}") for n in (0, 10) for reg in ("none", "gaussian_noise", "l2")
+] + [(*DIGITS, "poison.count=10", "experiment=retrain_exact")]
+
+
+def test_a_store_of_the_previous_version_is_collected_and_skipped_as_done(tmp_path, caplog):
+    store = shutil.copytree(OLD_STORE / "runs", tmp_path / "results")
+    table = collect(store)
+    assert len(table) == 7
+    noise = table[table["regularizer.name"] == "gaussian_noise"]
+    assert list(noise["regularizer.strength"]) == [0.1, 0.1]  # stored as regularizer.sigma: one name now
+    assert "regularizer.sigma" not in table
+    for overrides in OLD_JOBS:
+        cfg = compose_config(f"results_dir={store}", *FAST, *overrides)
+        stored = json.loads((store / config_key(resolve_job(cfg)[0]) / "record.json").read_text())
+        with caplog.at_level("INFO", logger="rarespur.runner"):
+            assert run_job(cfg) == stored
+        assert "already done, not retrained" in caplog.text
+    assert not list(store.glob("*/*.pt"))  # nothing was trained: the fixture keeps no weights
+
+
+# ---------------------------------------------------------------------------
+# a new objective is one module and one YAML
+
+SMOOTHING_MODULE = '''
+import torch.nn.functional as F
+
+from rarespur.objective import Objective, StepOutput
+
+
+class LabelSmoothing(Objective):
+    """Cross-entropy against labels smoothed by `strength`."""
+
+    def __init__(self, strength):
+        self.strength = strength
+        self.steps = 0
+
+    def step(self, model, x, y):
+        logits = model(x)
+        self.steps += 1
+        return StepOutput(F.cross_entropy(logits, y, label_smoothing=self.strength), logits)
+
+    def end_epoch(self):
+        steps, self.steps = self.steps, 0
+        return {"smoothed_steps": steps}
+'''
+SMOOTHING_YAML = "_target_: toy_smoothing.LabelSmoothing\nname: label_smoothing\nstrength: 0.2\n"
+
+
+def test_a_toy_objective_is_one_module_and_one_yaml(tmp_path, monkeypatch):
+    """Label smoothing, added from outside the package: the two files below are all it takes."""
+    code, conf = tmp_path / "code", tmp_path / "conf"
+    (code).mkdir()
+    (conf / "regularizer").mkdir(parents=True)
+    (code / "toy_smoothing.py").write_text(SMOOTHING_MODULE)
+    (conf / "regularizer" / "label_smoothing.yaml").write_text(SMOOTHING_YAML)
+    monkeypatch.syspath_prepend(str(code))
+    store = tmp_path / "results"
+    overrides = (f"results_dir={store}", *FAST, *DIGITS, "epochs=2", "train.lr=0.1")
+    smoothed = run_job(compose_config(*overrides, f"hydra.searchpath=[file://{conf}]", "regularizer=label_smoothing"))
+    plain = run_job(compose_config(*overrides))
+    assert smoothed["regularizer.name"] == "label_smoothing" and smoothed["regularizer.strength"] == 0.2
+    assert smoothed["run_id"] != plain["run_id"]
+    history = json.loads((store / smoothed["run_id"] / "history.json").read_text())
+    assert [row["smoothed_steps"] for row in history] == [3, 3]  # 300 images in batches of 128
+    # smoothed targets keep the loss away from 0: above the plain run's loss on the same data
+    assert smoothed["train_loss"] > plain["train_loss"]
+
+
+# ---------------------------------------------------------------------------
+# DP-SGD
+
+
+def _toy_problem(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, 4, 4, generator=gen, dtype=torch.float64)
+    return x, (x.flatten(1).sum(1) > 0).long()
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)).double()
+
+
+def test_dp_sgd_without_noise_or_clipping_is_sgd():
+    """Opacus's per-sample gradients, unclipped and noiseless, average to the batch gradient."""
+    x, y = _toy_problem()
+    settings = TrainSettings(epochs=3, batch_size=16, lr=0.1, momentum=0.9)
+    plain, private = _mlp(), _mlp()
+    train_model(plain, x, y, settings)
+    train_model(private, x, y, settings, objective=DPSGD(noise_multiplier=0.0, max_grad_norm=1e9))
+    for a, b in zip(plain.parameters(), private.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert not private[1]._forward_hooks  # Opacus's hooks are gone after training
+
+
+def test_dp_sgd_resumes_exactly_and_spends_its_budget(tmp_path):
+    x, y = _toy_problem()
+    settings = TrainSettings(epochs=4, batch_size=16, lr=0.1, momentum=0.9)
+    straight_model, straight = _mlp(), DPSGD(noise_multiplier=1.0, max_grad_norm=0.5)
+    rows = train_model(straight_model, x, y, settings, objective=straight)
+
+    def stop_after_2(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    checkpoint = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_mlp(), x, y, settings, checkpoint, stop_after_2, objective=DPSGD(1.0, 0.5))
+    resumed_model, resumed = _mlp(), DPSGD(1.0, 0.5)
+    resumed_rows = train_model(resumed_model, x, y, settings, checkpoint, objective=resumed)
+    assert [r["loss"] for r in resumed_rows] == [r["loss"] for r in rows]
+    for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)  # same noise draws after the resume: the noise generator is checkpointed
+    epsilons = [r["dp_epsilon"] for r in rows]
+    assert epsilons == sorted(epsilons) and 0 < epsilons[0] < epsilons[-1] < math.inf
+    assert resumed.summary() == straight.summary()
+    # more noise, less privacy spent for the same training
+    quieter = DPSGD(noise_multiplier=4.0, max_grad_norm=0.5)
+    train_model(_mlp(), x, y, settings, objective=quieter)
+    assert quieter.summary()["dp_epsilon"] < straight.summary()["dp_epsilon"]
+
+
+def test_dp_sgd_run_records_its_privacy_budget(tmp_path):
+    record = run_job(
+        compose_config(
+            f"results_dir={tmp_path}", *FAST, *DIGITS, "poison.count=10", "regularizer=dp_sgd", "regularizer.delta=1e-4"
+        )
+    )
+    assert record["regularizer.strength"] == record["regularizer.noise_multiplier"] == 1.0
+    assert 0 < record["dp_epsilon"] < math.inf and record["dp_delta"] == 1e-4
+    history = json.loads((tmp_path / record["run_id"] / "history.json").read_text())
+    assert history[-1]["dp_epsilon"] == record["dp_epsilon"]
+
+
+def test_dp_sgd_settings_fail_before_the_run(tmp_path):
+    with pytest.raises(ConfigError, match="set train.grad_clip=0"):
+        run_job(compose_config(f"results_dir={tmp_path}", *FAST, *DIGITS, "regularizer=dp_sgd", "train.grad_clip=1"))
+    with pytest.raises(ConfigError, match="max_grad_norm > 0"):
+        run_job(
+            compose_config(
+                f"results_dir={tmp_path}", *FAST, *DIGITS, "regularizer=dp_sgd", "regularizer.max_grad_norm=0"
+            )
+        )
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+
+
+def test_the_none_regularizer_is_plain_cross_entropy():
+    assert type(build_objective({"_target_": "rarespur.objective.Objective", "name": "none"})).__name__ == "Objective"
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        build_objective({"_target_": "rarespur.nowhere.Thing", "name": "x"})
+
+
+# ---------------------------------------------------------------------------
+# schemas: bad values fail when the config is resolved
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=-0.1", r"train.lr must be > 0 \(a finite number\), got -0.1"),
+        ("train.lr=nan", r"train.lr must be > 0 \(a finite number\), got nan"),
+        ("train.grad_clip=-1", r"train.grad_clip must be >= 0 \(a finite number\), got -1.0"),
+        ("eval.eps=-1", r"eval.eps must be >= 0 and <= 1 \(a finite number\), got -1.0"),
+        (
+            "regularizer=gaussian_noise regularizer.strength=-1",
+            r"regularizer.strength must be >= 0 \(a finite number\), got -1.0",
+        ),
+        ("epochs=0", r"epochs must be a positive integer, got 0"),
+        ("experiment=sensitivity sensitivity.levels=1", r"sensitivity.levels must be >= 2 \(an integer\), got 1"),
+        ("experiment=group_influence influence.repeats=0", r"influence.repeats must be a positive integer, got 0"),
+        (
+            "experiment=incremental_retraining deletion.compare_exact=maybe",
+            r"deletion.compare_exact must be true or false, got 'maybe'",
+        ),
+    ],
+)
+def test_bad_values_fail_in_resolve(override, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_job(compose_config(*override.split()))
+
+
+def test_grad_clip_zero_and_zero_point_zero_are_one_run():
+    keys = {config_key(resolve_job(compose_config(f"train.grad_clip={v}"))[0]) for v in ("0", "0.0")}
+    assert len(keys) == 1
+
+
+def test_a_bad_experiment_key_fails_in_status(tmp_path):
+    status = subprocess.run(
+        [sys.executable, "-m", "rarespur", "status", str(tmp_path), "experiment=sensitivity", "sensitivity.levels=1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert status.returncode != 0
+    assert "sensitivity.levels must be >= 2 (an integer), got 1" in status.stderr + status.stdout
+    assert "Traceback" not in status.stderr
