@@ -22,7 +22,7 @@ from rarespur.runner import run_job
 from rarespur.store import config_key
 from rarespur.train import TrainSettings, train_model
 
-from conftest import REPO_ROOT, compose_config
+from conftest import CONF_DIR, REPO_ROOT, compose_config
 
 OLD_STORE = Path(__file__).parent / "fixtures" / "store_a309db1"
 DIGITS = ("dataset=digits", "model=mlp1x256", "epochs=1", "data.train_limit=300", "data.test_limit=100")
@@ -230,3 +230,96 @@ def test_a_bad_experiment_key_fails_in_status(tmp_path):
     assert status.returncode != 0
     assert "sensitivity.levels must be >= 2 (an integer), got 1" in status.stderr + status.stdout
     assert "Traceback" not in status.stderr
+
+
+# ---------------------------------------------------------------------------
+# a new experiment type is one module and one YAML (and one report module for its figures)
+
+TOY_EXPERIMENT = """
+from rarespur.experiments.common import parent_train_config
+from rarespur.experiments.experiment import Experiment
+from rarespur.schema import Field
+from rarespur.store import read_record
+
+
+def requires(cfg):
+    return [parent_train_config(cfg, ("toy",))]
+
+
+def run(cfg, run_dir, parents):
+    return {"toy_scaled_acc": cfg["toy"]["factor"] * read_record(parents[0])["test_acc"]}
+
+
+EXPERIMENT = Experiment(run, requires=requires, fields={"toy.factor": Field(float, low=0)})
+"""
+TOY_EXPERIMENT_YAML = "# @package _global_\nexperiment:\n  name: toy_echo\ntoy:\n  factor: 2\n"
+TOY_REPORT = """
+import pandas as pd
+
+from rarespur.report.sections import Section
+
+
+def toy_table(data):
+    runs = data.experiment("toy_echo")
+    return runs[["run_id", "toy_scaled_acc"]] if not runs.empty else pd.DataFrame()
+
+
+SECTION = Section(order=99, tables={"toy_echo": toy_table})
+"""
+
+
+def test_a_toy_experiment_is_one_module_and_one_yaml(tmp_path, monkeypatch):
+    """An experiment that builds on the train run, added from outside the package's folder: its module (found
+    because it defines EXPERIMENT), its YAML, and a report module for its table are all it takes."""
+    import rarespur.experiments as experiments
+    import rarespur.report as report
+    from rarespur.report.sections import discover
+
+    code, conf = tmp_path / "code", tmp_path / "conf" / "experiment"
+    (code / "experiments").mkdir(parents=True)
+    (code / "report").mkdir()
+    conf.mkdir(parents=True)
+    (code / "experiments" / "toy_echo.py").write_text(TOY_EXPERIMENT)
+    (code / "report" / "toy_echo.py").write_text(TOY_REPORT)
+    (conf / "toy_echo.yaml").write_text(TOY_EXPERIMENT_YAML)
+    monkeypatch.setattr(experiments, "__path__", [*experiments.__path__, str(code / "experiments")])
+    monkeypatch.setattr(experiments, "EXPERIMENTS", experiments._discover())
+    assert "toy_echo" in experiments.EXPERIMENTS and "train" in experiments.EXPERIMENTS
+
+    store = tmp_path / "results"
+    overrides = (f"results_dir={store}", *FAST, *DIGITS, f"hydra.searchpath=[file://{tmp_path / 'conf'}]")
+    toy = run_job(compose_config(*overrides, "experiment=toy_echo", "toy.factor=3"))
+    parent = run_job(compose_config(*overrides))  # trained first, as the toy's parent: now stored
+    assert toy["toy_scaled_acc"] == pytest.approx(3 * parent["test_acc"])
+    assert toy["toy.factor"] == 3.0 and isinstance(toy["toy.factor"], float)  # its schema cast the value
+    with pytest.raises(ConfigError, match="toy.factor must be >= 0"):
+        resolve_job(compose_config(*overrides, "experiment=toy_echo", "toy.factor=-1"))
+
+    monkeypatch.setattr(report, "__path__", [*report.__path__, str(code / "report")])
+    sections = discover(report)
+    assert [s.order for s in sections][-1] == 99 and "toy_echo" in sections[-1].tables
+    data = report.load(store)
+    assert list(sections[-1].tables["toy_echo"](data)["toy_scaled_acc"]) == [toy["toy_scaled_acc"]]
+
+
+def test_every_experiment_has_its_yaml_and_every_yaml_its_experiment():
+    import yaml
+
+    from rarespur.experiments import EXPERIMENTS
+
+    names = {
+        p.stem: yaml.safe_load(p.read_text())["experiment"]["name"] for p in (CONF_DIR / "experiment").glob("*.yaml")
+    }
+    assert all(stem == name for stem, name in names.items())
+    assert (
+        set(names)
+        == set(EXPERIMENTS)
+        == {
+            "train",
+            "mem_inference",
+            "group_influence",
+            "incremental_retraining",
+            "retrain_exact",
+            "sensitivity",
+        }
+    )

@@ -9,59 +9,35 @@ makes sure they are done and hands their directories over as ``parents``, so
 no experiment runs another job itself. Its ``fields`` give the types and valid
 ranges of its own config keys, checked by :func:`resolve_job` with the common
 ones, so a bad value fails in ``run.py``, sweep expansion and ``status`` alike.
-Adding one = one module + one entry here + one YAML in conf/experiment.
+Adding one = one module here that defines ``EXPERIMENT`` (see
+:mod:`rarespur.experiments.experiment`) + one YAML in conf/experiment, and, for
+its own figures and tables, one module in :mod:`rarespur.report`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+import importlib
+import pkgutil
+from typing import Any
 
 from omegaconf import DictConfig
 
 from rarespur.config import resolve
 from rarespur.errors import ConfigError
-from rarespur.experiments import (
-    group_influence,
-    incremental_retraining,
-    mem_inference,
-    retrain_exact,
-    sensitivity,
-    train,
-)
-from rarespur.experiments.common import check_train_config
-from rarespur.schema import Field, check_fields
-from rarespur.store import RunDir
+from rarespur.experiments.experiment import Experiment
+from rarespur.schema import check_fields
 
 
-def no_parents(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    return []
+def _discover() -> dict[str, Experiment]:
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        experiment = getattr(importlib.import_module(f"{__name__}.{info.name}"), "EXPERIMENT", None)
+        if isinstance(experiment, Experiment):
+            found[info.name] = experiment
+    return found
 
 
-@dataclass(frozen=True)
-class Experiment:
-    run: Callable[[dict[str, Any], RunDir, list[Path]], dict[str, Any]]
-    check: Callable[[dict[str, Any]], None] = check_train_config
-    requires: Callable[[dict[str, Any]], list[dict[str, Any]]] = no_parents
-    fields: dict[str, Field] = field(default_factory=dict)
-
-
-EXPERIMENTS: dict[str, Experiment] = {
-    "train": Experiment(train.run),
-    "mem_inference": Experiment(mem_inference.run, mem_inference.check, fields=mem_inference.FIELDS),
-    "group_influence": Experiment(
-        group_influence.run, group_influence.check, group_influence.requires, group_influence.FIELDS
-    ),
-    "incremental_retraining": Experiment(
-        incremental_retraining.run,
-        incremental_retraining.check,
-        incremental_retraining.requires,
-        incremental_retraining.FIELDS,
-    ),
-    "retrain_exact": Experiment(retrain_exact.run, retrain_exact.check),
-    "sensitivity": Experiment(sensitivity.run, sensitivity.check, sensitivity.requires, sensitivity.FIELDS),
-}
+EXPERIMENTS: dict[str, Experiment] = _discover()
 
 
 def get_experiment(name: str) -> Experiment:

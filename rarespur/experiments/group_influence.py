@@ -27,6 +27,7 @@ from rarespur.evaluate import to_tensor
 from rarespur.experiments.common import check_deletion_start
 from rarespur.experiments.deletion import deletion_record, start_deletion
 from rarespur.experiments.deletion import requires as deletion_requires
+from rarespur.experiments.experiment import Experiment
 from rarespur.schema import Field, check_fields, count, non_negative, positive, positive_int
 from rarespur.store import MODEL, RunDir
 
@@ -136,3 +137,6 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
         "influence.wall_s": wall,
         **{f"influence.{key}": value for key, value in result.info.items()},
     }
+
+
+EXPERIMENT = Experiment(run, check, requires, FIELDS)

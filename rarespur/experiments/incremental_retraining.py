@@ -20,6 +20,7 @@ from rarespur.errors import MissingFileError
 from rarespur.experiments.common import check_deletion_start, fit_and_store, train_settings
 from rarespur.experiments.deletion import DeletionStart, deletion_record, start_deletion
 from rarespur.experiments.deletion import requires as deletion_requires
+from rarespur.experiments.experiment import Experiment
 from rarespur.schema import Field
 from rarespur.store import FINAL_STATE, RunDir
 
@@ -95,3 +96,6 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
         "train_loss": history[-1]["loss"],
         "train_acc": history[-1]["acc"],
     }
+
+
+EXPERIMENT = Experiment(run, check, requires, FIELDS)

@@ -53,6 +53,7 @@ from rarespur.experiments.common import (
     train_settings,
     trained_file,
 )
+from rarespur.experiments.experiment import Experiment
 from rarespur.membership import (
     ATTACKS,
     LIRA_MIN_SHADOWS,
@@ -250,3 +251,6 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
         "poisoned_indices": poisoned.tolist(),
         "device_used": str(device),
     }
+
+
+EXPERIMENT = Experiment(run, check, fields=FIELDS)

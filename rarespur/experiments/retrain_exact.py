@@ -26,6 +26,7 @@ from rarespur.experiments.common import (
     poisoned_data,
     score_poisoned,
 )
+from rarespur.experiments.experiment import Experiment
 from rarespur.store import RunDir, baseline_comparison, save_indicators
 
 log = logging.getLogger(__name__)
@@ -74,3 +75,6 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
         "poisoned_indices": poisoned.indices.tolist(),
         "device_used": str(device),
     }
+
+
+EXPERIMENT = Experiment(run, check)

@@ -25,6 +25,7 @@ from rarespur.experiments.common import (
     pick_device,
     poisoned_data,
 )
+from rarespur.experiments.experiment import Experiment
 from rarespur.models.mlp import MLP
 from rarespur.schema import Field, count, positive_int
 from rarespur.sensitivity import first_layer_weight_map, pixel_removal_curve
@@ -97,3 +98,6 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
         save_weight_map(run_dir, first_layer_weight_map(model))
         record["weight_map_file"] = WEIGHT_MAP
     return record
+
+
+EXPERIMENT = Experiment(run, check, requires, FIELDS)

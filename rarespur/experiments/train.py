@@ -24,6 +24,7 @@ from rarespur.experiments.common import (
     score_poisoned,
     store_model,
 )
+from rarespur.experiments.experiment import Experiment
 from rarespur.regularizers import build_objective
 from rarespur.store import HISTORY, MODEL, RunDir, baseline_comparison, find_trained, read_record, save_indicators
 
@@ -71,3 +72,6 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
         "device_used": str(device),
         "model_trained_in": trained.name if trained is not None else run_dir.key,
     }
+
+
+EXPERIMENT = Experiment(run)

@@ -16,6 +16,8 @@ from rarespur.report.plot import (
     panel_title,
     point_counts,
 )
+from rarespur.report.sections import FigureSpec, Section
+from rarespur.report.tables import group_keys, summarise
 
 # (column stem, legend label): unprefixed = after deletion (for retrain_exact: the retrained model itself).
 STAGES = [("before.", "before deletion"), ("", "after deletion"), ("exact.", "retrained from scratch")]
@@ -75,3 +77,35 @@ def deletion(data: ReportData) -> Figure | None:
         over_seeds(point_counts(points)),
         len(runs),
     )
+
+
+def deletion_table(data: ReportData) -> pd.DataFrame:
+    """Score and accuracy before / after deletion / retrained from scratch per method and n."""
+    runs = deletion_runs(data)
+    if runs.empty:
+        return pd.DataFrame()
+    columns = [prefix + m for m in ("spurious_score", "test_acc") for prefix in ("", "before.", "exact.")]
+    return summarise(
+        runs,
+        group_keys(runs, ("experiment.name", "poison.count")),
+        [*columns, "baseline_score", "param_dist.before_after", "param_dist.after_exact"],
+    )
+
+
+SECTION = Section(
+    order=40,
+    figures=(
+        FigureSpec(
+            "deletion",
+            "Deleting the poisoned examples",
+            "Spurious score (top) and clean accuracy (bottom) vs n before deletion, after deletion and for "
+            "the model retrained from scratch without the poisoned examples, with the clean baseline score.",
+            "incremental_retraining, group_influence or retrain_exact runs",
+            deletion,
+            deletion_runs,
+        ),
+    ),
+    tables={
+        "deletion": deletion_table,
+    },
+)

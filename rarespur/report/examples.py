@@ -13,14 +13,16 @@ import logging
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
 from rarespur.config import CONF_DIR
 from rarespur.data import ImageData, load_dataset
 from rarespur.patterns import build_pattern
-from rarespur.report.data import ReportData
+from rarespur.report.data import ReportData, plural
 from rarespur.report.plot import TITLE_SIZE, grid, panel_title, wrap
+from rarespur.report.sections import FigureSpec, Section
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +114,20 @@ def _show(ax, image: np.ndarray) -> None:
         ax.imshow(np.clip(image, 0, 1))
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+SECTION = Section(
+    order=50,
+    figures=(
+        FigureSpec(
+            "example_images",
+            "Example poisoned images",
+            "One test image without (top) and with (bottom) each pattern used in the runs, built from the "
+            "runs' pattern configs and data seeds.",
+            "patterns",
+            example_images,
+            lambda data: pd.DataFrame(pattern_configs(data)),
+            lambda data: f"{plural(len(pattern_configs(data)), 'pattern')}.",
+        ),
+    ),
+)

@@ -43,6 +43,8 @@ from rarespur.report.plot import (
     panel_title,
     point_counts,
 )
+from rarespur.report.sections import FigureSpec, Section
+from rarespur.report.tables import group_keys, summarise
 
 # What regularizer.strength means for each regularizer: the trade-off figure's x-axis label.
 STRENGTH_LABELS = {
@@ -383,3 +385,93 @@ def _name_patterns(ax: Axes, rows: pd.DataFrame) -> None:
     top = ax.secondary_xaxis("top")
     top.set_xticks(norms.to_numpy(), norms.index.tolist(), fontsize=8)
     top.tick_params(length=2)
+
+
+def score_vs_n_table(data: ReportData) -> pd.DataFrame:
+    """Spurious score (mean, SEM) and accuracies per setting, pattern and n (unregularized train runs).
+
+    ``learned`` is the fraction of runs whose Welch test beat the clean baseline; settings that are the
+    same for every run are left out of the columns.
+    """
+    runs = unregularized_train(data)
+    if runs.empty:
+        return pd.DataFrame()
+    if "learned" in runs:
+        runs = runs.assign(learned=runs["learned"].astype(float))
+    return summarise(
+        runs,
+        group_keys(runs, ("pattern.name", "poison.count")),
+        ["spurious_score", "baseline_score", "test_acc", "spurious_test_acc", "learned", "p_value"],
+    )
+
+
+def regularization_table(data: ReportData) -> pd.DataFrame:
+    """Score and accuracies per regularizer and strength, averaged over n and seeds as the paper reports them
+    (SPEC 1.8); every other setting that varies stays a column."""
+    runs = regularized_train(data)
+    if runs.empty:
+        return pd.DataFrame()
+    return summarise(
+        runs,
+        group_keys(runs, ("regularizer.name", "strength"), REGULARIZER_DRAWN),
+        ["spurious_score", "test_acc", "spurious_test_acc"],
+    )
+
+
+SECTION = Section(
+    order=10,
+    figures=(
+        FigureSpec(
+            "score_vs_n",
+            "Spurious score vs number of poisoned examples",
+            "Fraction of test images whose target-class probability rises by more than eps when the pattern "
+            "is pasted on, per pattern, mean ± SEM over seeds; n = 0 is the clean baseline. One panel per "
+            "combination of the other settings that vary.",
+            "train runs",
+            score_vs_n,
+            unregularized_train,
+        ),
+        FigureSpec(
+            "architectures",
+            "Architecture comparison",
+            "Spurious score vs n per architecture (mean ± SEM over seeds), one panel per combination of the "
+            "other settings that vary, where two or more architectures ran.",
+            "train runs with two or more architectures",
+            architectures,
+            architecture_runs,
+        ),
+        FigureSpec(
+            "optimizers",
+            "Optimizer comparison",
+            "Spurious score vs n per optimizer setting (optimizer, gradient clipping, learning rate; mean ± SEM "
+            "over seeds), in the settings where two or more of them ran.",
+            "train runs with two or more optimizer settings",
+            optimizers,
+            optimizer_runs,
+        ),
+        FigureSpec(
+            "regularization",
+            "Regularisation trade-off",
+            "Per regularizer strength (log x): spurious score (top) and clean and spurious test accuracy "
+            "(bottom), one series per n (clean model included), mean ± SEM over seeds; the 'none' tick is the "
+            "unregularized run of the same settings.",
+            "train runs with a regularizer (l2, gaussian_noise, dp_sgd, ...)",
+            regularization,
+            regularization_runs,
+        ),
+        FigureSpec(
+            "pattern_norm",
+            "Pattern norm vs spurious score",
+            "Mean ||x - P(x)||_2 over the test set against the mean spurious score per pattern, one series per "
+            "n (mean ± SEM over seeds), with the Pearson correlation over patterns.",
+            "poisoned train runs with pattern_norm and two or more patterns in the same settings",
+            pattern_norm,
+            pattern_norm_runs,
+        ),
+    ),
+    tables={
+        "score_vs_n": score_vs_n_table,
+        "regularization": regularization_table,
+        "pattern_norm": pattern_norm_table,
+    },
+)

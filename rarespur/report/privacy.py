@@ -11,6 +11,8 @@ from matplotlib.figure import Figure
 
 from rarespur.report.data import MEM_INFERENCE, ReportData, common, config_columns, mean_sem, over_seeds, split
 from rarespur.report.plot import finish, grid, legend_outside, palette, panel_title
+from rarespur.report.sections import FigureSpec, Section, distinct_runs
+from rarespur.report.tables import group_keys, summarise
 
 ATTACK_ORDER = ("shadow", "loss", "lira_offline", "lira_online")
 FPR_GRID = np.logspace(-4, 0, 200)
@@ -137,3 +139,51 @@ def membership_roc(data: ReportData) -> Figure | None:
         over_seeds(counts, "mean TPR", "curve"),
         runs["run_id"].nunique(),
     )
+
+
+def membership_table(data: ReportData) -> pd.DataFrame:
+    """Per attack and n: accuracy, AUC, TPR at low FPR, members and poisoned examples flagged."""
+    runs = mi_runs(data)
+    if runs.empty:
+        return pd.DataFrame()
+    parts = []
+    for attack in attacks(runs):
+        prefix = f"attack.{attack}."
+        renamed = runs.rename(columns=lambda c, prefix=prefix: c[len(prefix) :] if c.startswith(prefix) else c)
+        renamed = renamed.loc[:, ~renamed.columns.duplicated()]
+        part = summarise(
+            renamed,
+            group_keys(renamed, ("poison.count",)),
+            ["poisoned_flagged", "members_flagged", "acc", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"],
+        )
+        if not part.empty:
+            part.insert(0, "attack", attack)
+            parts.append(part)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+SECTION = Section(
+    order=20,
+    figures=(
+        FigureSpec(
+            "membership_bars",
+            "Membership inference: members vs poisoned examples flagged",
+            "Per attack and n: the fraction of all training members the attack flags as members against the "
+            "fraction of the poisoned examples it flags (bars, mean ± SEM over seeds) and its accuracy (black).",
+            "mem_inference runs",
+            membership_bars,
+            mi_runs,
+        ),
+        FigureSpec(
+            "membership_roc",
+            "Membership inference ROC curves",
+            "Log-log ROC curves of each attack, TPR averaged over seeds per n; the dotted diagonal is chance.",
+            "mem_inference runs with a roc table",
+            membership_roc,
+            distinct_runs(roc_rows),
+        ),
+    ),
+    tables={
+        "membership_inference": membership_table,
+    },
+)

@@ -18,6 +18,8 @@ from rarespur.report.data import (
     split,
 )
 from rarespur.report.plot import finish, grid, legend_outside, palette, panel_title, sem_band
+from rarespur.report.sections import FigureSpec, Section, distinct_runs
+from rarespur.report.tables import group_keys, summarise
 
 MAX_WEIGHT_MAP_ROWS = 4
 # A clean model is the same training without poison: its pattern, target and data seed only set its scoring.
@@ -123,3 +125,39 @@ def weight_maps(data: ReportData) -> Figure | None:
             ax.set_xlabel("pixel column")
             ax.set_ylabel("pixel row")
     return finish(fig, "MLP weight maps: clean vs poisoned", common(shown), "one run per map", len(shown))
+
+
+def sensitivity_table(data: ReportData) -> pd.DataFrame:
+    """Per architecture: area under the pixel-removal curve and true-class probability at half the pixels."""
+    runs = data.experiment(SENSITIVITY)
+    if runs.empty:
+        return pd.DataFrame()
+    return summarise(runs, group_keys(runs, ("poison.count",)), ["pixel_removal_auc", "half_removed_true_prob"])
+
+
+SECTION = Section(
+    order=30,
+    figures=(
+        FigureSpec(
+            "pixel_removal",
+            "Pixel removal",
+            "Mean true-class probability on training images when each non-zero pixel is removed with "
+            "probability p, per architecture (band: ± SEM over seeds).",
+            "sensitivity runs",
+            pixel_removal,
+            distinct_runs(removal_rows),
+        ),
+        FigureSpec(
+            "weight_maps",
+            "MLP weight maps",
+            "Per input pixel the largest first-layer weight of an MLP, a clean model next to a poisoned one "
+            "(a learned corner pattern lights up).",
+            "sensitivity runs of MLPs with a weight map",
+            weight_maps,
+            weight_map_runs,
+        ),
+    ),
+    tables={
+        "sensitivity": sensitivity_table,
+    },
+)

@@ -59,6 +59,7 @@ from matplotlib.figure import Figure
 from scipy.stats import norm
 
 from rarespur.report.plot import TITLE_SIZE, grid, legend_outside, panel_title, wrap
+from rarespur.report.sections import FigureSpec, Section
 
 
 @dataclass(frozen=True)
@@ -230,3 +231,21 @@ def theory_figure(data: object = None, setting: LinearSetting = LinearSetting())
         fontsize=TITLE_SIZE,
     )
     return fig
+
+
+SECTION = Section(
+    order=60,
+    figures=(
+        FigureSpec(
+            "theory",
+            "Closed-form theory curves",
+            "Population ridge regression with a core feature and a rare spurious feature (derivation in "
+            "rarespur/report/theory.py): clean accuracy, spurious accuracy and spurious score vs the poisoned "
+            "fraction gamma for several lambda.",
+            "theory",
+            theory_figure,
+            lambda data: pd.DataFrame(),
+            lambda data: "Closed form: no runs.",
+        ),
+    ),
+)
