@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from hydra.errors import HydraException
@@ -17,7 +18,8 @@ Give the sweep exactly as it was launched: the same --sweep file(s) and the same
 (python run.py -m --config-dir sweeps --config-name NAME OVERRIDES  ->  --sweep NAME OVERRIDES).
 Without --sweep and overrides, every run directory in RESULTS_DIR is reported.
 States: done; running (its process is alive, or on another host its directory changed within
---stale-after seconds); failed (error.txt); stale (abandoned: killed, preempted); missing (no directory)."""
+--stale-after seconds); failed (error.txt); stale (abandoned: killed, preempted); corrupt (done, but a
+file it vouches for is missing or damaged: a relaunch runs it again); missing (no directory)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p_status.add_argument(
         "--delete-incomplete",
         action="store_true",
-        help="delete the failed and stale run directories (never done or running ones)",
+        help="delete the failed, stale and corrupt run directories (never done or running ones)",
     )
     return parser
 
@@ -80,11 +82,8 @@ def _run(args: argparse.Namespace, extras: list[str]) -> int:
             parquet, _ = write_table(rows, out, name)
             print(f"{len(rows)} {name} rows -> {parquet}")
     elif args.command == "report":
-        import logging
-
         from rarespur.report import write_report  # matplotlib loads only for this command
 
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
         print(f"report -> {write_report(args.results_dir, args.out)}")
     elif args.command == "status":
         overrides = [*args.overrides, *extras]
@@ -100,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extras = parser.parse_known_args(argv)
     if (args.command != "status" and extras) or any(e.startswith("-") for e in extras):
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return _run(args, extras)
     except (UserError, HydraException, FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as err:

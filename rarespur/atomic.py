@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+TEMP_MARK = ".tmp"  # in every temporary name, so a later start can find those a killed writer left
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -21,7 +23,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
     The temporary name keeps the suffix (np.savez appends ``.npz`` otherwise).
     """
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TEMP_MARK}{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

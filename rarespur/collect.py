@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from rarespur.errors import MissingFileError
 from rarespur.model_names import resolve_model_name
-from rarespur.store import CONFIG, DONE, RECORD, TABLES, baseline_comparison, load_indicators
+from rarespur.store import CONFIG, DONE, RECORD, TABLES, baseline_comparison, load_indicators, run_damage
+
+log = logging.getLogger(__name__)
 
 TABLE_NAME = "runs"
 
@@ -39,10 +42,25 @@ def collect(results_dir: str | Path) -> pd.DataFrame:
         raise MissingFileError(f"results directory {results_dir} does not exist; pass the run store (results_dir)")
     rows = [
         _canonical_names(_with_late_baseline(json.loads((run / RECORD).read_text()), run, results_dir))
-        for run in sorted(results_dir.iterdir())
-        if (run / DONE).exists()
+        for run in finished_runs(results_dir)
     ]
     return _nullable_ints(pd.DataFrame(rows), rows)
+
+
+def finished_runs(results_dir: Path, quiet: bool = False) -> list[Path]:
+    """The run directories with a done marker whose files are intact; each damaged one is skipped with a
+    warning that names the file (``status`` lists them as corrupt, a relaunch runs them again)."""
+    runs = []
+    for run in sorted(results_dir.iterdir()):
+        if not (run / DONE).exists():
+            continue
+        why = run_damage(run)
+        if why is None:
+            runs.append(run)
+        else:
+            if not quiet:
+                log.warning("warning: skipped run %s: %s", run, why)
+    return runs
 
 
 def _nullable_ints(table: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
@@ -65,8 +83,8 @@ def collect_tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
     Each row gets the ``run_id`` of its run, to join with the runs table.
     """
     parts: dict[str, list[pd.DataFrame]] = {}
-    for run in sorted(Path(results_dir).iterdir()):
-        if not (run / DONE).exists() or not (run / TABLES).is_dir():
+    for run in finished_runs(Path(results_dir), quiet=True):  # collect() has warned
+        if not (run / TABLES).is_dir():
             continue
         for csv in sorted((run / TABLES).glob("*.csv")):
             part = pd.read_csv(csv)

@@ -44,6 +44,11 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         train["augment"] = recipe["augment"]
     out["model"]["name"] = resolve_model_name(out["model"]["name"])
     check_fields(out, COMMON_FIELDS)
+    if not isinstance(out.get("results_dir"), str) or not out["results_dir"].strip():
+        raise ConfigError(
+            f"results_dir={out.get('results_dir')!r} is not a directory; give the run store's folder, "
+            "e.g. results_dir=results (the default)"
+        )
     reg = out["regularizer"]
     if reg["name"] == "l2":
         if train["weight_decay"] not in (None, reg["strength"]):  # equal: an already resolved config
@@ -125,6 +130,13 @@ def dataset_name_config(name: str) -> dict[str, Any] | None:
     parsed = parse_dataset_name(name)
     if parsed is None:
         return None
+    if not (CONF_DIR / "pattern" / f"{parsed['pattern']}.yaml").exists():
+        known = sorted(p.stem for p in (CONF_DIR / "pattern").glob("v*.yaml"))
+        raise ConfigError(
+            f"dataset={name}: pattern version {parsed['pattern']} unknown; an original dataset string is "
+            f"{{twoclass}}{{dataset}}{{version}}-{{n}}-{{target(s)}}-{{seed}} with version one of {', '.join(known)} "
+            "(e.g. dataset=mnistv8-3-0-0)"
+        )
     return {
         "defaults": [f"/dataset/{parsed['dataset']}@dataset", {"override /pattern": parsed["pattern"]}],
         "poison": {"count": parsed["count"], "target": parsed["target"], "seed": parsed["seed"]},

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 import rarespur
 from rarespur.config import identity
 from rarespur.experiments import Experiment, resolve_job
-from rarespur.store import RunDir, flatten
+from rarespur.store import FINAL_STATE, MODEL, RunDir, flatten
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,13 @@ def run_job(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     resolved, experiment = resolve_job(cfg)
     resolved["results_dir"] = str(Path(resolved["results_dir"]).expanduser().resolve())
     run = RunDir(resolved["results_dir"], resolved)
-    if run.done:
+    if _intact(run):
         return _stored(run)
     experiment.check(resolved)  # a config that cannot work fails here, before its run directory exists
     parents = []
     for parent_cfg in experiment.requires(resolved):
         parent = RunDir(resolved["results_dir"], parent_cfg)
-        if not parent.done:
+        if not _intact(parent, verify=(MODEL, FINAL_STATE)):  # the files a derived run loads: checksums too
             log.info(
                 "run %s builds on %s (%s), which is not done yet: running it first",
                 run.key,
@@ -93,9 +93,21 @@ def run_job(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
             run_job(parent_cfg)
         parents.append(parent.path)
     with run.lock():
-        if run.done:  # finished by another process while this one waited
+        if _intact(run):  # finished by another process while this one waited
             return _stored(run)
         return _work(experiment, resolved, run, parents)
+
+
+def _intact(run: RunDir, verify: tuple[str, ...] = ()) -> bool:
+    """Done, with its files as they were written (`verify`: checksums too); a damaged run loses its done
+    marker, so it is run again."""
+    if not run.done:
+        return False
+    why = run.damage(verify)
+    if why is None:
+        return True
+    run.reopen(why)
+    return False
 
 
 def _work(experiment: Experiment, resolved: dict[str, Any], run: RunDir, parents: list[Path]) -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """``python -m rarespur status``: how far a sweep has got, read from the run store's plain files.
 
 A run directory's state follows from what :mod:`rarespur.store` leaves in it:
-the ``done`` marker means done; a ``running.json`` whose owner is still at
+the ``done`` marker means done (*corrupt* when a file it vouches for is missing
+or has changed size, :func:`rarespur.store.run_damage`); a ``running.json`` whose owner is still at
 work means running; ``error.txt`` means failed; anything else was abandoned
 (killed, preempted, the machine rebooted) and is *stale*. A job of the sweep
 with no directory at all is missing. Relaunching the sweep reruns failed,
 stale and missing jobs (a stale one resumes from its checkpoint), so failed
-and stale are the "incomplete" ones that ``--delete-incomplete`` may remove.
+stale and corrupt are the "incomplete" ones that ``--delete-incomplete`` may remove
+(a relaunch also reruns a corrupt one).
 
 Whether the owner is at work: on the same host, its process must exist and
 must have started before the job did (a pid reused after a reboot is not the
@@ -29,12 +31,12 @@ from typing import Any, Sequence, TextIO
 
 from rarespur.config import identity
 from rarespur.errors import MissingFileError
-from rarespur.store import CONFIG, DONE, ERROR, RUNNING, TRAIN_STATE, flatten
+from rarespur.store import CONFIG, DONE, ERROR, RUNNING, TRAIN_STATE, flatten, run_damage
 from rarespur.sweep import Job
 
-DONE_STATE, RUNNING_STATE, FAILED, STALE, MISSING = "done", "running", "failed", "stale", "missing"
-STATES = (DONE_STATE, RUNNING_STATE, FAILED, STALE, MISSING)
-INCOMPLETE = (FAILED, STALE)
+DONE_STATE, RUNNING_STATE, FAILED, STALE, CORRUPT, MISSING = "done", "running", "failed", "stale", "corrupt", "missing"
+STATES = (DONE_STATE, RUNNING_STATE, FAILED, STALE, CORRUPT, MISSING)
+INCOMPLETE = (FAILED, STALE, CORRUPT)
 STALE_AFTER_S = 1800.0  # longer than any epoch we run, so a live job elsewhere is never called stale
 ERROR_LINES = 3
 _MARKERS = (CONFIG, RUNNING, DONE, ERROR, TRAIN_STATE)
@@ -55,7 +57,7 @@ def run_state(path: Path, stale_after: float = STALE_AFTER_S, now: float | None 
     if not path.is_dir():
         return MISSING
     if (path / DONE).exists():
-        return DONE_STATE
+        return DONE_STATE if run_damage(path) is None else CORRUPT
     now = time.time() if now is None else now
     owner = _read_json(path / RUNNING)
     if owner is not None and _owner_alive(owner, path, stale_after, now):
@@ -135,7 +137,7 @@ def run_dirs(results_dir: str | Path) -> list[Path]:
 
 
 def delete_incomplete(entries: Sequence[Entry], stale_after: float = STALE_AFTER_S) -> list[Path]:
-    """Remove the failed and stale run directories; each is checked again just before, so a job
+    """Remove the failed, stale and corrupt run directories; each is checked again just before, so a job
     relaunched meanwhile (running now) or finished is kept."""
     deleted = []
     for entry in entries:
@@ -155,7 +157,8 @@ def _text(value: Any) -> str:
 
 def table(entries: Sequence[Entry], by: Sequence[str] = (), with_missing: bool = True) -> str:
     """Counts per state, one row per combination of the `by` config keys (or one row, "all")."""
-    states = STATES if with_missing else STATES[:-1]
+    shown = {entry.state for entry in entries}
+    states = [s for s in STATES if (s != MISSING or with_missing) and (s != CORRUPT or CORRUPT in shown)]
     rows: dict[tuple[str, ...], Counter] = {}
     for entry in entries:
         flat = _flat(entry.config)
@@ -209,6 +212,8 @@ def problems(entries: Sequence[Entry], limit: int = 20) -> str:
             lines.append(f"  {entry.path}  {labels[entry.path]}".rstrip())
             if state == FAILED:
                 lines += [f"    | {line}" for line in _tail(entry.path / ERROR)]
+            elif state == CORRUPT:
+                lines.append(f"    | {run_damage(entry.path)}; a relaunch runs it again")
             else:
                 lines.append(f"    | {_abandoned(entry.path)}")
         if limit and len(chosen) > limit:

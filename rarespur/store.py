@@ -26,9 +26,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from rarespur.atomic import atomic_path, write_atomic
+from rarespur.atomic import TEMP_MARK, atomic_path, write_atomic
 from rarespur.config import identity, training_identity
+from rarespur.damaged import UNREADABLE
 from rarespur.evaluate import welch_p_value
+from rarespur.manifest import damage, file_manifest
 from rarespur.model_names import resolve_model_name, store_name
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,13 @@ def find_trained(results_dir: str | Path, resolved: dict[str, Any]) -> Path | No
     if not entry.exists():
         return None
     run = Path(results_dir) / entry.read_text().strip()
-    return run if (run / DONE).exists() and (run / MODEL).exists() else None
+    if not ((run / DONE).exists() and (run / MODEL).exists()):
+        return None
+    why = run_damage(run, (MODEL,))
+    if why is not None:
+        log.warning("the clean model of %s cannot be reused (%s): training this run's own", run, why)
+        return None
+    return run
 
 
 def register_trained(results_dir: str | Path, resolved: dict[str, Any], run_key: str) -> None:
@@ -106,6 +114,32 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _vouched(name: str) -> bool:
+    """Files of a finished run that its done marker vouches for: all but the markers of work in progress."""
+    return name not in (DONE, RUNNING, ERROR, TRAIN_STATE) and TEMP_MARK not in name and UNREADABLE not in name
+
+
+def run_damage(run_path: Path, verify: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with the finished run at `run_path`, naming the file (None: nothing).
+
+    Every file of the done marker's manifest must exist with its size, and the files in `verify`
+    (about to be used again) with their checksum too. A run stored before manifests existed has an
+    empty marker: its record must parse.
+    """
+    try:
+        text = (run_path / DONE).read_text()
+        manifest = json.loads(text)["files"] if text.strip() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{DONE} cannot be read"
+    if manifest is not None:
+        return damage(run_path, manifest, list(verify))
+    try:
+        read_record(run_path)
+    except (OSError, ValueError):
+        return f"{RECORD} does not parse"
+    return None
+
+
 def read_record(run_path: Path) -> dict[str, Any]:
     """The record of a finished run, by its directory."""
     return json.loads((run_path / RECORD).read_text())
@@ -123,24 +157,38 @@ class RunDir:
 
     @property
     def done(self) -> bool:
+        """The done marker exists (whether the files are intact is :meth:`damage`)."""
         return self.file(DONE).exists()
+
+    def damage(self, verify: tuple[str, ...] = ()) -> str | None:
+        """What is wrong with this finished run (None: nothing): see :func:`run_damage`."""
+        return run_damage(self.path, verify)
+
+    def reopen(self, why: str) -> None:
+        """Take back the done marker of a damaged run, so it is computed again (its files are rewritten)."""
+        log.warning("run %s is corrupt (%s): running it again", self.key, why)
+        self.file(DONE).unlink(missing_ok=True)
 
     def read_record(self) -> dict[str, Any]:
         return read_record(self.path)
 
     def start(self, resolved: dict[str, Any]) -> None:
-        """Create the directory, clear a previous failure, store the config, say who runs it."""
+        """Create the directory, clear a previous failure and the temporary files of a killed attempt (the
+        caller holds the run's lock: no other writer is at work here), store the config, say who runs it."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.file(ERROR).unlink(missing_ok=True)
+        for stale in self.path.rglob(f"*{TEMP_MARK}*"):
+            stale.unlink(missing_ok=True)
         write_atomic(self.file(CONFIG), json.dumps(resolved, indent=2, sort_keys=True, default=str))
         owner = {"host": platform.node(), "pid": os.getpid(), "started": time.time()}
         write_atomic(self.file(RUNNING), json.dumps(owner))
 
     def finish(self, record: dict[str, Any], resolved: dict[str, Any]) -> None:
-        """Write the record, then the done marker: the marker is the commit point."""
+        """Write the record, then the done marker with the manifest of every file the run vouches for
+        (sizes and checksums, :mod:`rarespur.manifest`): the marker is the commit point."""
         write_atomic(self.file(RECORD), json.dumps(record, indent=2, default=str))
         self.file(TRAIN_STATE).unlink(missing_ok=True)
-        write_atomic(self.file(DONE), "")
+        write_atomic(self.file(DONE), json.dumps({"files": file_manifest(self.path, _vouched)}, indent=1))
         self.file(RUNNING).unlink(missing_ok=True)
         if self.file(MODEL).exists():
             register_trained(self.path.parent, resolved, self.key)
@@ -227,7 +275,7 @@ def baseline_comparison(
     clean_cfg = copy.deepcopy(cfg)
     clean_cfg["poison"]["count"] = 0
     baseline = RunDir(results_dir, clean_cfg)
-    if not (baseline.done and baseline.file(INDICATORS).exists()):
+    if not (baseline.done and baseline.file(INDICATORS).exists() and baseline.damage() is None):
         if not quiet:
             log.info("no finished clean baseline at %s yet; run poison.count=0 for the p-value", baseline.path)
         return {}

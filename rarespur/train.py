@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rarespur.atomic import atomic_path
+from rarespur.damaged import load_or_set_aside
 from rarespur.errors import TrainingDiverged
 from rarespur.objective import Objective
 from rarespur.train_settings import TrainSettings
@@ -235,8 +236,8 @@ def train_model(
     history: list[dict] = []
     best = _Best()
     start = 1
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_or_set_aside(checkpoint) if checkpoint is not None else None
+    if state is not None:
         if state.get("device_type") != device.type:
             raise ValueError(
                 f"checkpoint {checkpoint} was written on {state.get('device_type')}, this run is on {device.type}; "

@@ -17,11 +17,13 @@ from typing import Any
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.object_type import ObjectType
+from hydra.errors import CompactHydraException
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
 from rarespur.config import dataset_name_config
+from rarespur.errors import ConfigError
 from rarespur.model_names import model_aliases
 
 
@@ -35,7 +37,10 @@ def _config(config_path: str) -> tuple[dict[str, Any], str] | None:
     """The config a name stands for and its package, or None when this source has no such name."""
     group, name = _split(config_path)
     if group == "dataset":
-        cfg = dataset_name_config(name)
+        try:
+            cfg = dataset_name_config(name)
+        except ConfigError as err:  # an original string with a bad part: Hydra prints this line, no traceback
+            raise CompactHydraException(f"error: {err}") from None
         return None if cfg is None else (cfg, "_global_")
     if group == "model":
         canonical = model_aliases().get(name.lower())

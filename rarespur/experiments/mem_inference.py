@@ -40,6 +40,7 @@ import torch
 
 from rarespur.atomic import atomic_path
 from rarespur.config import targets_of
+from rarespur.damaged import load_or_set_aside
 from rarespur.data import ImageData
 from rarespur.errors import ConfigError
 from rarespur.evaluate import score_model, to_tensor
@@ -132,9 +133,10 @@ def train_one(
     and a model already finished by an interrupted attempt is loaded from trained_<name>.pt."""
     model = make_model({**cfg, "train": {**cfg["train"], "model_seed": model_seed}}, data, device)
     trained = run_dir.file(trained_file(name))
-    if trained.exists():
+    state = load_or_set_aside(trained, device)
+    if state is not None:
         log.info("model %s: already trained by an earlier attempt, loading %s", name, trained.name)
-        model.load_state_dict(torch.load(trained, map_location=device, weights_only=True))
+        model.load_state_dict(state)
         return model
     settings = replace(train_settings(cfg), seed=model_seed)
     log.info("model %s: training on %d images, %d epochs", name, len(y), settings.epochs)
