@@ -43,6 +43,8 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     if train["augment"] is None:
         train["augment"] = recipe["augment"]
     out["model"]["name"] = resolve_model_name(out["model"]["name"])
+    if isinstance(out["dataset"].get("path"), str):  # one run whatever the spelling (../data, ~/data, ./data)
+        out["dataset"]["path"] = str(Path(out["dataset"]["path"]).expanduser().resolve())
     check_fields(out, COMMON_FIELDS)
     if not isinstance(out.get("results_dir"), str) or not out["results_dir"].strip():
         raise ConfigError(

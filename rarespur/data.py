@@ -121,6 +121,30 @@ def load_dataset(
     return _LOADERS[name](root, download, Path(path).expanduser() if path is not None else None)
 
 
+def data_files(name: str, root: str | Path | None = None, path: str | Path | None = None) -> list[Path]:
+    """The files the loader of `name` reads (those present), so a run can tell which data it trained on
+    (:mod:`rarespur.fingerprint`)."""
+    root = Path(root).expanduser() if root is not None else default_data_root()
+    if name == "digits":
+        import sklearn.datasets
+
+        return [p for p in sorted((Path(sklearn.datasets.__file__).parent / "data").glob("digits*")) if p.is_file()]
+    if name in ("mnist", "fashion"):
+        raw = root / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
+        found = (_idx_file(raw, base) for pair in _IDX_FILES.values() for base in pair)
+        return [p for p in found if p is not None]
+    if name == "cifar10":
+        from torchvision.datasets import CIFAR10
+
+        folder = root / CIFAR10.base_folder
+        names = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+        return [folder / n for n in names if (folder / n).is_file()]
+    if name == "imagefolder" and path is not None:
+        folder = Path(path).expanduser()
+        return sorted(Path(f) for split in ("train", "test") for f, _ in _scan_folder(folder / split)[0])
+    return []
+
+
 def _to_unit(images: np.ndarray) -> np.ndarray:
     """uint8 -> float32 / 255, the same bits as torchvision's ToTensor."""
     return images.astype(np.float32) / np.float32(255)

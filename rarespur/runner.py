@@ -20,8 +20,10 @@ from omegaconf import DictConfig
 
 import rarespur
 from rarespur.config import identity
+from rarespur.errors import DataError
 from rarespur.experiments import Experiment, resolve_job
-from rarespur.store import FINAL_STATE, MODEL, RunDir, flatten
+from rarespur.experiments.common import data_fingerprint_of
+from rarespur.store import DATA_FINGERPRINT, FINAL_STATE, MODEL, RunDir, flatten
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,8 @@ def match_threads_to_allocation() -> None:
         torch.set_num_threads(int(cpus))
 
 
-def _stored(run: RunDir) -> dict[str, Any]:
-    record = run.read_record()
+def _stored(run: RunDir, resolved: dict[str, Any]) -> dict[str, Any]:
+    record = _same_data(run, resolved)
     log.info("already done, not retrained: %s", run.path)
     print(summary(record), "(stored)")
     return record
@@ -78,12 +80,14 @@ def run_job(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     resolved["results_dir"] = str(Path(resolved["results_dir"]).expanduser().resolve())
     run = RunDir(resolved["results_dir"], resolved)
     if _intact(run):
-        return _stored(run)
+        return _stored(run, resolved)
     experiment.check(resolved)  # a config that cannot work fails here, before its run directory exists
     parents = []
     for parent_cfg in experiment.requires(resolved):
         parent = RunDir(resolved["results_dir"], parent_cfg)
-        if not _intact(parent, verify=(MODEL, FINAL_STATE)):  # the files a derived run loads: checksums too
+        if _intact(parent, verify=(MODEL, FINAL_STATE)):  # the files a derived run loads: checksums too
+            _same_data(parent, parent_cfg)
+        else:
             log.info(
                 "run %s builds on %s (%s), which is not done yet: running it first",
                 run.key,
@@ -94,8 +98,29 @@ def run_job(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         parents.append(parent.path)
     with run.lock():
         if _intact(run):  # finished by another process while this one waited
-            return _stored(run)
+            return _stored(run, resolved)
         return _work(experiment, resolved, run, parents)
+
+
+def _same_data(run: RunDir, resolved: dict[str, Any]) -> dict[str, Any]:
+    """The stored record of `run`, unless the data it was computed on has changed since (then a DataError:
+    the record would describe other images). Records from before fingerprints, and data that is not
+    here to compare, are taken as they are."""
+    record = run.read_record()
+    stored = record.get(DATA_FINGERPRINT)
+    if not stored:
+        return record
+    try:
+        now = data_fingerprint_of(resolved)
+    except DataError:
+        return record
+    if now and now != stored:
+        raise DataError(
+            f"the data of run {run.key} (dataset={resolved['dataset']['name']}) changed since it was stored "
+            f"(fingerprint {stored}, now {now}): its record describes other images. Delete the run "
+            f"(rm -r {run.path}) to compute it on the data as it is now, or give another results_dir"
+        )
+    return record
 
 
 def _intact(run: RunDir, verify: tuple[str, ...] = ()) -> bool:
@@ -113,6 +138,7 @@ def _intact(run: RunDir, verify: tuple[str, ...] = ()) -> bool:
 def _work(experiment: Experiment, resolved: dict[str, Any], run: RunDir, parents: list[Path]) -> dict[str, Any]:
     run.start(resolved)
     match_threads_to_allocation()
+    fingerprint = data_fingerprint_of(resolved)
     started = time.perf_counter()
     try:
         metrics = experiment.run(resolved, run, parents)
@@ -125,6 +151,7 @@ def _work(experiment: Experiment, resolved: dict[str, Any], run: RunDir, parents
         "run_id": run.key,
         **flatten(identity(resolved)),
         **metrics,
+        DATA_FINGERPRINT: fingerprint,
         "wall_time_s": time.perf_counter() - started,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),

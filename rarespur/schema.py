@@ -24,6 +24,7 @@ class Field:
     nullable: bool = False
     choices: tuple[Any, ...] | None = None
     null_means: str = ""  # what null stands for, for the message
+    also: tuple[str, ...] = ()  # words valid besides values of `kind` (influence.scale=auto)
     what: str = ""  # the valid values in words, where the bounds alone say too little ("a positive number of images")
 
     def valid(self) -> str:
@@ -42,6 +43,8 @@ class Field:
             if self.high is not None:
                 bounds.append(f"<= {self.high:g}")
             text = f"{' and '.join(bounds)} ({name})" if bounds else name
+        if self.also:
+            text += "".join(f", or {word}" for word in self.also)
         if self.nullable:
             text += f", or null{' (' + self.null_means + ')' if self.null_means else ''}"
         return text
@@ -50,6 +53,8 @@ class Field:
         """`value` as this field's type, or a ConfigError naming the key, the value and what is valid."""
         if value is None and self.nullable:
             return None
+        if isinstance(value, str) and value in self.also:
+            return value
         if self.kind is bool or isinstance(value, bool):
             ok = self.kind is bool and isinstance(value, bool)
         elif self.kind is float:

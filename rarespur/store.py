@@ -49,6 +49,7 @@ INDICATORS = "spurious_indicators.npz"  # per test image: did the pattern raise 
 HISTORY = "history.json"  # one row per training epoch
 # optimizer, schedule and generators after the last epoch: incremental retraining goes on from it
 FINAL_STATE = "final_state.pt"
+DATA_FINGERPRINT = "data_fingerprint"  # record field: which data the run trained on (rarespur.fingerprint)
 TRAINED_INDEX = ".trained"  # <results_dir>/.trained/<training key> holds the run key of a finished model
 LOCKS = ".locks"  # <results_dir>/.locks/<run key>: held (flock) by the process working on that run
 
@@ -76,8 +77,9 @@ def config_key(resolved: dict[str, Any]) -> str:
     return _digest(identity(resolved))
 
 
-def find_trained(results_dir: str | Path, resolved: dict[str, Any]) -> Path | None:
-    """A finished run directory whose model was trained exactly as `resolved` would train it.
+def find_trained(results_dir: str | Path, resolved: dict[str, Any], data_fingerprint: str = "") -> Path | None:
+    """A finished run directory whose model was trained exactly as `resolved` would train it, on the data
+    of `data_fingerprint` (:mod:`rarespur.fingerprint`), with its weights as written.
 
     Clean baselines of one dataset/model/optimizer differ only in how they are
     scored, so a sweep trains each such model once and scores it many times.
@@ -89,6 +91,9 @@ def find_trained(results_dir: str | Path, resolved: dict[str, Any]) -> Path | No
     if not ((run / DONE).exists() and (run / MODEL).exists()):
         return None
     why = run_damage(run, (MODEL,))
+    stored_data = read_record(run).get(DATA_FINGERPRINT) if why is None else None
+    if why is None and stored_data and data_fingerprint and stored_data != data_fingerprint:
+        why = f"it was trained on other data (fingerprint {stored_data}, now {data_fingerprint})"
     if why is not None:
         log.warning("the clean model of %s cannot be reused (%s): training this run's own", run, why)
         return None

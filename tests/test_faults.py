@@ -5,15 +5,21 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from rarespur.atomic import TEMP_MARK
 from rarespur.collect import collect
-from rarespur.errors import ConfigError
+from rarespur.errors import ConfigError, DataError
 from rarespur.experiments import resolve_job
 from rarespur.runner import run_job
 from rarespur.status import CORRUPT, DONE_STATE, report, run_state
@@ -168,3 +174,127 @@ def test_the_done_marker_holds_the_manifest_of_the_run(finished_store):
     assert set(manifest) == {RECORD, MODEL, INDICATORS, HISTORY, FINAL_STATE, CONFIG}
     assert manifest[MODEL]["bytes"] == (run / MODEL).stat().st_size
     assert manifest[MODEL]["sha256"] == hashlib.sha256((run / MODEL).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "emptied"])
+def test_a_damaged_table_of_a_finished_run_is_corrupt_and_rerun(tmp_path, damage, caplog):
+    sensitivity = ("experiment=sensitivity", "sensitivity.images=100", "sensitivity.levels=5")
+    expected = job(tmp_path, *sensitivity)
+    run = tmp_path / expected["run_id"]
+    (table,) = (run / TABLES).glob("*.csv")
+    data = table.read_bytes()
+    table.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    assert run_state(run) == CORRUPT
+    with caplog.at_level("WARNING", logger="rarespur.collect"):
+        assert expected["run_id"] not in set(collect(tmp_path)["run_id"])
+    assert f"{TABLES}/{table.name} has {len(data) // 2 if damage == 'truncated' else 0} bytes" in caplog.text
+    again = job(tmp_path, *sensitivity)
+    assert again["pixel_removal_auc"] == expected["pixel_removal_auc"] and table.read_bytes() == data
+
+
+# ---------------------------------------------------------------------------
+# a sweep killed at random moments
+
+KILL_SWEEP = (
+    "dataset=digits",
+    "model=mlp1x256",
+    "epochs=6",
+    "data.train_limit=300",
+    "data.test_limit=100",
+    "pattern=s3,r3",
+    "poison.count=0,10",
+    "device=cpu",
+    "progress=false",
+)
+KILLS = 10
+
+
+def _sweep(store, sweep_dir) -> list[str]:
+    return [sys.executable, "run.py", "-m", *KILL_SWEEP, f"results_dir={store}", f"hydra.sweep.dir={sweep_dir}"]
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_at_random_moments_finishes_as_if_it_never_was(tmp_path):
+    """SIGKILL at 10 seeded random moments, a relaunch after each: every record exactly once, all intact,
+    equal to an uninterrupted sweep's."""
+    reference, store = tmp_path / "reference", tmp_path / "store"
+    started = time.monotonic()
+    subprocess.run(_sweep(reference, tmp_path / "mr0"), cwd=REPO_ROOT, check=True, capture_output=True, timeout=300)
+    duration = time.monotonic() - started
+    rng = random.Random(0)
+    killed = 0
+    for attempt in range(KILLS):
+        proc = subprocess.Popen(
+            _sweep(store, tmp_path / f"mr{attempt + 1}"),
+            cwd=REPO_ROOT,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.2, duration / 3))  # a third of a sweep: every kill lands mid-work
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed += 1
+        proc.wait()
+    final = subprocess.run(_sweep(store, tmp_path / "mr_final"), cwd=REPO_ROOT, capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert killed >= KILLS - 2, f"only {killed} of {KILLS} launches were still working when killed"
+
+    def records(folder):
+        runs = [p for p in folder.iterdir() if (p / CONFIG).exists()]
+        assert all(run_state(p) == DONE_STATE for p in runs)
+        return {p.name: json.loads((p / RECORD).read_text()) for p in runs}
+
+    expected, got = records(reference), records(store)
+    assert set(got) == set(expected) and len(got) == 4  # every run exactly once, no stray directory
+    for key, record in expected.items():
+        assert {k: got[key][k] for k in COMPARED} == {k: record[k] for k in COMPARED}, key
+    assert not [p for p in store.rglob(f"*{TEMP_MARK}*") if p.parent != store / ".trained"]
+    print(f"kills survived: {killed} of {KILLS} launches; records: {len(got)} expected {len(expected)}, lost 0")
+
+
+# ---------------------------------------------------------------------------
+# data identity
+
+
+def _image_folder(root, n_train: int, seed: int = 0):
+    """<root>/{train,test}/{a,b}/NN.png: random 28x28 grey images, `n_train` per training class."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", 10)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(
+                    root / split / cls / f"{i:03d}.png"
+                )
+    return root
+
+
+FOLDER_JOB = ("dataset=imagefolder", "model=mlp1x256", "epochs=1", "poison.count=3", *FAST)
+
+
+def test_the_same_folder_spelled_differently_is_the_same_run(tmp_path, monkeypatch):
+    folder = _image_folder(tmp_path / "data" / "imgs", n_train=30)
+    monkeypatch.chdir(tmp_path / "data")
+    spellings = ["imgs", "./imgs", "../data/imgs", str(folder), str(folder) + "/"]
+    keys = {RunDir(tmp_path, resolve_job(compose_config(*FOLDER_JOB, f"dataset.path={p}"))[0]).key for p in spellings}
+    assert len(keys) == 1
+    first = run_job(compose_config(f"results_dir={tmp_path / 'store'}", *FOLDER_JOB, "dataset.path=imgs"))
+    again = run_job(compose_config(f"results_dir={tmp_path / 'store'}", *FOLDER_JOB, "dataset.path=../data/imgs"))
+    assert again == first and first["n_train"] == 60 and len(first["data_fingerprint"]) == 16
+
+
+def test_a_folder_changed_in_place_is_never_answered_with_the_stale_record(tmp_path):
+    folder = _image_folder(tmp_path / "imgs", n_train=30)
+    store = tmp_path / "store"
+    overrides = (f"results_dir={store}", *FOLDER_JOB, f"dataset.path={folder}")
+    first = run_job(compose_config(*overrides))
+    clean = run_job(compose_config(*overrides, "poison.count=0"))
+    _image_folder(folder, n_train=40, seed=1)  # 10 more images per class, the first 30 rewritten
+    with pytest.raises(DataError, match=rf"the data of run {first['run_id']} .*changed since it was stored"):
+        run_job(compose_config(*overrides))
+    shutil.rmtree(store / first["run_id"])  # as the message says
+    assert run_job(compose_config(*overrides))["n_train"] == 80
+    # a clean model trained on the old images is not reused by a clean run of another pattern
+    other = run_job(compose_config(*overrides, "poison.count=0", "pattern=s1"))
+    assert other["model_trained_in"] == other["run_id"] != clean["run_id"] and other["n_train"] == 80

@@ -276,10 +276,13 @@ def test_group_influence_experiment_on_digits(tmp_path):
         "influence.compare_exact=false",
         "influence.curvature_examples=8",
     )
-    assert record["experiment.name"] == "group_influence" and record["influence.scale"] is None
+    assert record["experiment.name"] == "group_influence" and record["influence.scale"] == "auto"  # the default
     assert 0 < record["influence.example_curvature_median"] <= record["influence.example_curvature_max"]
     assert record["influence.lissa_chains"] == 10
-    assert record["influence.scale_used"] == 25.0 and record["influence.depth_used"] == 30
+    assert (
+        record["influence.scale_used"] == 25.0 and record["influence.depth_used"] == 30
+    )  # stable: the dataset default
+    assert record["influence.scale_auto_margin"] == 2.0
     assert record["influence.n_train_used"] == 400 and record["influence.p_used"] == 5 / 400
     assert record["n_removed"] == 5 and record["n_train_after"] == 395
     for metric in ("test_acc", "spurious_score"):
@@ -342,3 +345,26 @@ def test_bad_influence_config_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="influence.hessian_data"):
         job(tmp_path, "experiment=group_influence", "influence.hessian_data=test", "epochs=1")
     assert list(tmp_path.rglob(MODEL)) == []  # no parent was trained
+
+
+def test_auto_scale_keeps_lissa_from_diverging_where_the_dataset_scale_does():
+    """A linear model at zero weights (p = 1/2) on inputs of norm ~120: single-example Hessians of norm
+    |x|^2 / 2 ~ 7000, far above the 2 * 25 LiSSA tolerates. The fixed scale diverges; scale=auto raises it to
+    the sampled curvature."""
+    gen = torch.Generator().manual_seed(0)
+    x = 30 * torch.randn(200, 1, 4, 4, generator=gen, dtype=torch.float64)
+    y = (x.flatten(1).sum(1) > 0).long()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).double().eval()
+    nn.init.zeros_(model[1].weight)
+    nn.init.zeros_(model[1].bias)
+    fixed = InfluenceSettings(scale=25.0, depth=150, repeats=1, curvature_examples=32)
+    with pytest.raises(RuntimeError, match="LiSSA diverged"):
+        group_influence(model, x[:3], y[:3], x, y, fixed)
+    result = group_influence(model, x[:3], y[:3], x, y, replace(fixed, auto_scale_margin=2.0))
+    info = result.info
+    assert info["scale_used"] == pytest.approx(info["example_curvature_max"]) and info["scale_used"] > 100
+    assert info["lambda_used"] == pytest.approx(0.01 * info["scale_used"])
+    assert torch.isfinite(result.delta).all() and float(result.delta.norm()) > 0
+    # where the dataset's scale is stable, auto leaves it as it is
+    calm = group_influence(model, x[:3] / 300, y[:3], x / 300, y, replace(fixed, auto_scale_margin=2.0))
+    assert calm.info["scale_used"] == 25.0

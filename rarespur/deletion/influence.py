@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -148,6 +148,10 @@ class InfluenceSettings:
     log_every: int = 200
     curvature_examples: int = 64  # LiSSA only: examples whose single-example Hessian norm is estimated first; 0 = skip
     curvature_iters: int = 20  # power iterations of that estimate
+    # > 0: LiSSA raises `scale` to auto_scale_margin * (largest sampled single-example Hessian norm) / 2 when that
+    # is larger (stable only below 2 * scale; the margin covers the examples the sample missed); 0: `scale` as given.
+    # Without a curvature sample (curvature_examples = 0) there is nothing to raise it from: `scale` as given.
+    auto_scale_margin: float = 0.0
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -169,6 +173,7 @@ class InfluenceSettings:
             raise ConfigError(f"influence.{bad[0]}={positive[bad[0]]} must be positive")
         if self.curvature_examples < 0:
             raise ConfigError(f"influence.curvature_examples={self.curvature_examples} must be >= 0 (0 = skip)")
+
         if not 0 <= self.damping < 1:
             raise ConfigError(f"influence.damping={self.damping} must be in [0, 1)")
 
@@ -329,7 +334,12 @@ def lissa_h_sum(
     )
     info: dict[str, Any] = {"lissa_chains": len(chains)}
     if settings.curvature_examples:
-        info.update(curvature_check(loss, train_x, train_y, settings))
+        norms = example_curvature(
+            loss, train_x, train_y, settings.curvature_examples, settings.curvature_iters, settings.seed
+        )
+        settings = auto_scale(settings, norms)
+        info.update(curvature_report(norms, settings))
+    info.update(scale_used=settings.scale, lambda_used=settings.lam)
     clock = _Clock(len(groups) * settings.depth, settings.depth, settings.log_every, on_progress)
     total = torch.zeros(loss.size, dtype=removed_x.dtype, device=removed_x.device)
     for group in groups:
@@ -339,13 +349,24 @@ def lissa_h_sum(
     return total / settings.repeats, info
 
 
-def curvature_check(
-    loss: ModelLoss, train_x: torch.Tensor, train_y: torch.Tensor, settings: InfluenceSettings
-) -> dict[str, Any]:
-    """Estimate single-example Hessian norms before LiSSA; warn when they exceed LiSSA's stable 2 * scale."""
-    norms = example_curvature(
-        loss, train_x, train_y, settings.curvature_examples, settings.curvature_iters, settings.seed
+def auto_scale(settings: InfluenceSettings, norms: torch.Tensor) -> InfluenceSettings:
+    """`settings` with LiSSA's scale raised to auto_scale_margin * max(norms) / 2 where that is larger."""
+    if not settings.auto_scale_margin:
+        return settings
+    needed = settings.auto_scale_margin * float(norms.max()) / 2
+    if needed <= settings.scale:
+        return settings
+    log.info(
+        "influence.scale=auto: scale %.4g instead of %.4g (margin %g over the largest sampled curvature / 2)",
+        needed,
+        settings.scale,
+        settings.auto_scale_margin,
     )
+    return replace(settings, scale=needed)
+
+
+def curvature_report(norms: torch.Tensor, settings: InfluenceSettings) -> dict[str, Any]:
+    """The sampled single-example Hessian norms against LiSSA's stable 2 * scale; a warning above it."""
     limit = 2 * settings.scale
     info = {
         "example_curvature_median": float(norms.median()),
@@ -445,6 +466,7 @@ def cg_h_sum(
             on_progress()
 
     x, info = conjugate_gradient(matvec, b, settings.cg_max_iter, settings.cg_tol, on_iter)
+    info.update(scale_used=settings.scale, lambda_used=lam)
     if not info["cg_converged"]:
         log.warning(
             "CG stopped after %d iterations at relative residual %.3g > cg_tol %.3g",

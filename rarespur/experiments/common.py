@@ -18,6 +18,7 @@ from rarespur.config import targets_of
 from rarespur.data import ImageData, load_dataset
 from rarespur.errors import ConfigError
 from rarespur.evaluate import score_model
+from rarespur.fingerprint import data_fingerprint
 from rarespur.models import build_model
 from rarespur.patterns import Pattern, build_pattern
 from rarespur.poisoning import choose_poison_indices, poison_images
@@ -39,9 +40,10 @@ def pick_device(name: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_clean(name: str, root: str | None, download: bool, path: str | None) -> ImageData:
+def _load_clean(name: str, root: str | None, download: bool, path: str | None, fingerprint: str) -> ImageData:
     """The clean dataset, read once per process: the pre-flight check and the run share it, and so do
-    the jobs of a sweep that Hydra's basic launcher runs one after another in one process."""
+    the jobs of a sweep that Hydra's basic launcher runs one after another in one process. The data's
+    fingerprint is part of the cache key, so files changed meanwhile are read again."""
     return load_dataset(name, root=root, download=download, path=path)
 
 
@@ -51,7 +53,9 @@ def load_data(cfg: dict[str, Any]) -> ImageData:
     The arrays are shared between calls (see :func:`_load_clean`): copy before changing them.
     """
     data_cfg, ds_cfg = cfg["data"], cfg["dataset"]
-    data = _load_clean(ds_cfg["name"], data_cfg["root"], data_cfg["download"], ds_cfg.get("path"))
+    data = _load_clean(
+        ds_cfg["name"], data_cfg["root"], data_cfg["download"], ds_cfg.get("path"), data_fingerprint_of(cfg)
+    )
     train_n, test_n = data_cfg["train_limit"], data_cfg["test_limit"]
     if train_n is None and test_n is None:
         return data
@@ -79,6 +83,11 @@ class PoisonedData:
             return f"{len(self.indices)} of class {self.targets[0]} poisoned"
         per_class = len(self.indices) // len(self.targets)
         return f"{len(self.indices)} poisoned ({per_class} per class of {self.targets})"
+
+
+def data_fingerprint_of(cfg: dict[str, Any]) -> str:
+    """The fingerprint of the data `cfg` trains on (:func:`rarespur.fingerprint.data_fingerprint`)."""
+    return data_fingerprint(cfg["dataset"]["name"], cfg["data"]["root"], cfg["dataset"].get("path"))
 
 
 def check_poisoning(cfg: dict[str, Any], train_y: np.ndarray, num_classes: int, image_shape: tuple) -> Pattern:

@@ -36,10 +36,16 @@ log = logging.getLogger(__name__)
 OWN_KEYS = ("influence",)
 DEFAULT_SCALE = {"mnist": 25.0, "fashion": 100.0, "cifar10": 100.0}  # SPEC 1.9; any other dataset: 25
 HESSIAN_DATA = ("full", "clean")
+AUTO = "auto"
+# influence.scale=auto: at least the dataset's scale, raised to AUTO_MARGIN * (largest sampled single-example
+# Hessian norm) / 2 when that is larger, so LiSSA's recursion (stable below 2 * scale) does not diverge.
+AUTO_MARGIN = 2.0
 FIELDS = {
     "influence.solver": Field(str, choices=SOLVERS),
     "influence.damping": non_negative(),
-    "influence.scale": Field(float, low=0, low_open=True, nullable=True, null_means="per dataset"),
+    "influence.scale": Field(
+        float, low=0, low_open=True, nullable=True, null_means="per dataset", also=(AUTO,), what="a number > 0"
+    ),
     "influence.depth": Field(int, low=1, nullable=True, null_means="per dataset and removed count"),
     "influence.repeats": positive_int(),
     "influence.seed": count(),
@@ -75,7 +81,8 @@ def influence_settings(influence: dict[str, Any], dataset: str, n_removed: int) 
     return InfluenceSettings(
         solver=influence["solver"],
         damping=float(influence["damping"]),
-        scale=float(default_scale(dataset) if scale is None else scale),
+        scale=float(default_scale(dataset) if scale in (None, AUTO) else scale),
+        auto_scale_margin=AUTO_MARGIN if scale == AUTO else 0.0,
         depth=int(default_depth(dataset, n_removed) if depth is None else depth),
         repeats=int(influence["repeats"]),
         seed=int(influence["seed"]),
@@ -127,9 +134,8 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     log.info("group influence (%s): |update| %.4g in %.1f s", settings.solver, float(result.delta.norm()), wall)
     return {
         **deletion_record(start, model, OWN_KEYS, parents[1] if influence["compare_exact"] else None),
-        "influence.scale_used": settings.scale,
+        "influence.scale_auto_margin": settings.auto_scale_margin,
         "influence.depth_used": settings.depth,
-        "influence.lambda_used": settings.lam,
         "influence.n_train_used": n_train,
         "influence.p_used": n_removed / n_train,
         "influence.update_norm": float(torch.linalg.vector_norm(result.delta)),

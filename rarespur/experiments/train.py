@@ -16,6 +16,7 @@ import torch
 
 from rarespur.evaluate import to_tensor
 from rarespur.experiments.common import (
+    data_fingerprint_of,
     fit_and_store,
     load_data,
     make_model,
@@ -46,7 +47,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
         poisoned.pattern.name,
         device,
     )
-    trained = find_trained(run_dir.path.parent, cfg)
+    trained = find_trained(run_dir.path.parent, cfg, data_fingerprint_of(cfg))
     if trained is not None:
         log.info("the same model was already trained in %s: scoring it instead of training again", trained)
         model.load_state_dict(torch.load(trained / MODEL, map_location=device, weights_only=True))
