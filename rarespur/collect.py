@@ -10,7 +10,16 @@ import pandas as pd
 
 from rarespur.errors import MissingFileError
 from rarespur.model_names import resolve_model_name
-from rarespur.store import CONFIG, DONE, RECORD, TABLES, baseline_comparison, load_indicators, run_damage
+from rarespur.store import (
+    CONFIG,
+    DONE,
+    RECORD,
+    STORED_REGULARIZER_KEYS,
+    TABLES,
+    baseline_comparison,
+    load_indicators,
+    run_damage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +39,10 @@ def _canonical_names(record: dict) -> dict:
     concept in the table (the model's current name, every regularizer's ``regularizer.strength``)."""
     if isinstance(record.get("model.name"), str):
         record["model.name"] = resolve_model_name(record["model.name"])
-    if "regularizer.sigma" in record and "regularizer.strength" not in record:
-        record["regularizer.strength"] = record.pop("regularizer.sigma")
+    for (regularizer, key), stored in STORED_REGULARIZER_KEYS.items():
+        old, new = f"regularizer.{stored}", f"regularizer.{key}"
+        if record.get("regularizer.name") == regularizer and old in record and new not in record:
+            record[new] = record.pop(old)
     return record
 
 

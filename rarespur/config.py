@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from rarespur.errors import ConfigError
 from rarespur.model_names import resolve_model_name
 from rarespur.poisoning import parse_dataset_name
+from rarespur.regularizers import objective_class
 from rarespur.schema import Field, check_fields, count, non_negative, positive, positive_int
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -46,6 +47,8 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     if isinstance(out["dataset"].get("path"), str):  # one run whatever the spelling (../data, ~/data, ./data)
         out["dataset"]["path"] = str(Path(out["dataset"]["path"]).expanduser().resolve())
     check_fields(out, COMMON_FIELDS)
+    own = objective_class(out["regularizer"]).FIELDS
+    check_fields(out, {f"regularizer.{key}": field for key, field in own.items()})
     if not isinstance(out.get("results_dir"), str) or not out["results_dir"].strip():
         raise ConfigError(
             f"results_dir={out.get('results_dir')!r} is not a directory; give the run store's folder, "
@@ -75,7 +78,7 @@ COMMON_FIELDS: dict[str, Field] = {
     "train.lr": positive(),
     "train.weight_decay": Field(float, low=0, nullable=True, null_means="the dataset's recipe"),
     "train.augment": Field(str, choices=("none", "aug01")),
-    "train.grad_clip": Field(float, low=0, null_means="0 = off"),
+    "train.grad_clip": Field(float, low=0, what=">= 0 (0 = off)"),
     "train.model_seed": count(),
     "optim.momentum": Field(float, low=0, high=1),
     "regularizer.strength": non_negative(),

@@ -7,9 +7,12 @@ carries on as if it had never been written, so no run can get stuck on a bad fil
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import pickle
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,13 @@ def load_or_set_aside(path: Path, map_location: str | torch.device = "cpu") -> A
         return None
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated, emptied or overwritten: torch raises RuntimeError, OSError, EOFError, ...
-        set_aside(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no message'}")
-        return None
+    except torch.OutOfMemoryError:
+        raise  # the file may be fine: the device is full
+    except OSError as err:
+        if err.errno != errno.EINVAL:  # what torch raises on a truncated archive; EIO, ESTALE... are not the file's
+            raise
+        why = err
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        why = err  # truncated, emptied or overwritten
+    set_aside(path, f"{type(why).__name__}: {str(why).splitlines()[0] if str(why) else 'no message'}")
+    return None

@@ -12,13 +12,14 @@ thousands of jobs reads each file once.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 from pathlib import Path
 
 from rarespur.atomic import write_atomic
 from rarespur.data import data_files
-from rarespur.manifest import sha256
+from rarespur.manifest import CHUNK, sha256
 
 
 def cache_dir() -> Path:
@@ -26,16 +27,28 @@ def cache_dir() -> Path:
     return Path(cache).expanduser() / "rarespur" / "file-sha256"
 
 
+def content_sha256(path: Path) -> str:
+    """SHA-256 of what the loader reads from `path`: a ``.gz`` file's decompressed bytes, so MNIST as
+    downloaded (.gz) and as torchvision unpacks it are the same data."""
+    if path.suffix != ".gz":
+        return sha256(path)
+    digest = hashlib.sha256()
+    with gzip.open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def file_sha256(path: Path) -> str:
-    """SHA-256 of `path`'s contents, from the cache while its size and modification time are unchanged."""
+    """:func:`content_sha256` of `path`, from the cache while its size and modification time are unchanged."""
     stat = path.stat()
-    tag = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    tag = f"content|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     entry = cache_dir() / hashlib.sha256(tag.encode()).hexdigest()[:32]
     try:
         return entry.read_text().strip()
     except OSError:
         pass
-    digest = sha256(path)
+    digest = content_sha256(path)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(entry, digest)
@@ -45,13 +58,13 @@ def file_sha256(path: Path) -> str:
 
 
 def data_fingerprint(name: str, root: str | Path | None = None, path: str | Path | None = None) -> str:
-    """16 hex digits over the dataset's files: their names (relative to their common folder), sizes and
-    contents; the same whatever the spelling of the folder's path."""
+    """16 hex digits over the dataset's files: their names (relative to their common folder, without
+    ``.gz``) and contents; the same whatever the spelling of the folder's path."""
     files = [p.resolve() for p in data_files(name, root, path)]
     if not files:
         return ""
     base = Path(os.path.commonpath([p.parent for p in files]))
     digest = hashlib.sha256(name.encode())
     for p in files:
-        digest.update(f"\n{p.relative_to(base).as_posix()}\t{p.stat().st_size}\t{file_sha256(p)}".encode())
+        digest.update(f"\n{p.relative_to(base).as_posix().removesuffix('.gz')}\t{file_sha256(p)}".encode())
     return digest.hexdigest()[:16]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim import Optimizer
 
+from rarespur.schema import Field
 from rarespur.train_settings import TrainSettings
 
 
@@ -37,10 +38,16 @@ class Objective:
     """
 
     name = "cross_entropy"
+    # Types and valid ranges of the regularizer's own keys (besides ``strength``, common to all), by key under
+    # ``regularizer.``: checked when the config is resolved, so a bad value fails before any run directory.
+    FIELDS: dict[str, Field] = {}
 
     def adjust(self, settings: TrainSettings) -> TrainSettings:
         """The loop's settings as this objective trains with them (e.g. input noise, weight decay)."""
         return settings
+
+    def check_model(self, model: nn.Module) -> None:
+        """Fail (ConfigError) on a model this objective cannot train, before any run directory exists."""
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, n: int, settings: TrainSettings) -> Optimizer:
         """The optimizer the loop steps: `optimizer` itself unless the method changes how gradients become

@@ -1,7 +1,8 @@
 """One Hydra job from start to committed record: resolve, skip if done, run, record, report.
 
-A job whose ``done`` marker exists returns its stored record without
-retraining, so re-launching a sweep only runs what is missing or failed.
+A job whose ``done`` marker exists, with the files it vouches for intact and the data it was
+computed on unchanged, returns its stored record without retraining, so re-launching a sweep
+only runs what is missing, failed or damaged.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rarespur.store import DATA_FINGERPRINT, FINAL_STATE, MODEL, RunDir, flatten
 
 log = logging.getLogger(__name__)
 
+PARENT_FILES = (MODEL, FINAL_STATE)  # what a derived run loads from its parent: checked against their checksums
 SUMMARY_KEYS = ("test_acc", "spurious_score", "spurious_test_acc", "baseline_score", "p_value")
 
 
@@ -69,36 +71,39 @@ def _stored(run: RunDir, resolved: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def run_job(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+def run_job(cfg: DictConfig | dict[str, Any], verify: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run (or fetch) the job of `cfg`; returns its one-row record.
 
     The runs it builds on (the experiment's ``requires``) are run first, the same way, so a sweep
     can mix train and derived experiments; the run lock makes a job whose run another process is
-    working on wait for it and return its record, instead of computing it twice.
+    working on wait for it and return its record, instead of computing it twice. A stored run counts
+    as done when the files its done marker vouches for have their sizes, and those in `verify` their
+    checksums too; a damaged one is computed again.
     """
     resolved, experiment = resolve_job(cfg)
     resolved["results_dir"] = str(Path(resolved["results_dir"]).expanduser().resolve())
     run = RunDir(resolved["results_dir"], resolved)
-    if _intact(run):
+    if run.done and run.damage(verify) is None:
         return _stored(run, resolved)
     experiment.check(resolved)  # a config that cannot work fails here, before its run directory exists
     parents = []
     for parent_cfg in experiment.requires(resolved):
         parent = RunDir(resolved["results_dir"], parent_cfg)
-        if _intact(parent, verify=(MODEL, FINAL_STATE)):  # the files a derived run loads: checksums too
-            _same_data(parent, parent_cfg)
-        else:
+        if not parent.done:
             log.info(
                 "run %s builds on %s (%s), which is not done yet: running it first",
                 run.key,
                 parent.key,
                 parent_cfg["experiment"]["name"],
             )
-            run_job(parent_cfg)
+        run_job(parent_cfg, verify=PARENT_FILES)  # done and intact: its stored record, at the cost of a checksum
         parents.append(parent.path)
-    with run.lock():
-        if _intact(run):  # finished by another process while this one waited
-            return _stored(run, resolved)
+    with run.lock():  # the only place a damaged run's marker is taken back: no other writer is at work
+        if run.done:
+            why = run.damage(verify)
+            if why is None:  # finished by another process while this one waited
+                return _stored(run, resolved)
+            run.reopen(why)
         return _work(experiment, resolved, run, parents)
 
 
@@ -123,24 +128,12 @@ def _same_data(run: RunDir, resolved: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _intact(run: RunDir, verify: tuple[str, ...] = ()) -> bool:
-    """Done, with its files as they were written (`verify`: checksums too); a damaged run loses its done
-    marker, so it is run again."""
-    if not run.done:
-        return False
-    why = run.damage(verify)
-    if why is None:
-        return True
-    run.reopen(why)
-    return False
-
-
 def _work(experiment: Experiment, resolved: dict[str, Any], run: RunDir, parents: list[Path]) -> dict[str, Any]:
     run.start(resolved)
     match_threads_to_allocation()
-    fingerprint = data_fingerprint_of(resolved)
     started = time.perf_counter()
     try:
+        fingerprint = data_fingerprint_of(resolved)
         metrics = experiment.run(resolved, run, parents)
     except Exception:
         run.fail(traceback.format_exc())

@@ -55,7 +55,7 @@ LOCKS = ".locks"  # <results_dir>/.locks/<run key>: held (flock) by the process 
 
 
 # Regularizer settings renamed since runs were first stored: (regularizer, new key) -> the stored key.
-_STORED_REGULARIZER_KEYS = {("gaussian_noise", "strength"): "sigma"}
+STORED_REGULARIZER_KEYS = {("gaussian_noise", "strength"): "sigma"}
 
 
 def _digest(tree: dict[str, Any]) -> str:
@@ -66,7 +66,7 @@ def _digest(tree: dict[str, Any]) -> str:
         tree = {**tree, "model": {**tree["model"], "name": store_name(resolve_model_name(tree["model"]["name"]))}}
     reg = tree.get("regularizer")
     if isinstance(reg, dict):
-        renamed = {_STORED_REGULARIZER_KEYS.get((reg.get("name"), k), k): v for k, v in reg.items()}
+        renamed = {STORED_REGULARIZER_KEYS.get((reg.get("name"), k), k): v for k, v in reg.items()}
         tree = {**tree, "regularizer": renamed}
     blob = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -131,17 +131,19 @@ def run_damage(run_path: Path, verify: tuple[str, ...] = ()) -> str | None:
     (about to be used again) with their checksum too. A run stored before manifests existed has an
     empty marker: its record must parse.
     """
+    text = (run_path / DONE).read_text()  # an I/O error is not damage: it propagates, nothing is taken back
     try:
-        text = (run_path / DONE).read_text()
         manifest = json.loads(text)["files"] if text.strip() else None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return f"{DONE} cannot be read"
     if manifest is not None:
         return damage(run_path, manifest, list(verify))
     try:
         read_record(run_path)
-    except (OSError, ValueError):
+    except ValueError:
         return f"{RECORD} does not parse"
+    except FileNotFoundError:
+        return f"{RECORD} is missing"
     return None
 
 

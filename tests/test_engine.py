@@ -171,7 +171,7 @@ def test_dp_sgd_run_records_its_privacy_budget(tmp_path):
 def test_dp_sgd_settings_fail_before_the_run(tmp_path):
     with pytest.raises(ConfigError, match="set train.grad_clip=0"):
         run_job(compose_config(f"results_dir={tmp_path}", *FAST, *DIGITS, "regularizer=dp_sgd", "train.grad_clip=1"))
-    with pytest.raises(ConfigError, match="max_grad_norm > 0"):
+    with pytest.raises(ConfigError, match=r"regularizer.max_grad_norm must be > 0 \(a finite number\), got 0.0"):
         run_job(
             compose_config(
                 f"results_dir={tmp_path}", *FAST, *DIGITS, "regularizer=dp_sgd", "regularizer.max_grad_norm=0"
@@ -195,7 +195,7 @@ def test_the_none_regularizer_is_plain_cross_entropy():
     [
         ("train.lr=-0.1", r"train.lr must be > 0 \(a finite number\), got -0.1"),
         ("train.lr=nan", r"train.lr must be > 0 \(a finite number\), got nan"),
-        ("train.grad_clip=-1", r"train.grad_clip must be >= 0 \(a finite number\), got -1.0"),
+        ("train.grad_clip=-1", r"train.grad_clip must be >= 0 \(0 = off\), got -1.0"),
         ("eval.eps=-1", r"eval.eps must be >= 0 and <= 1 \(a finite number\), got -1.0"),
         (
             "regularizer=gaussian_noise regularizer.strength=-1",
@@ -323,3 +323,24 @@ def test_every_experiment_has_its_yaml_and_every_yaml_its_experiment():
             "sensitivity",
         }
     )
+
+
+def test_dp_sgd_strength_is_its_noise_multiplier_and_its_keys_are_typed(tmp_path):
+    with pytest.raises(ConfigError, match="regularizer.strength=2.0 but regularizer.noise_multiplier=1.0"):
+        run_job(
+            compose_config(f"results_dir={tmp_path}", *FAST, *DIGITS, "regularizer=dp_sgd", "regularizer.strength=2")
+        )
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    keys = {
+        config_key(resolve_job(compose_config("regularizer=dp_sgd", f"regularizer.noise_multiplier={v}"))[0])
+        for v in ("2", "2.0")
+    }
+    assert len(keys) == 1
+    with pytest.raises(ConfigError, match=r"regularizer.delta must be a probability in \(0, 1\), got 2.0"):
+        resolve_job(compose_config("regularizer=dp_sgd", "regularizer.delta=2"))
+
+
+def test_dp_sgd_refuses_a_batch_norm_model_before_the_run(tmp_path):
+    with pytest.raises(ConfigError, match="needs per-sample gradients, which a CifarResNet cannot give .*BatchNorm"):
+        run_job(compose_config(f"results_dir={tmp_path}", *FAST, *DIGITS[:1], "model=resnet20", "regularizer=dp_sgd"))
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -21,6 +22,7 @@ from rarespur.atomic import TEMP_MARK
 from rarespur.collect import collect
 from rarespur.errors import ConfigError, DataError
 from rarespur.experiments import resolve_job
+from rarespur.fingerprint import data_fingerprint
 from rarespur.runner import run_job
 from rarespur.status import CORRUPT, DONE_STATE, report, run_state
 from rarespur.store import (
@@ -298,3 +300,22 @@ def test_a_folder_changed_in_place_is_never_answered_with_the_stale_record(tmp_p
     # a clean model trained on the old images is not reused by a clean run of another pattern
     other = run_job(compose_config(*overrides, "poison.count=0", "pattern=s1"))
     assert other["model_trained_in"] == other["run_id"] != clean["run_id"] and other["n_train"] == 80
+
+
+def test_mnist_files_packed_or_unpacked_are_the_same_data(tmp_path, monkeypatch):
+    """data.root differs between machines (not in the key): .gz files and the unpacked ones have one fingerprint."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    for name in names:
+        content = rng.integers(0, 256, 1000, dtype=np.uint8).tobytes()
+        (tmp_path / "plain" / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "packed" / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "plain" / "MNIST" / "raw" / name).write_bytes(content)
+        (tmp_path / "packed" / "MNIST" / "raw" / f"{name}.gz").write_bytes(gzip.compress(content))
+    plain, packed = data_fingerprint("mnist", tmp_path / "plain"), data_fingerprint("mnist", tmp_path / "packed")
+    assert plain == packed and len(plain) == 16
+    assert list((tmp_path / "cache").rglob("*"))  # each file's checksum is cached
+    changed = tmp_path / "plain" / "MNIST" / "raw" / names[1]
+    changed.write_bytes(b"\x00" + changed.read_bytes()[1:])
+    assert data_fingerprint("mnist", tmp_path / "plain") != packed

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from rarespur.status import FAILED, MISSING, RUNNING_STATE, STALE, delete_incomplete, report, run_state, survey
-from rarespur.store import CONFIG, DONE, ERROR, RUNNING, RunDir
+from rarespur.store import CONFIG, DONE, ERROR, RECORD, RUNNING, RunDir
 from rarespur.sweep import expand
 
 from conftest import REPO_ROOT
@@ -174,6 +174,7 @@ def run_dir(tmp_path) -> Path:
 
 def test_done_wins(run_dir):
     (run_dir / ERROR).write_text("old failure")
+    (run_dir / RECORD).write_text("{}")  # a done run has its record (else it is corrupt)
     (run_dir / DONE).write_text("")
     assert run_state(run_dir) == "done"
 

@@ -1,8 +1,9 @@
 """Experiment types: ``experiment=<name>`` selects one; each wires the pipeline pieces.
 
-An experiment is a function ``(resolved_config, run_dir, parents) -> record``
-that returns the metrics of its one-row result; the runner adds config, timing
-and versions and commits the record. Its ``check`` runs first, before the run
+An experiment is an :class:`~rarespur.experiments.experiment.Experiment`
+whose ``run(resolved_config, run_dir, parents)`` returns the metrics of its
+one-row result; the runner adds config, timing and versions and commits the
+record. Its ``check`` runs first, before the run
 directory exists, so a config that cannot work fails without leaving anything
 behind. Its ``requires`` names the runs it builds on (as configs); the runner
 makes sure they are done and hands their directories over as ``parents``, so

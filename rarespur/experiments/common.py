@@ -20,6 +20,7 @@ from rarespur.errors import ConfigError
 from rarespur.evaluate import score_model
 from rarespur.fingerprint import data_fingerprint
 from rarespur.models import build_model
+from rarespur.objective import Objective
 from rarespur.patterns import Pattern, build_pattern
 from rarespur.poisoning import choose_poison_indices, poison_images
 from rarespur.regularizers import build_objective
@@ -115,8 +116,8 @@ def check_poisoning(cfg: dict[str, Any], train_y: np.ndarray, num_classes: int, 
 def check_train_config(cfg: dict[str, Any]) -> None:
     """The pre-flight check of experiments that poison the training set: loads the data, so a missing
     dataset also fails here, before the run directory exists."""
-    check_objective(cfg)
     data = load_data(cfg)
+    check_objective(cfg, data)
     check_poisoning(cfg, data.train_y, data.num_classes, data.image_shape)
 
 
@@ -239,9 +240,13 @@ def trained_file(name: str) -> str:
     return f"trained_{name}.pt"
 
 
-def check_objective(cfg: dict[str, Any]) -> None:
-    """Build the config's regularizer before any run directory exists: a bad setting fails here."""
-    build_objective(cfg["regularizer"]).adjust(train_settings(cfg))
+def check_objective(cfg: dict[str, Any], data: ImageData) -> None:
+    """Build the config's regularizer, and let it look at the model it would train, before any run
+    directory exists: a bad setting or a model it cannot train (DP-SGD and batch norm) fails here."""
+    objective = build_objective(cfg["regularizer"])
+    objective.adjust(train_settings(cfg))
+    if type(objective).check_model is not Objective.check_model:  # build the model only for those that look
+        objective.check_model(make_model(cfg, data, torch.device("cpu")))
 
 
 def epoch_callback(total: int, enabled: bool, run_dir: RunDir) -> EpochCallback:

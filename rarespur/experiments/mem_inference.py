@@ -133,7 +133,7 @@ def train_one(
     and a model already finished by an interrupted attempt is loaded from trained_<name>.pt."""
     model = make_model({**cfg, "train": {**cfg["train"], "model_seed": model_seed}}, data, device)
     trained = run_dir.file(trained_file(name))
-    state = load_or_set_aside(trained, device)
+    state = load_or_set_aside(trained)
     if state is not None:
         log.info("model %s: already trained by an earlier attempt, loading %s", name, trained.name)
         model.load_state_dict(state)
@@ -150,8 +150,8 @@ def train_one(
 def check(cfg: dict[str, Any]) -> None:
     """mem.* and the poisoning of target-train (the part of the pool the seed gives the target model)."""
     check_settings(cfg["mem"])
-    check_objective(cfg)
     data = load_data(cfg)
+    check_objective(cfg, data)
     pool_y = np.concatenate([data.train_y, data.test_y])
     split = split_pool(len(pool_y), cfg["poison"]["seed"])
     check_poisoning(cfg, pool_y[split.target_train], data.num_classes, data.image_shape)

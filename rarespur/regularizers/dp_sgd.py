@@ -18,14 +18,26 @@ from torch import nn
 
 from rarespur.errors import ConfigError
 from rarespur.objective import Objective, StepOutput
+from rarespur.schema import Field
 from rarespur.train_settings import TrainSettings
 
 
 class DPSGD(Objective):
+    FIELDS = {
+        "noise_multiplier": Field(float, low=0),
+        "max_grad_norm": Field(float, low=0, low_open=True),
+        "delta": Field(float, low=0, low_open=True, high=1, what="a probability in (0, 1)"),
+    }
+
     def __init__(
         self, noise_multiplier: float, max_grad_norm: float, delta: float = 1e-5, strength: float | None = None
     ):
         """`strength` is the noise multiplier again: the column every regularizer has for sweeps and the report."""
+        if strength is not None and strength != noise_multiplier:
+            raise ConfigError(
+                f"regularizer=dp_sgd: regularizer.strength={strength} but regularizer.noise_multiplier="
+                f"{noise_multiplier}; set regularizer.noise_multiplier (its strength follows it)"
+            )
         if noise_multiplier < 0 or max_grad_norm <= 0 or not 0 < delta < 1:
             raise ConfigError(
                 f"regularizer=dp_sgd needs noise_multiplier >= 0, max_grad_norm > 0 and 0 < delta < 1, got "
@@ -47,6 +59,17 @@ class DPSGD(Objective):
                 "set train.grad_clip=0"
             )
         return settings
+
+    def check_model(self, model: nn.Module) -> None:
+        from opacus.validators import ModuleValidator
+
+        problems = ModuleValidator.validate(model, strict=False)
+        if problems:
+            raise ConfigError(
+                f"regularizer=dp_sgd needs per-sample gradients, which a {type(model).__name__} cannot give "
+                f"({str(problems[0]).split('.')[0]}); "
+                "use a model without batch norm (model=mlp3x256, mlp1x256, cnn, ...)"
+            )
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, n: int, settings: TrainSettings):
         from opacus.optimizers import DPOptimizer
