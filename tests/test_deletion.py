@@ -255,7 +255,9 @@ def test_errors_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="deletion.mode='forget' unknown; valid: paper, restart_lr"):
         job(tmp_path, *SMALL, "experiment=incremental_retraining", "deletion.mode=forget")
     parent = job(tmp_path, *SMALL)
-    (tmp_path / parent["run_id"] / "final_state.pt").unlink()  # as a run finished before the state was kept
+    # as a run finished before the state was kept: no final_state.pt, and a done marker without a manifest
+    (tmp_path / parent["run_id"] / "final_state.pt").unlink()
+    (tmp_path / parent["run_id"] / "done").write_text("")
     with pytest.raises(FileNotFoundError, match=f"no optimizer state.*Delete {tmp_path / parent['run_id']}"):
         job(tmp_path, *SMALL, "experiment=incremental_retraining")
 
