@@ -86,6 +86,9 @@ COMMON_FIELDS: dict[str, Field] = {
     "poison.seed": count(),
     "eval.eps": Field(float, low=0, high=1),
     "eval.batch_size": positive_int(),
+    "dataset.conflict_ratio": Field(float, low=0, high=1),
+    "dataset.color_std": non_negative(),
+    "dataset.seed": count(),
     "data.train_limit": Field(int, low=1, nullable=True, null_means="all images", what="a positive number of images"),
     "data.test_limit": Field(int, low=1, nullable=True, null_means="all images", what="a positive number of images"),
 }

@@ -26,7 +26,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -62,6 +62,10 @@ class ImageData:
     test_x: np.ndarray
     test_y: np.ndarray
     classes: tuple[str, ...]
+    # Per image, the class of a bias attribute where the dataset has one (Colored MNIST: the colour), so
+    # accuracy can be split into bias-aligned (bias == label) and bias-conflicting images; else None.
+    train_bias: np.ndarray | None = None
+    test_bias: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         """Catch inconsistent arrays here, where they are made, not later inside training."""
@@ -72,6 +76,9 @@ class ImageData:
                 )
             if len(y) and (y.min() < 0 or y.max() >= len(self.classes)):
                 raise ValueError(f"{split} labels must lie in 0..{len(self.classes) - 1}, got {y.min()}..{y.max()}")
+        for split, bias, y in (("train", self.train_bias, self.train_y), ("test", self.test_bias, self.test_y)):
+            if bias is not None and len(bias) != len(y):
+                raise ValueError(f"{split} bias labels must be one per image: got {len(bias)} for {len(y)} images")
         if self.train_x.shape[1:] != self.test_x.shape[1:]:
             raise ValueError(f"train images are {self.train_x.shape[1:]} but test images are {self.test_x.shape[1:]}")
 
@@ -108,22 +115,35 @@ def load_dataset(
     root: str | Path | None = None,
     download: bool = False,
     path: str | Path | None = None,
+    options: dict[str, Any] | None = None,
 ) -> ImageData:
     """Load the clean dataset `name`.
 
     `root` holds torchvision-layout files (default :func:`default_data_root`);
     `download` lets torchvision fetch missing files; `path` is the folder of
-    the ``imagefolder`` dataset.
+    the ``imagefolder`` dataset; `options` are a derived dataset's settings
+    (``cmnist``: conflict_ratio, color_std, seed).
     """
+    if name in _DERIVED:
+        base, make = _DERIVED[name]
+        return make()(load_dataset(base, root, download, path), **(options or {}))
     if name not in _LOADERS:
         raise ConfigError(f"dataset={name} unknown; valid names: {', '.join(DATASET_NAMES)}")
     root = Path(root).expanduser() if root is not None else default_data_root()
     return _LOADERS[name](root, download, Path(path).expanduser() if path is not None else None)
 
 
+def dataset_options(dataset_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings of the data a dataset config makes (cmnist's conflict_ratio, ...): its keys but the name,
+    the image folder's path and the training recipe."""
+    return {k: v for k, v in dataset_cfg.items() if k not in ("name", "path", "recipe")}
+
+
 def data_files(name: str, root: str | Path | None = None, path: str | Path | None = None) -> list[Path]:
     """The files the loader of `name` reads (those present), so a run can tell which data it trained on
     (:mod:`rarespur.fingerprint`)."""
+    if name in _DERIVED:
+        return data_files(_DERIVED[name][0], root, path)
     root = Path(root).expanduser() if root is not None else default_data_root()
     if name == "digits":
         import sklearn.datasets
@@ -429,4 +449,14 @@ _LOADERS: dict[str, Loader] = {
     "imagefolder": _load_imagefolder,
     "mnist": _load_mnist,
 }
-DATASET_NAMES: tuple[str, ...] = tuple(sorted(_LOADERS))
+
+
+def _colored_mnist() -> Callable[..., ImageData]:
+    from rarespur.colored_mnist import make_colored_mnist  # it builds on ImageData: imported when used
+
+    return make_colored_mnist
+
+
+# Datasets made from another one: name -> (the base dataset, the maker of (base ImageData, **options)).
+_DERIVED: dict[str, tuple[str, Callable[[], Callable[..., ImageData]]]] = {"cmnist": ("mnist", _colored_mnist)}
+DATASET_NAMES: tuple[str, ...] = tuple(sorted([*_LOADERS, *_DERIVED]))

@@ -32,6 +32,8 @@ MODELS: dict[str, ModelName] = {
     "resnet32": ModelName("resnet32", "ResNet32", ("altresnet32norm02",)),
     "resnet110": ModelName("resnet110", "ResNet110", ("altresnet110norm02",)),
     "vgg16": ModelName("vgg16", "Vgg16", ("vgg16norm02",)),
+    "vae_mlp": ModelName("vae_mlp", "", ("sih_mlp",)),  # SiH's MLP VAE encoder + head (SPEC 2)
+    "vae_conv": ModelName("vae_conv", "", ("sih_conv",)),  # a convolutional one for 32x32 colour images
 }
 
 _LOOKUP: dict[str, str] = {}

@@ -49,6 +49,11 @@ class Objective:
     def check_model(self, model: nn.Module) -> None:
         """Fail (ConfigError) on a model this objective cannot train, before any run directory exists."""
 
+    def setup(self, model: nn.Module, y: torch.Tensor) -> None:
+        """Build what the method trains besides `model` (a second network, a decoder, per-sample state over
+        the training labels `y`), before the loop collects :meth:`modules`. Called once per training, before
+        a checkpoint is loaded, so anything drawn here from torch's generator is reproducible."""
+
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, n: int, settings: TrainSettings) -> Optimizer:
         """The optimizer the loop steps: `optimizer` itself unless the method changes how gradients become
         updates (e.g. DP-SGD's per-sample clipping and noise); `n` is the number of training images."""
@@ -75,13 +80,20 @@ class Objective:
         groups += [{"params": list(module.parameters())} for module in self.modules().values()]
         return groups
 
-    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> StepOutput:
+        """The batch's loss; `index` holds the batch's positions in the training set (for per-sample state)."""
         logits = model(x)
         return StepOutput(F.cross_entropy(logits, y), logits)
 
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The logits the method's classifier gives (what is validated and scored)."""
         return model(x)
+
+    def validation_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss on held-out data (in evaluation mode): what ``monitor=val_loss`` early stopping and
+        the plateau schedule watch. Cross-entropy of :meth:`predict` unless the method's own loss is the
+        better criterion (SiH stops on its whole objective)."""
+        return F.cross_entropy(self.predict(model, x), y, reduction="none")
 
     def end_epoch(self) -> dict[str, float]:
         """Extra metrics of the epoch just finished (they go into its history row); resets accumulators."""

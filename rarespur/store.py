@@ -49,6 +49,7 @@ INDICATORS = "spurious_indicators.npz"  # per test image: did the pattern raise 
 HISTORY = "history.json"  # one row per training epoch
 # optimizer, schedule and generators after the last epoch: incremental retraining goes on from it
 FINAL_STATE = "final_state.pt"
+BIAS_VISUALISATION = "bias_visualisation.png"  # a SiH run's DeepFool grid (SPEC 2), shown by the report
 DATA_FINGERPRINT = "data_fingerprint"  # record field: which data the run trained on (rarespur.fingerprint)
 TRAINED_INDEX = ".trained"  # <results_dir>/.trained/<training key> holds the run key of a finished model
 LOCKS = ".locks"  # <results_dir>/.locks/<run key>: held (flock) by the process working on that run

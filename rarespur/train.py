@@ -60,15 +60,23 @@ def make_optimizer(params: Iterable, s: TrainSettings) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer {s.optimizer!r} unknown; valid: sgd, adam")
 
 
+Scheduler = torch.optim.lr_scheduler.MultiStepLR | torch.optim.lr_scheduler.ReduceLROnPlateau
+SCHEDULES = ("milestones", "constant", "plateau")
+
+
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, epochs: int, schedule: str = "milestones"
-) -> torch.optim.lr_scheduler.MultiStepLR:
-    """The milestone schedule for `epochs` epochs, or (`constant`) one that never decays.
+    optimizer: torch.optim.Optimizer, epochs: int, schedule: str = "milestones", monitor: str = "val_acc"
+) -> Scheduler:
+    """The milestone schedule for `epochs` epochs, one that never decays (`constant`), or (`plateau`) SiH's
+    ReduceLROnPlateau: x0.1 after every epoch whose monitored validation value did not improve.
 
     A constant schedule is still a scheduler, so checkpoints store and restore it like any other.
     """
-    if schedule not in ("milestones", "constant"):
-        raise ValueError(f"lr_schedule {schedule!r} unknown; valid: milestones, constant")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"lr_schedule {schedule!r} unknown; valid: {', '.join(SCHEDULES)}")
+    if schedule == "plateau":
+        mode = "max" if monitor == "val_acc" else "min"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.1, patience=0, threshold=1e-5)
     marks = milestones(epochs) if schedule == "milestones" else []
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=marks, gamma=0.1)
 
@@ -134,7 +142,7 @@ def _full_state(
     model: nn.Module,
     objective: Objective,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: Scheduler,
     generator: torch.Generator,
     device: torch.device,
     history: list[dict],
@@ -155,14 +163,17 @@ def _full_state(
 
 
 class _Best:
-    """Early stopping's memory: the best validation epoch so far and the weights it had."""
+    """Early stopping's memory: the best validation epoch so far, its monitored value and its weights."""
 
-    def __init__(self) -> None:
-        self.epoch, self.acc, self.weights = 0, -math.inf, None
+    def __init__(self, monitor: str = "val_acc") -> None:
+        self.sign = 1.0 if monitor == "val_acc" else -1.0  # compared as sign * value, higher is better
+        self.monitor = monitor
+        self.epoch, self.value, self.weights = 0, -math.inf, None
 
-    def update(self, epoch: int, acc: float, model: nn.Module, objective: Objective) -> None:
-        if acc > self.acc:
-            self.epoch, self.acc = epoch, acc
+    def update(self, epoch: int, row: dict, model: nn.Module, objective: Objective) -> None:
+        value = self.sign * row[self.monitor]
+        if value > self.value:
+            self.epoch, self.value = epoch, value
             self.weights = copy.deepcopy({"model": model.state_dict(), "objective": objective.state_dict()})
 
     def restore(self, model: nn.Module, objective: Objective) -> None:
@@ -170,24 +181,25 @@ class _Best:
         objective.load_state_dict(self.weights["objective"])
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "acc": self.acc, "weights": self.weights}
+        return {"epoch": self.epoch, "value": self.value, "weights": self.weights}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.acc, self.weights = state["epoch"], state["acc"], state["weights"]
+        self.epoch, self.value, self.weights = state["epoch"], state.get("value", state.get("acc")), state["weights"]
 
 
 @torch.inference_mode()
 def _validate(
     model: nn.Module, objective: Objective, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048
 ) -> dict[str, float]:
-    """Loss and accuracy of the objective's classifier on held-out data, in evaluation mode."""
+    """The objective's validation loss and its classifier's accuracy on held-out data, in evaluation mode."""
     model.eval()
     objective.train(False)
-    logits = torch.cat([objective.predict(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-    return {
-        "val_loss": F.cross_entropy(logits, y).item(),
-        "val_acc": (logits.argmax(1) == y).float().mean().item(),
-    }
+    loss, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        loss += objective.validation_loss(model, xb, yb).sum()
+        correct += (objective.predict(model, xb).argmax(1) == yb).sum()
+    return {"val_loss": loss.item() / len(x), "val_acc": correct.item() / len(x)}
 
 
 def train_model(
@@ -217,14 +229,18 @@ def train_model(
     With `objective`, its step replaces plain cross-entropy (see :mod:`rarespur.objective`).
     With `validation` = (x, y), every epoch is validated (val_loss, val_acc in its row); with
     ``s.early_stopping`` > 0 as well, training stops after that many epochs without a better
-    validation accuracy and the model (and objective) get the weights of the best epoch back.
+    ``s.monitor`` (validation accuracy, or the objective's validation loss) and the model (and
+    objective) get the weights of the best epoch back; ``s.lr_schedule="plateau"`` decays on it too.
     Returns one dict per epoch: epoch, loss, acc, lr (+ the objective's metrics, + validation).
     """
-    if s.early_stopping and validation is None:
-        raise ValueError("early stopping needs validation data: pass validation=(x, y)")
+    if (s.early_stopping or s.lr_schedule == "plateau") and validation is None:
+        raise ValueError("early stopping and the plateau schedule need validation data: pass validation=(x, y)")
+    if s.monitor not in ("val_acc", "val_loss"):
+        raise ValueError(f"monitor {s.monitor!r} unknown; valid: val_acc, val_loss")
     device = x.device
     objective = objective if objective is not None else Objective()
     s = objective.adjust(s)
+    objective.setup(model, y)
     for module in objective.modules().values():
         module.to(device)
     optimizer = objective.wrap_optimizer(make_optimizer(objective.parameter_groups(model), s), len(x), s)
@@ -232,9 +248,9 @@ def train_model(
     generator.manual_seed(s.seed)
     if start_from is not None:
         _continue_from(start_from, optimizer, generator, s)
-    scheduler = make_scheduler(optimizer, s.epochs, s.lr_schedule)
+    scheduler = make_scheduler(optimizer, s.epochs, s.lr_schedule, s.monitor)
     history: list[dict] = []
-    best = _Best()
+    best = _Best(s.monitor)
     start = 1
     state = load_or_set_aside(checkpoint) if checkpoint is not None else None
     if state is not None:
@@ -278,7 +294,7 @@ def train_model(
             if s.noise_sigma > 0:
                 xb = xb + s.noise_sigma * torch.randn(xb.shape, generator=generator, device=device)
             optimizer.zero_grad(set_to_none=True)
-            out = objective.step(model, xb, yb)
+            out = objective.step(model, xb, yb, idx)
             loss, logits = out.loss, out.logits
             loss.backward()
             if s.grad_clip > 0:
@@ -286,7 +302,6 @@ def train_model(
             optimizer.step()
             total_loss += loss.detach() * len(idx)
             correct += (logits.argmax(1) == yb).sum()
-        scheduler.step()
         row = {
             "epoch": epoch,
             "loss": total_loss.item() / n,
@@ -301,7 +316,11 @@ def train_model(
             )
         if validation is not None:
             row.update(_validate(model, objective, *validation))
-            best.update(epoch, row["val_acc"], model, objective)
+            best.update(epoch, row, model, objective)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(row[s.monitor])
+        else:
+            scheduler.step()
         history.append(row)
         if checkpoint is not None and epoch % checkpoint_every == 0:
             with atomic_path(checkpoint) as tmp:
@@ -309,7 +328,7 @@ def train_model(
         if on_epoch is not None:
             on_epoch(row)
         if s.early_stopping and epoch - best.epoch >= s.early_stopping:
-            log.info("early stopping after epoch %d: no better validation accuracy since epoch %d", epoch, best.epoch)
+            log.info("early stopping after epoch %d: no better %s since epoch %d", epoch, s.monitor, best.epoch)
             break
     if s.early_stopping and best.weights is not None:
         best.restore(model, objective)

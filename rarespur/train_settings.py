@@ -20,5 +20,8 @@ class TrainSettings:
     augment: str = "none"
     noise_sigma: float = 0.0
     seed: int = 0
-    lr_schedule: str = "milestones"  # milestones (SPEC 1.5) | constant (continuing at an already decayed lr)
+    # milestones (SPEC 1.5) | constant (continuing at an already decayed lr) | plateau (x0.1 when the monitored
+    # validation value did not improve, SiH's ReduceLROnPlateau; needs validation data)
+    lr_schedule: str = "milestones"
     early_stopping: int = 0  # with validation data: stop after this many epochs without a better one (0 = never)
+    monitor: str = "val_acc"  # what early stopping and the plateau schedule watch: val_acc (higher) or val_loss

@@ -171,8 +171,8 @@ def test_digits_embedded_split_and_determinism():
 
 
 def test_unknown_name_lists_valid_names():
-    assert DATASET_NAMES == ("cifar10", "digits", "fashion", "imagefolder", "mnist")
-    with pytest.raises(ValueError, match="cifar10, digits, fashion, imagefolder, mnist"):
+    assert DATASET_NAMES == ("cifar10", "cmnist", "digits", "fashion", "imagefolder", "mnist")
+    with pytest.raises(ValueError, match="cifar10, cmnist, digits, fashion, imagefolder, mnist"):
         load_dataset("svhn")
 
 

@@ -70,7 +70,7 @@ class LabelSmoothing(Objective):
         self.strength = strength
         self.steps = 0
 
-    def step(self, model, x, y):
+    def step(self, model, x, y, index):
         logits = model(x)
         self.steps += 1
         return StepOutput(F.cross_entropy(logits, y, label_smoothing=self.strength), logits)
@@ -316,6 +316,7 @@ def test_every_experiment_has_its_yaml_and_every_yaml_its_experiment():
         == set(EXPERIMENTS)
         == {
             "train",
+            "debias",
             "mem_inference",
             "group_influence",
             "incremental_retraining",

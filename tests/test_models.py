@@ -21,7 +21,7 @@ from conftest import compose_config
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
-CHEAP = ("mlp1x256", "mlp2x256", "mlp3x256", "mlp3x512", "cnn", "resnet20", "resnet32", "resnet110")
+CHEAP = ("mlp1x256", "mlp2x256", "mlp3x256", "mlp3x512", "cnn", "resnet20", "resnet32", "resnet110", "vae_mlp", "vae_conv")
 
 # VGG16 with 10 classes, by arithmetic:
 #   convs (3x3 weights + bias): 3*64*9+64 = 1,792; 64*64*9+64 = 36,928;
@@ -45,6 +45,11 @@ PARAM_COUNTS = {
     ("resnet20", CIFAR): 269_722,
     ("resnet32", CIFAR): 464_154,
     ("resnet110", CIFAR): 1_727_962,
+    # SiH's MLP VAE encoder + head: d*100+100 + 100*100+100 + 2 x (100*100+100) + 100*10+10
+    ("vae_mlp", MNIST): 109_810,
+    ("vae_mlp", (3, 28, 28)): 266_610,
+    # convs 3*32*16+32 + 32*64*16+64 + 64*128*16+128, 2048*256+256, 2 x (256*128+128), 128*10+10
+    ("vae_conv", CIFAR): 757_226,
 }
 
 

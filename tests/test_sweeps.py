@@ -39,6 +39,8 @@ GRIDS = {
     "cifar10_reg_noise": 400,
     "cifar10_reg_none": 80,
     "mem_inference": 640,
+    "debias_cmnist": 120,
+    "debias_rare": 200,
 }
 SMOKES = {
     "mnist_score_smoke": 8,
@@ -57,6 +59,8 @@ SMOKES = {
     "cifar10_reg_noise_smoke": 1,
     "cifar10_reg_none_smoke": 1,
     "mem_inference_smoke": 4,
+    "debias_cmnist_smoke": 3,
+    "debias_rare_smoke": 4,
 }
 PATTERNS = ["s1", "s2", "s3", "r1", "r2", "r3", "core"]
 MNIST_N = [0, 3, 5, 10, 20, 100, 2000, 5000]

@@ -179,7 +179,7 @@ class Reconstructing(Objective):
     def modules(self) -> dict[str, nn.Module]:
         return {"decoder": self.decoder}
 
-    def step(self, model, x, y) -> StepOutput:
+    def step(self, model, x, y, index) -> StepOutput:
         logits = model(x)
         rec = ((self.decoder(logits) - x.flatten(1)) ** 2).mean()
         self.rec_sum, self.batches = self.rec_sum + rec.item(), self.batches + 1

@@ -51,5 +51,5 @@ def resolve_job(cfg: DictConfig | dict[str, Any]) -> tuple[dict[str, Any], Exper
     """The job's resolved config (:func:`rarespur.config.resolve`) with its experiment's own keys checked too."""
     resolved = resolve(cfg)
     experiment = get_experiment(resolved["experiment"]["name"])
-    check_fields(resolved, experiment.fields)
+    check_fields(resolved, experiment.fields(resolved) if callable(experiment.fields) else experiment.fields)
     return resolved, experiment

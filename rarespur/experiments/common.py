@@ -15,7 +15,7 @@ from torch import nn
 
 from rarespur.atomic import atomic_path, write_atomic
 from rarespur.config import targets_of
-from rarespur.data import ImageData, load_dataset
+from rarespur.data import ImageData, dataset_options, load_dataset
 from rarespur.errors import ConfigError
 from rarespur.evaluate import score_model
 from rarespur.fingerprint import data_fingerprint
@@ -41,11 +41,13 @@ def pick_device(name: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_clean(name: str, root: str | None, download: bool, path: str | None, fingerprint: str) -> ImageData:
+def _load_clean(
+    name: str, root: str | None, download: bool, path: str | None, options: tuple, fingerprint: str
+) -> ImageData:
     """The clean dataset, read once per process: the pre-flight check and the run share it, and so do
     the jobs of a sweep that Hydra's basic launcher runs one after another in one process. The data's
     fingerprint is part of the cache key, so files changed meanwhile are read again."""
-    return load_dataset(name, root=root, download=download, path=path)
+    return load_dataset(name, root=root, download=download, path=path, options=dict(options))
 
 
 def load_data(cfg: dict[str, Any]) -> ImageData:
@@ -54,8 +56,9 @@ def load_data(cfg: dict[str, Any]) -> ImageData:
     The arrays are shared between calls (see :func:`_load_clean`): copy before changing them.
     """
     data_cfg, ds_cfg = cfg["data"], cfg["dataset"]
+    options = tuple(sorted(dataset_options(ds_cfg).items()))
     data = _load_clean(
-        ds_cfg["name"], data_cfg["root"], data_cfg["download"], ds_cfg.get("path"), data_fingerprint_of(cfg)
+        ds_cfg["name"], data_cfg["root"], data_cfg["download"], ds_cfg.get("path"), options, data_fingerprint_of(cfg)
     )
     train_n, test_n = data_cfg["train_limit"], data_cfg["test_limit"]
     if train_n is None and test_n is None:
@@ -66,6 +69,8 @@ def load_data(cfg: dict[str, Any]) -> ImageData:
         train_y=data.train_y[:train_n],
         test_x=data.test_x[:test_n],
         test_y=data.test_y[:test_n],
+        train_bias=data.train_bias[:train_n] if data.train_bias is not None else None,
+        test_bias=data.test_bias[:test_n] if data.test_bias is not None else None,
     )
 
 
@@ -195,6 +200,8 @@ def fit_and_store(
     settings: TrainSettings | None = None,
     start_from: dict | None = None,
     name: str | None = None,
+    objective: Objective | None = None,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Fit:
     """Train `model` in place with the config's objective (its regularizer), resumable, and store it.
 
@@ -202,11 +209,12 @@ def fit_and_store(
     state to final_state.pt (incremental retraining continues from it); a helper model of the run
     (`name`, e.g. a membership-inference shadow) goes to trained_<name>.pt, so an interrupted run
     loads it instead of training it again. `settings` default to the config's recipe;
-    `start_from` continues a finished training (see :func:`rarespur.train.train_model`).
+    `start_from` continues a finished training (see :func:`rarespur.train.train_model`); `objective`
+    replaces the config's regularizer (a debiasing method) and `validation` = (x, y) is validated on.
     """
     settings = settings if settings is not None else train_settings(cfg)
     checkpoint = run_dir.file(TRAIN_STATE if name is None else f"train_state_{name}.pt")
-    objective = build_objective(cfg["regularizer"])
+    objective = objective if objective is not None else build_objective(cfg["regularizer"])
     history = train_model(
         model,
         x,
@@ -218,6 +226,7 @@ def fit_and_store(
         final_state=run_dir.file(FINAL_STATE) if name is None and start_from is None else None,
         start_from=start_from,
         objective=objective,
+        validation=validation,
     )
     if name is None:
         store_model(run_dir, model, history)
@@ -254,12 +263,14 @@ def epoch_callback(total: int, enabled: bool, run_dir: RunDir) -> EpochCallback:
 
     def on_epoch(row: dict) -> None:
         if enabled:
+            validated = f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}" if "val_loss" in row else ""
             log.info(
-                "epoch %d/%d  train_loss %.4f  train_acc %.4f  lr %.2g",
+                "epoch %d/%d  train_loss %.4f  train_acc %.4f%s  lr %.2g",
                 row["epoch"],
                 total,
                 row["loss"],
                 row["acc"],
+                validated,
                 row["lr"],
             )
         run_dir.heartbeat()

@@ -27,5 +27,6 @@ class Experiment:
     check: Callable[[dict[str, Any]], None] = check_train_config
     # the configs of the runs this one builds on; the runner makes sure they are done first
     requires: Callable[[dict[str, Any]], list[dict[str, Any]]] = no_parents
-    # types and valid ranges of the experiment's own config keys (dotted), checked when the config is resolved
-    fields: dict[str, Field] = field(default_factory=dict)
+    # types and valid ranges of the experiment's own config keys (dotted), checked when the config is resolved;
+    # a function of the config where they depend on it (a method chosen in a config group has its own keys)
+    fields: dict[str, Field] | Callable[[dict[str, Any]], dict[str, Field]] = field(default_factory=dict)

@@ -15,6 +15,8 @@ canonical      also accepted                  paper name   parameters
 ``resnet32``   ``altResNet32Norm02``          ResNet32     464,154
 ``resnet110``  ``altResNet110Norm02``         ResNet110    1,727,962
 ``vgg16``      ``Vgg16Norm02``                Vgg16        134,301,514 (CIFAR)
+``vae_mlp``    ``sih_mlp``                    --           (SiH's MLP VAE encoder + head, SPEC 2)
+``vae_conv``   ``sih_conv``                   --           (a convolutional VAE encoder + head)
 =============  =============================  ===========  ==========================
 
 The names live in :mod:`rarespur.model_names` (one table, no torch), which
@@ -34,7 +36,7 @@ from torch import nn
 from rarespur.model_names import resolve_model_name
 
 # Importing the family modules registers their builders.
-from . import cnn, mlp, resnet, vgg  # noqa: F401
+from . import cnn, mlp, resnet, vae, vgg  # noqa: F401
 from .registry import build_model, model_names, register_model
 
 #: Sorted canonical model names (the values accepted in ``conf/model``).

@@ -19,8 +19,9 @@ from rarespur.objective import Objective
 _META_KEYS = ("_target_", "name")
 
 
-def objective_class(reg: dict[str, Any]) -> type[Objective]:
-    """The objective class a regularizer config names in ``_target_`` (plain cross-entropy without one)."""
+def objective_class(reg: dict[str, Any], group: str = "regularizer") -> type[Objective]:
+    """The objective class a config of `group` (``regularizer``, ``debias``) names in ``_target_`` (plain
+    cross-entropy without one)."""
     target = reg.get("_target_")
     if target is None:
         return Objective
@@ -29,21 +30,21 @@ def objective_class(reg: dict[str, Any]) -> type[Objective]:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError) as err:
         raise ConfigError(
-            f"regularizer._target_={target!r} (regularizer={reg.get('name')}) cannot be imported ({err}); "
+            f"{group}._target_={target!r} ({group}={reg.get('name')}) cannot be imported ({err}); "
             "give the import path of an Objective subclass, e.g. rarespur.regularizers.classic.GaussianNoise"
         ) from None
     if not (isinstance(cls, type) and issubclass(cls, Objective)):
-        raise ConfigError(f"regularizer._target_={target!r} is not a rarespur.objective.Objective subclass")
+        raise ConfigError(f"{group}._target_={target!r} is not a rarespur.objective.Objective subclass")
     return cls
 
 
-def build_objective(reg: dict[str, Any]) -> Objective:
-    """The training objective of a resolved ``regularizer`` config."""
-    cls = objective_class(reg)
+def build_objective(reg: dict[str, Any], group: str = "regularizer") -> Objective:
+    """The training objective of a resolved config of `group` (a ``regularizer`` or a ``debias`` method)."""
+    cls = objective_class(reg, group)
     params = {k: v for k, v in reg.items() if k not in _META_KEYS}
     try:
         objective = cls(**params)
     except TypeError as err:
-        raise ConfigError(f"regularizer={reg.get('name')}: its settings {sorted(params)} do not fit ({err})") from None
+        raise ConfigError(f"{group}={reg.get('name')}: its settings {sorted(params)} do not fit ({err})") from None
     objective.name = reg.get("name", objective.name)
     return objective

@@ -87,7 +87,7 @@ class DPSGD(Objective):
         dp.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=min(1.0, settings.batch_size / n)))
         return dp
 
-    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> StepOutput:
         if self._sampled is None:
             from opacus import GradSampleModule
 

@@ -18,7 +18,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from rarespur.config import CONF_DIR
-from rarespur.data import ImageData, load_dataset
+from rarespur.data import ImageData, dataset_options, load_dataset
 from rarespur.patterns import build_pattern
 from rarespur.report.data import ReportData, plural
 from rarespur.report.plot import TITLE_SIZE, grid, panel_title, wrap
@@ -59,17 +59,18 @@ def _conf_patterns() -> list[dict[str, Any]]:
 def _dataset(cfg: dict[str, Any], cache: dict[tuple, ImageData | None]) -> tuple[ImageData, str]:
     """The run's dataset, or the digits stand-in with a note when its files are missing here."""
     name = cfg["dataset"]["name"]
-    key = (name, cfg.get("data", {}).get("root"), cfg["dataset"].get("path"))
+    options = dataset_options(cfg["dataset"])
+    key = (name, cfg.get("data", {}).get("root"), cfg["dataset"].get("path"), tuple(sorted(options.items())))
     if key not in cache:
         try:
-            cache[key] = load_dataset(name, root=key[1], path=key[2])
+            cache[key] = load_dataset(name, root=key[1], path=key[2], options=options)
         except (OSError, ValueError) as err:  # DatasetNotFoundError is a FileNotFoundError
             log.warning("example images: %s not available (%s); showing %s instead", name, err, FALLBACK)
             cache[key] = None
     if cache[key] is None:
-        if (FALLBACK, None, None) not in cache:
-            cache[(FALLBACK, None, None)] = load_dataset(FALLBACK)
-        return cache[(FALLBACK, None, None)], f"{FALLBACK} ({name} not found)"
+        if (FALLBACK, None, None, ()) not in cache:
+            cache[(FALLBACK, None, None, ())] = load_dataset(FALLBACK)
+        return cache[(FALLBACK, None, None, ())], f"{FALLBACK} ({name} not found)"
     return cache[key], name
 
 

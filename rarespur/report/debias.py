@@ -1,0 +1,227 @@
+"""Debiasing figures and table (SPEC 2): Colored MNIST accuracy beside the published numbers, the rare
+planted pattern under vanilla vs SiH training, and a SiH run's bias visualisation."""
+
+from __future__ import annotations
+
+import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+from rarespur.report.data import ReportData, common, mean_sem, over_seeds, split
+from rarespur.report.plot import (
+    SCORE_LABEL,
+    curves_over_n,
+    finish,
+    floor_at_zero,
+    grid,
+    legend_outside,
+    panel_title,
+    point_counts,
+)
+from rarespur.report.sections import FigureSpec, Section
+from rarespur.report.tables import group_keys
+from rarespur.store import BIAS_VISUALISATION
+
+DEBIAS = "debias"
+METHODS = ("vanilla", "lff", "sih")
+COLORS = {"vanilla": "C7", "lff": "C1", "sih": "C0"}
+# Unbiased Colored MNIST test accuracy (%) by conflict ratio: SiH and vanilla as SPEC 2 quotes the SiH paper;
+# LfF the mean over the 10 seeds of the SiH authors' results files (Results_and_Evaluation/results_*.txt).
+PUBLISHED = {
+    "sih": {0.005: 71.6, 0.01: 80.0, 0.02: 83.8, 0.05: 86.1},
+    "lff": {0.005: 60.4, 0.01: 68.9, 0.02: 77.0, 0.05: 81.2},
+    "vanilla": {0.005: 43.7, 0.01: 59.4, 0.02: 73.3, 0.05: 85.5},
+}
+
+
+def debias_runs(data: ReportData, colored: bool) -> pd.DataFrame:
+    """Debias runs on Colored MNIST (`colored`) or on the other (poisoned) datasets."""
+    runs = data.experiment(DEBIAS)
+    if runs.empty or "debias.name" not in runs:
+        return pd.DataFrame()
+    on_cmnist = runs["dataset.name"] == "cmnist"
+    return runs[on_cmnist if colored else ~on_cmnist]
+
+
+def cmnist_table(data: ReportData) -> pd.DataFrame:
+    """Per method and conflict ratio: unbiased test accuracy mean and std over seeds (%), the published
+    number and the gap, the accuracy on bias-conflicting test images and the biased head's accuracy."""
+    runs = debias_runs(data, colored=True)
+    if runs.empty:
+        return pd.DataFrame()
+    by = group_keys(runs, ("debias.name", "dataset.conflict_ratio"))
+    rows = []
+    for values, group in runs.groupby(by, dropna=False, sort=True):
+        row = dict(zip(by, values if isinstance(values, tuple) else (values,)))
+        acc = 100 * group["test_acc"].astype(float)
+        published = PUBLISHED.get(row["debias.name"], {}).get(float(row["dataset.conflict_ratio"]))
+        row.update(
+            {
+                "unbiased acc % mean": acc.mean(),
+                "std": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
+                "published %": published,
+                "gap (points)": acc.mean() - published if published is not None else float("nan"),
+                "conflicting acc %": 100 * group["test_acc_conflicting"].astype(float).mean(),
+                "bias head acc %": 100 * group["bias_test_acc"].astype(float).mean()
+                if "bias_test_acc" in group and group["bias_test_acc"].notna().any()
+                else float("nan"),
+                "runs": len(group),
+            }
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cmnist_accuracy(data: ReportData) -> Figure | None:
+    """Unbiased test accuracy vs conflict ratio per method (mean ± std), published numbers as open markers."""
+    runs = debias_runs(data, colored=True)
+    if runs.empty:
+        return None
+    groups = split(runs, ["debias.name", "dataset.conflict_ratio"])
+    fig, slots = grid(len(groups), ncols=2, size=(5.2, 3.8))
+    counts = []
+    for group, (ax,) in zip(groups, slots):
+        stats = mean_sem(group.rows, ["debias.name", "dataset.conflict_ratio"], "test_acc")
+        std = group.rows.groupby(["debias.name", "dataset.conflict_ratio"])["test_acc"].std(ddof=1).reset_index()
+        stats = stats.merge(std.rename(columns={"test_acc": "std"}), on=["debias.name", "dataset.conflict_ratio"])
+        counts += stats["runs"].tolist()
+        for method in [m for m in METHODS if m in set(stats["debias.name"])] + sorted(
+            set(stats["debias.name"]) - set(METHODS)
+        ):
+            points = stats[stats["debias.name"] == method].sort_values("dataset.conflict_ratio")
+            color = COLORS.get(method, "C4")
+            ax.errorbar(
+                100 * points["dataset.conflict_ratio"],
+                100 * points["mean"],
+                yerr=100 * points["std"].fillna(0.0),
+                marker="o",
+                capsize=3,
+                color=color,
+                label=f"{method} (ours)",
+            )
+            if method in PUBLISHED:
+                ratios = sorted(PUBLISHED[method])
+                ax.plot(
+                    [100 * r for r in ratios],
+                    [PUBLISHED[method][r] for r in ratios],
+                    marker="s",
+                    markerfacecolor="none",
+                    linestyle=":",
+                    color=color,
+                    label=f"{method} (published)",
+                )
+        ax.set_xscale("log")
+        ratios = sorted(set(100 * group.rows["dataset.conflict_ratio"].astype(float)) | {0.5, 1, 2, 5})
+        ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
+        ax.minorticks_off()
+        ax.set_xlabel("bias-conflicting training images (%)")
+        ax.set_ylabel("unbiased test accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        panel_title(ax, group.title)
+    legend_outside(fig, "method")
+    return finish(
+        fig,
+        "Colored MNIST: unbiased test accuracy of the debiasing methods",
+        common(runs),
+        over_seeds(counts, stat="mean ± std"),
+        len(runs),
+    )
+
+
+def rare_pattern(data: ReportData) -> Figure | None:
+    """Spurious score vs n of a planted pattern, per debiasing method (vanilla vs SiH), per dataset and pattern."""
+    runs = debias_runs(data, colored=False)
+    runs = runs.dropna(subset=["spurious_score"]) if not runs.empty else runs
+    if runs.empty:
+        return None
+    groups = split(runs, ["poison.count", "debias.name"])
+    fig, slots = grid(len(groups), ncols=3, size=(4.4, 3.4))
+    present = set(runs["debias.name"])
+    colors = {m: COLORS.get(m, "C4") for m in [*METHODS, *sorted(present - set(METHODS))] if m in present}
+    points = []
+    for group, (ax,) in zip(groups, slots):
+        points.append(curves_over_n(ax, group.rows, "debias.name", colors))
+        ax.set_ylabel(SCORE_LABEL)
+        ax.grid(alpha=0.3)
+        floor_at_zero(ax)
+        panel_title(ax, group.title)
+    legend_outside(fig, "debiasing method", colors)
+    return finish(
+        fig,
+        "Does debiasing stop a rare planted pattern? Spurious score vs n",
+        common(runs),
+        over_seeds(point_counts(points)),
+        len(runs),
+    )
+
+
+def visualised_run(data: ReportData) -> pd.DataFrame:
+    """The SiH run whose bias visualisation the report shows: Colored MNIST first, then the lowest seeds."""
+    runs = data.experiment(DEBIAS)
+    if runs.empty or data.results_dir is None or "debias.name" not in runs:
+        return pd.DataFrame()
+    runs = runs[runs["debias.name"] == "sih"]
+    runs = runs[[(data.results_dir / run / BIAS_VISUALISATION).is_file() for run in runs["run_id"]]]
+    if runs.empty:
+        return runs
+    order = [c for c in ("train.model_seed", "poison.seed", "dataset.conflict_ratio") if c in runs]
+    runs = runs.assign(_cmnist=runs["dataset.name"] != "cmnist").sort_values(["_cmnist", *order])
+    return runs.head(1).drop(columns="_cmnist")
+
+
+def bias_visualisation(data: ReportData) -> Figure | None:
+    """The stored DeepFool grid of one SiH run, with the run it comes from."""
+    run = visualised_run(data)
+    if run.empty:
+        return None
+    image = mpimg.imread(data.results_dir / run["run_id"].iloc[0] / BIAS_VISUALISATION)
+    height, width = image.shape[:2]
+    fig = plt.figure(figsize=(max(width / 100, 6.4), height / 100 + 0.8), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(image)
+    ax.set_axis_off()
+    row = run.iloc[0]
+    settings = ", ".join(
+        f"{key} {row[key]}"
+        for key in ("dataset.name", "dataset.conflict_ratio", "pattern.name", "poison.count", "train.model_seed")
+        if key in row and pd.notna(row[key])
+    )
+    fig.suptitle(f"run {row['run_id']}: {settings}", fontsize=9)
+    return fig
+
+
+SECTION = Section(
+    order=45,
+    figures=(
+        FigureSpec(
+            "debias_cmnist",
+            "Debiasing on Colored MNIST",
+            "Accuracy on the unbiased Colored MNIST test set vs the share of bias-conflicting training images, "
+            "per method, with the published numbers (SiH paper; LfF from the SiH authors' result files).",
+            "debias runs on dataset=cmnist",
+            cmnist_accuracy,
+            lambda data: debias_runs(data, colored=True),
+        ),
+        FigureSpec(
+            "debias_rare",
+            "Debiasing against a rare planted pattern",
+            "Spurious score vs the number of poisoned training images n for each debiasing method, per "
+            "dataset and pattern; n = 0 is the method's clean model.",
+            "debias runs on a poisoned dataset",
+            rare_pattern,
+            lambda data: debias_runs(data, colored=False),
+        ),
+        FigureSpec(
+            "bias_visualisation",
+            "What the bias model learned (SiH)",
+            "Test images (top), their reconstructions (middle), and the reconstructions after DeepFool moved "
+            "the bias latent until the bias head predicts another class (bottom): what changes is the bias.",
+            "SiH debias runs with a bias visualisation",
+            bias_visualisation,
+            visualised_run,
+        ),
+    ),
+    tables={"debias_cmnist": cmnist_table},
+)

@@ -1,0 +1,19 @@
+"""Held-out splits of a training set: the biased validation split that debiasing stops early on (SPEC 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def validation_split(
+    n: int, fraction: float, seed: int, keep: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices: a seeded random `fraction` of the `n` training images is held out.
+
+    Drawn from the training set itself, so the validation split is as biased as the data (the SiH
+    protocol). Images in `keep` (the poisoned ones) always stay in training, so a run with n poisoned
+    images trains on all n. Both index arrays are sorted.
+    """
+    pool = np.setdiff1d(np.arange(n), keep if keep is not None else [])
+    held = np.random.default_rng(seed).permutation(pool)[: int(round(fraction * n))]
+    return np.setdiff1d(np.arange(n), held), np.sort(held)
