@@ -24,11 +24,18 @@ from rarespur.store import (
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "runs"
+# Experiments whose clean baseline is the same config with poison.count=0 (a train run's is a train run, a
+# debias run's the same method's clean model).
+BASELINED_BY_THEIR_CLEAN_TWIN = ("train", "debias")
 
 
 def _with_late_baseline(record: dict, run: Path, results_dir: Path) -> dict:
     """Fill baseline_score / p_value of a poisoned run whose clean baseline finished after it."""
-    if record.get("experiment.name") != "train" or record.get("poison.count", 0) == 0 or "p_value" in record:
+    if (
+        record.get("experiment.name") not in BASELINED_BY_THEIR_CLEAN_TWIN
+        or record.get("poison.count", 0) == 0
+        or "p_value" in record
+    ):
         return record
     cfg = json.loads((run / CONFIG).read_text())
     return {**record, **baseline_comparison(cfg, load_indicators(run), results_dir, quiet=True)}

@@ -27,8 +27,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from rarespur.data import ImageData
 from rarespur.errors import ConfigError
+from rarespur.image_data import ImageData
 
 # colors.th of the SiH / LfF code, class 0..9, RGB in [0, 1].
 COLORS = np.array(

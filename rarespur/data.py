@@ -24,7 +24,6 @@ import math
 import os
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from rarespur.colored_mnist import make_colored_mnist
 from rarespur.errors import ConfigError, DataError
+from rarespur.image_data import ImageData
 
 __all__ = [
     "DATASET_NAMES",
@@ -51,46 +52,6 @@ class DatasetNotFoundError(DataError, FileNotFoundError):
 
 class CorruptDataError(DataError, ValueError):
     """A data file exists but cannot be what it claims to be (truncated, wrong header, bad checksum)."""
-
-
-@dataclass(frozen=True)
-class ImageData:
-    """A clean dataset: channels-last float32 images in [0, 1] and int64 labels in file order."""
-
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    classes: tuple[str, ...]
-    # Per image, the class of a bias attribute where the dataset has one (Colored MNIST: the colour), so
-    # accuracy can be split into bias-aligned (bias == label) and bias-conflicting images; else None.
-    train_bias: np.ndarray | None = None
-    test_bias: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        """Catch inconsistent arrays here, where they are made, not later inside training."""
-        for split, x, y in (("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)):
-            if x.ndim != 4 or len(x) != len(y):
-                raise ValueError(
-                    f"{split} images must be N x H x W x C with one label each: got {x.shape} and {y.shape}"
-                )
-            if len(y) and (y.min() < 0 or y.max() >= len(self.classes)):
-                raise ValueError(f"{split} labels must lie in 0..{len(self.classes) - 1}, got {y.min()}..{y.max()}")
-        for split, bias, y in (("train", self.train_bias, self.train_y), ("test", self.test_bias, self.test_y)):
-            if bias is not None and len(bias) != len(y):
-                raise ValueError(f"{split} bias labels must be one per image: got {len(bias)} for {len(y)} images")
-        if self.train_x.shape[1:] != self.test_x.shape[1:]:
-            raise ValueError(f"train images are {self.train_x.shape[1:]} but test images are {self.test_x.shape[1:]}")
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of one image."""
-        h, w, c = self.train_x.shape[1:]
-        return h, w, c
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
 
 Loader = Callable[[Path, bool, Path | None], ImageData]  # (root, download, path)
@@ -126,7 +87,7 @@ def load_dataset(
     """
     if name in _DERIVED:
         base, make = _DERIVED[name]
-        return make()(load_dataset(base, root, download, path), **(options or {}))
+        return make(load_dataset(base, root, download, path), **(options or {}))
     if name not in _LOADERS:
         raise ConfigError(f"dataset={name} unknown; valid names: {', '.join(DATASET_NAMES)}")
     root = Path(root).expanduser() if root is not None else default_data_root()
@@ -451,12 +412,6 @@ _LOADERS: dict[str, Loader] = {
 }
 
 
-def _colored_mnist() -> Callable[..., ImageData]:
-    from rarespur.colored_mnist import make_colored_mnist  # it builds on ImageData: imported when used
-
-    return make_colored_mnist
-
-
 # Datasets made from another one: name -> (the base dataset, the maker of (base ImageData, **options)).
-_DERIVED: dict[str, tuple[str, Callable[[], Callable[..., ImageData]]]] = {"cmnist": ("mnist", _colored_mnist)}
+_DERIVED: dict[str, tuple[str, Callable[..., ImageData]]] = {"cmnist": ("mnist", make_colored_mnist)}
 DATASET_NAMES: tuple[str, ...] = tuple(sorted([*_LOADERS, *_DERIVED]))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
+from rarespur.collect import collect
 from rarespur.colored_mnist import COLORS, color_labels, make_colored_mnist
 from rarespur.data import load_dataset
 from rarespur.debias.lff import LearningFromFailure
@@ -315,11 +316,24 @@ def test_debias_on_a_poisoned_dataset_scores_the_pattern_with_its_baseline(share
         "pattern=s3",
         f"results_dir={tmp_path}",
     ]
-    clean = run_job(compose_config(*base, "poison.count=0"))
-    poisoned = run_job(compose_config(*base, "poison.count=50"))
+    poisoned = run_job(compose_config(*base, "poison.count=50"))  # before its baseline: collect fills the p-value
     assert len(poisoned["poisoned_indices"]) == 50 and poisoned["n_train"] == 2000 and poisoned["n_val"] == 0
-    assert poisoned["baseline_run_id"] == clean["run_id"] and 0 <= poisoned["p_value"] <= 1
+    assert "p_value" not in poisoned
     assert "test_acc_aligned" not in poisoned and "bias_test_acc" not in poisoned  # no bias label, no bias model
+    clean = run_job(compose_config(*base, "poison.count=0"))
+    table = collect(tmp_path).set_index("run_id")
+    assert table.loc[poisoned["run_id"], "baseline_run_id"] == clean["run_id"]
+    assert table.loc[poisoned["run_id"], "baseline_score"] == clean["spurious_score"]
+    assert 0 <= table.loc[poisoned["run_id"], "p_value"] <= 1
+
+
+def test_sih_trains_the_convolutional_vae_on_colour_images_with_mse():
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 3, 32, 32), torch.randint(0, 4, (64,))
+    model, sih = build_model("vae_conv", (3, 32, 32), 4), SignalIsHarder()
+    history = train_model(model, x, y, TrainSettings(epochs=3, batch_size=32, optimizer="adam", lr=1e-3), objective=sih)
+    assert sih.reconstruction == "mse" and history[-1]["rec"] < history[0]["rec"]
+    assert sih.decoder(torch.zeros(2, 256)).shape == (2, 3, 32, 32)
 
 
 def bad(*overrides: str) -> str:
