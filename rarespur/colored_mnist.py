@@ -69,10 +69,13 @@ def colorize(gray: np.ndarray, colors: np.ndarray, color_std: float, rng: np.ran
     return coloured.astype(np.float32) / np.float32(255)
 
 
-def make_colored_mnist(mnist: ImageData, conflict_ratio: float, color_std: float, seed: int) -> ImageData:
+def make_colored_mnist(
+    mnist: ImageData, conflict_ratio: float = 0.01, color_std: float = 0.005, seed: int = 0
+) -> ImageData:
     """Colored MNIST from MNIST (see the module docstring); the same arrays for the same arguments.
 
-    `conflict_ratio` in [0, 1] and `color_std` >= 0 are checked with the config (``COMMON_FIELDS``)."""
+    `conflict_ratio` in [0, 1] and `color_std` >= 0 are checked with the config (``COMMON_FIELDS``); the
+    defaults are conf/dataset/cmnist.yaml's."""
     if mnist.image_shape[2] != 1 or mnist.num_classes != len(COLORS):
         raise ConfigError("dataset=cmnist is built from MNIST's 10 grey classes; its base data do not fit")
     rng = np.random.default_rng(seed)

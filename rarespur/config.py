@@ -109,7 +109,8 @@ def identity(cfg: dict[str, Any]) -> dict[str, Any]:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
-    out.get("regularizer", {}).pop("_target_", None)  # the class that implements the name, not a setting
+    for group in ("regularizer", "debias"):  # the class that implements the name, not a setting
+        out.get(group, {}).pop("_target_", None)
     return out
 
 

@@ -24,6 +24,7 @@ import math
 import os
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -77,21 +78,43 @@ def load_dataset(
     download: bool = False,
     path: str | Path | None = None,
     options: dict[str, Any] | None = None,
+    limits: tuple[int | None, int | None] = (None, None),
 ) -> ImageData:
     """Load the clean dataset `name`.
 
     `root` holds torchvision-layout files (default :func:`default_data_root`);
     `download` lets torchvision fetch missing files; `path` is the folder of
     the ``imagefolder`` dataset; `options` are a derived dataset's settings
-    (``cmnist``: conflict_ratio, color_std, seed).
+    (``cmnist``: conflict_ratio, color_std, seed); `limits` keep the first
+    (train, test) images. A derived dataset is made from the first images of
+    its base, so its make-up (Colored MNIST's share of conflicting colours,
+    its unbiased test set) holds on the subset too.
     """
     if name in _DERIVED:
         base, make = _DERIVED[name]
-        return make(load_dataset(base, root, download, path), **(options or {}))
+        return make(load_dataset(base, root, download, path, limits=limits), **(options or {}))
     if name not in _LOADERS:
         raise ConfigError(f"dataset={name} unknown; valid names: {', '.join(DATASET_NAMES)}")
     root = Path(root).expanduser() if root is not None else default_data_root()
-    return _LOADERS[name](root, download, Path(path).expanduser() if path is not None else None)
+    return _cut(_LOADERS[name](root, download, Path(path).expanduser() if path is not None else None), *limits)
+
+
+def _cut(data: ImageData, train_n: int | None, test_n: int | None) -> ImageData:
+    if train_n is None and test_n is None:
+        return data
+
+    def head(array: np.ndarray | None, n: int | None) -> np.ndarray | None:
+        return array[:n] if array is not None else None
+
+    return replace(
+        data,
+        train_x=data.train_x[:train_n],
+        train_y=data.train_y[:train_n],
+        test_x=data.test_x[:test_n],
+        test_y=data.test_y[:test_n],
+        train_bias=head(data.train_bias, train_n),
+        test_bias=head(data.test_bias, test_n),
+    )
 
 
 def dataset_options(dataset_cfg: dict[str, Any]) -> dict[str, Any]:

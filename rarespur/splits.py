@@ -12,8 +12,9 @@ def validation_split(
 
     Drawn from the training set itself, so the validation split is as biased as the data (the SiH
     protocol). Images in `keep` (the poisoned ones) always stay in training, so a run with n poisoned
-    images trains on all n. Both index arrays are sorted.
+    images trains on all n; the split depends on the seed alone otherwise, so a poisoned run and its
+    clean baseline hold out the same images. Both index arrays are sorted.
     """
-    pool = np.setdiff1d(np.arange(n), keep if keep is not None else [])
-    held = np.random.default_rng(seed).permutation(pool)[: int(round(fraction * n))]
-    return np.setdiff1d(np.arange(n), held), np.sort(held)
+    held = np.random.default_rng(seed).permutation(n)[: int(round(fraction * n))]
+    held = np.setdiff1d(held, keep if keep is not None else [])
+    return np.setdiff1d(np.arange(n), held), held

@@ -233,13 +233,13 @@ def train_model(
     objective) get the weights of the best epoch back; ``s.lr_schedule="plateau"`` decays on it too.
     Returns one dict per epoch: epoch, loss, acc, lr (+ the objective's metrics, + validation).
     """
+    device = x.device
+    objective = objective if objective is not None else Objective()
+    s = objective.adjust(s)
     if (s.early_stopping or s.lr_schedule == "plateau") and validation is None:
         raise ValueError("early stopping and the plateau schedule need validation data: pass validation=(x, y)")
     if s.monitor not in ("val_acc", "val_loss"):
         raise ValueError(f"monitor {s.monitor!r} unknown; valid: val_acc, val_loss")
-    device = x.device
-    objective = objective if objective is not None else Objective()
-    s = objective.adjust(s)
     objective.setup(model, y)
     for module in objective.modules().values():
         module.to(device)

@@ -92,12 +92,21 @@ def test_same_seed_same_arrays_and_colour_on_the_digit_only(mnist):
 
 
 def test_validation_split_keeps_the_poisoned_images_in_training():
-    keep = np.array([3, 5, 7])
+    plain_train, plain_val = validation_split(100, 0.2, seed=0)
+    assert len(plain_val) == 20 and len(plain_train) == 80 and not np.intersect1d(plain_train, plain_val).size
+    keep = np.r_[plain_val[:2], 99]  # two held-out images poisoned, one already training
     train, val = validation_split(100, 0.2, seed=0, keep=keep)
-    assert len(val) == 20 and len(train) == 80 and not np.intersect1d(train, val).size
     assert np.isin(keep, train).all()
-    assert np.array_equal(validation_split(100, 0.2, seed=0, keep=keep)[1], val)
-    assert not np.array_equal(validation_split(100, 0.2, seed=1, keep=keep)[1], val)
+    assert np.array_equal(val, plain_val[2:])  # the clean baseline holds out the same images, less the poisoned
+    assert not np.array_equal(validation_split(100, 0.2, seed=1)[1], plain_val)
+
+
+def test_a_limited_colored_mnist_keeps_its_ratio_and_an_unbiased_test_set(shared_data):
+    data = load_dataset("cmnist", shared_data, options=cmnist_options(0.05), limits=(3000, 500))
+    assert len(data.train_y) == 3000 and len(data.test_y) == 500
+    assert abs((data.train_bias != data.train_y).mean() - 0.05) < 0.01
+    assert abs((data.test_bias == data.test_y).mean() - 0.1) < 0.03 and len(np.unique(data.test_bias)) == 10
+    assert load_dataset("cmnist", shared_data, limits=(100, 100)).train_x.shape == (100, 28, 28, 3)  # defaults
 
 
 # ---------------------------------------------------------------------------
@@ -355,6 +364,7 @@ def bad(*overrides: str) -> str:
         (["dataset=cmnist", "data.root=/nonexistent"], ["MNIST", "/nonexistent", "data.root"]),
         (["dataset=cmnist", "regularizer=l2"], ["regularizer=l2", "regularizer=none"]),
         (["dataset=cmnist", "debias.val_fraction=0"], ["debias.val_fraction", "early_stopping"]),
+        (["dataset=cmnist", "model=vae_conv"], ["model=vae_conv", "divide by 8"]),
     ],
 )
 def test_bad_input_fails_in_one_message_and_leaves_nothing(overrides, words, tmp_path, shared_data):

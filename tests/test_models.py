@@ -21,7 +21,18 @@ from conftest import compose_config
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
-CHEAP = ("mlp1x256", "mlp2x256", "mlp3x256", "mlp3x512", "cnn", "resnet20", "resnet32", "resnet110", "vae_mlp", "vae_conv")
+CHEAP = (
+    "mlp1x256",
+    "mlp2x256",
+    "mlp3x256",
+    "mlp3x512",
+    "cnn",
+    "resnet20",
+    "resnet32",
+    "resnet110",
+    "vae_mlp",
+    "vae_conv",
+)
 
 # VGG16 with 10 classes, by arithmetic:
 #   convs (3x3 weights + bias): 3*64*9+64 = 1,792; 64*64*9+64 = 36,928;

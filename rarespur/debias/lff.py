@@ -31,6 +31,7 @@ class LearningFromFailure(Debiaser):
         super().__init__(**protocol)
         self.q, self.ema_alpha = q, ema_alpha
         self.labels: torch.Tensor | None = None
+        self.num_classes = 0
         self.ema = torch.zeros(0)  # 2 x N: per training sample, the averaged loss of the biased and debiased model
         self.seen = torch.zeros(0, dtype=torch.bool)
         self._sums = torch.zeros(3)
@@ -38,6 +39,7 @@ class LearningFromFailure(Debiaser):
     def setup(self, model: nn.Module, y: torch.Tensor) -> None:
         self.bias_model = fresh_copy(model)
         self.labels = y
+        self.num_classes = int(y.max()) + 1 if len(y) else 0
         self.ema = torch.zeros(2, len(y), device=y.device)
         self.seen = torch.zeros(len(y), dtype=torch.bool, device=y.device)
         self._sums = torch.zeros(3, device=y.device)
@@ -49,15 +51,14 @@ class LearningFromFailure(Debiaser):
         keep = self.ema_alpha * self.seen[index].float()
         self.ema[:, index] = keep * self.ema[:, index] + (1 - keep) * ce
         self.seen[index] = True
-        class_max = torch.zeros(2, int(self.labels.max()) + 1, device=x.device)
+        class_max = torch.zeros(2, self.num_classes, device=x.device)
         class_max = class_max.scatter_reduce(1, self.labels.expand(2, -1), self.ema, reduce="amax")
         normalised = self.ema[:, index] / class_max[:, y].clamp_min(1e-12)
         weight = normalised[0] / (normalised[0] + normalised[1] + 1e-8)
         loss_b = gce(logits_b, y, self.q, scale=self.q).mean()
         loss_d = (F.cross_entropy(logits_d, y, reduction="none") * weight).mean()
-        self._sums += torch.stack(
-            [(logits_b.argmax(1) == y).float().sum(), weight.sum(), torch.tensor(float(len(y)), device=x.device)]
-        )
+        self._sums[:2] += torch.stack([(logits_b.argmax(1) == y).float().sum(), weight.sum()])
+        self._sums[2] += len(y)
         return StepOutput(loss_b + loss_d, logits_d)
 
     def end_epoch(self) -> dict[str, float]:

@@ -85,9 +85,8 @@ class SignalIsHarder(Debiaser):
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> StepOutput:
         terms = self.terms(model, x, y, sample=True)
-        self._sums += torch.stack(
-            [terms[k].detach().sum() for k in TERMS] + [torch.tensor(float(len(y)), device=x.device)]
-        )
+        self._sums[:-1] += torch.stack([terms[k].detach().sum() for k in TERMS])
+        self._sums[-1] += len(y)
         return StepOutput(terms["total"].mean(), terms["logits"])
 
     def validation_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import copy
 import functools
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,12 +42,12 @@ def pick_device(name: str) -> torch.device:
 
 @functools.lru_cache(maxsize=2)
 def _load_clean(
-    name: str, root: str | None, download: bool, path: str | None, options: tuple, fingerprint: str
+    name: str, root: str | None, download: bool, path: str | None, options: tuple, limits: tuple, fingerprint: str
 ) -> ImageData:
     """The clean dataset, read once per process: the pre-flight check and the run share it, and so do
     the jobs of a sweep that Hydra's basic launcher runs one after another in one process. The data's
     fingerprint is part of the cache key, so files changed meanwhile are read again."""
-    return load_dataset(name, root=root, download=download, path=path, options=dict(options))
+    return load_dataset(name, root=root, download=download, path=path, options=dict(options), limits=limits)
 
 
 def load_data(cfg: dict[str, Any]) -> ImageData:
@@ -56,21 +56,14 @@ def load_data(cfg: dict[str, Any]) -> ImageData:
     The arrays are shared between calls (see :func:`_load_clean`): copy before changing them.
     """
     data_cfg, ds_cfg = cfg["data"], cfg["dataset"]
-    options = tuple(sorted(dataset_options(ds_cfg).items()))
-    data = _load_clean(
-        ds_cfg["name"], data_cfg["root"], data_cfg["download"], ds_cfg.get("path"), options, data_fingerprint_of(cfg)
-    )
-    train_n, test_n = data_cfg["train_limit"], data_cfg["test_limit"]
-    if train_n is None and test_n is None:
-        return data
-    return replace(
-        data,
-        train_x=data.train_x[:train_n],
-        train_y=data.train_y[:train_n],
-        test_x=data.test_x[:test_n],
-        test_y=data.test_y[:test_n],
-        train_bias=data.train_bias[:train_n] if data.train_bias is not None else None,
-        test_bias=data.test_bias[:test_n] if data.test_bias is not None else None,
+    return _load_clean(
+        ds_cfg["name"],
+        data_cfg["root"],
+        data_cfg["download"],
+        ds_cfg.get("path"),
+        tuple(sorted(dataset_options(ds_cfg).items())),
+        (data_cfg["train_limit"], data_cfg["test_limit"]),
+        data_fingerprint_of(cfg),
     )
 
 

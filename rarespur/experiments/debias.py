@@ -40,7 +40,7 @@ from rarespur.store import BIAS_VISUALISATION, RunDir, baseline_comparison, save
 
 log = logging.getLogger(__name__)
 
-EXAMPLES_PER_CLASS = 1
+EXAMPLES_PER_CLASS = 2
 
 
 def method(cfg: dict[str, Any]) -> Debiaser:
@@ -73,7 +73,19 @@ def check(cfg: dict[str, Any]) -> None:
             "debias.lr_schedule=constant"
         )
     check_train_config(cfg)
-    objective.check_model(make_model(cfg, load_data(cfg), torch.device("cpu")))
+    data = load_data(cfg)
+    if objective.needs_validation() and round(objective.val_fraction * len(data.train_y)) == 0:
+        raise ConfigError(
+            f"debias.val_fraction={objective.val_fraction} of {len(data.train_y)} training images holds out none, "
+            f"and debias={cfg['debias']['name']} needs validation data; raise debias.val_fraction or data.train_limit"
+        )
+    try:
+        model = make_model(cfg, data, torch.device("cpu"))
+    except ValueError as err:
+        raise ConfigError(
+            f"model={cfg['model']['name']} cannot take {cfg['dataset']['name']}'s images: {err}"
+        ) from None
+    objective.check_model(model)
 
 
 def split_accuracies(predicted: np.ndarray, y: np.ndarray, bias: np.ndarray | None, prefix: str) -> dict[str, float]:
