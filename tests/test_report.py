@@ -509,9 +509,77 @@ def synthetic_deletion() -> ReportData:
     return ReportData(normalise(pd.DataFrame(rows)))
 
 
+@pytest.fixture(scope="module")
+def synthetic_debias(tmp_path_factory) -> ReportData:
+    """Debias runs: vanilla / LfF / SiH on Colored MNIST at four ratios, vanilla / SiH on poisoned MNIST, and
+    one SiH run's stored bias visualisation."""
+    from rarespur.debias.visualise import BiasSwap, save_grid
+    from rarespur.store import BIAS_VISUALISATION
+
+    store = tmp_path_factory.mktemp("debias_store")
+    rows = []
+    for method, base in (("vanilla", 0.6), ("lff", 0.7), ("sih", 0.8)):
+        for ratio in (0.005, 0.01, 0.02, 0.05):
+            for seed in (0, 1, 2):
+                rows.append(
+                    {
+                        "run_id": f"c{method}{ratio}{seed}",
+                        "dataset.conflict_ratio": ratio,
+                        "train.model_seed": seed,
+                        "dataset.name": "cmnist",
+                        "debias.name": method,
+                        "test_acc": base + 0.01 * seed + ratio,
+                        "test_acc_conflicting": base - 0.02,
+                        "bias_test_acc": None if method == "vanilla" else 0.3,
+                    }
+                )
+    for method, score in (("vanilla", 0.9), ("sih", 0.5)):
+        for n in (0, 3, 10):
+            for seed in (0, 1):
+                rows.append(
+                    {
+                        "run_id": f"m{method}{n}{seed}",
+                        "dataset.name": "mnist",
+                        "debias.name": method,
+                        "pattern.name": "r3",
+                        "poison.count": n,
+                        "poison.seed": seed,
+                        "test_acc": 0.97,
+                        "spurious_score": score * (n > 0) + 0.01 * seed,
+                    }
+                )
+    runs = pd.DataFrame(rows).assign(**{"experiment.name": "debias", "model.name": "vae_mlp", "optim.name": "adam"})
+    images = np.random.default_rng(0).random((3, 3, 28, 28)).astype(np.float32)
+    swap = BiasSwap(images, images, images[::-1], np.array([0, 1, 2]), np.array([1, 2, 0]), np.array([True] * 3))
+    (store / "csih0.010").mkdir()
+    save_grid(swap, store / "csih0.010" / BIAS_VISUALISATION, tuple("0123456789"))
+    return ReportData(normalise(runs), results_dir=store)
+
+
+def test_debias_figures_and_table(synthetic_debias):
+    from rarespur.report import debias
+
+    fig = debias.cmnist_accuracy(synthetic_debias)
+    assert set(legend_texts(fig)) == {f"{m} ({w})" for m in ("vanilla", "lff", "sih") for w in ("ours", "published")}
+    assert "mean ± std over 3 seeds" in suptitle(fig)
+    table = debias.cmnist_table(synthetic_debias).set_index(["debias.name", "dataset.conflict_ratio"])
+    row = table.loc[("sih", 0.01)]
+    assert row["published %"] == 80.0 and row["unbiased acc % mean"] == pytest.approx(82.0)
+    assert row["gap (points)"] == pytest.approx(2.0) and row["runs"] == 3
+    rare = debias.rare_pattern(synthetic_debias)
+    assert legend_texts(rare) == ["vanilla", "sih"]
+    shown = debias.visualised_run(synthetic_debias)
+    assert list(shown["run_id"]) == ["csih0.010"] and debias.bias_visualisation(synthetic_debias) is not None
+
+
 @pytest.mark.parametrize("spec", FIGURES, ids=[spec.slug for spec in FIGURES])
-def test_no_text_is_clipped_and_no_legend_covers_data(spec, data):
-    fig = spec.draw(data) or spec.draw(synthetic_membership()) or spec.draw(synthetic_deletion())
+def test_no_text_is_clipped_and_no_legend_covers_data(spec, data, synthetic_debias):
+    fig = (
+        spec.draw(data)
+        or spec.draw(synthetic_membership())
+        or spec.draw(synthetic_deletion())
+        or spec.draw(synthetic_debias)
+    )
     assert fig is not None
     assert layout_problems(fig) == []
 

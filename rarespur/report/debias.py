@@ -181,6 +181,8 @@ def bias_visualisation(data: ReportData) -> Figure | None:
     fig = plt.figure(figsize=(max(width / 100, 6.4), height / 100 + 0.8), layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(image)
+    ax.set_xticks([])
+    ax.set_yticks([])
     ax.set_axis_off()
     row = run.iloc[0]
     settings = ", ".join(
