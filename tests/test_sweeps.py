@@ -265,6 +265,8 @@ def test_clean_runs_come_first_so_poisoned_runs_find_their_baseline():
     """poison.count varies slower than target and seed: every clean run of a pattern precedes its poisoned ones."""
     for name in GRIDS:
         keys = [line.split("=", 1)[0] for line in Sweep(name).job_overrides[0]]
+        if "poison.count" not in keys:  # a grid that plants nothing (debias_cmnist)
+            continue
         assert keys.index("poison.count") < keys.index("poison.target") < keys.index("poison.seed"), name
 
 
