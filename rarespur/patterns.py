@@ -30,6 +30,10 @@ class Pattern:
     def check_shape(self, image_shape: tuple[int, int, int]) -> None:
         """Raise ValueError when the pattern cannot be placed on images of this (H, W, C) shape."""
 
+    def support(self, image_shape: tuple[int, int, int]) -> np.ndarray:
+        """H x W, True where the pattern may change a pixel: the truth a detector is graded against."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class BoxPattern(Pattern):
@@ -53,6 +57,11 @@ class BoxPattern(Pattern):
                 "change pattern.top/left/height/width"
             )
 
+    def support(self, image_shape: tuple[int, int, int]) -> np.ndarray:
+        mask = np.zeros(image_shape[:2], dtype=bool)
+        mask[self.top : self.top + self.height, self.left : self.left + self.width] = True
+        return mask
+
     def apply(self, images: np.ndarray, seed: int) -> np.ndarray:
         out = np.array(images, dtype=np.float32, copy=True)
         out[:, self.top : self.top + self.height, self.left : self.left + self.width, :] = self.value
@@ -73,6 +82,9 @@ class NoisePattern(Pattern):
     def noise(self, image_shape: tuple[int, int, int], seed: int) -> np.ndarray:
         """The fixed noise image u: a fresh RandomState(seed).rand(H, W, C)."""
         return np.random.RandomState(seed).rand(*image_shape)
+
+    def support(self, image_shape: tuple[int, int, int]) -> np.ndarray:
+        return np.ones(image_shape[:2], dtype=bool)
 
     def apply(self, images: np.ndarray, seed: int) -> np.ndarray:
         u = self.noise(tuple(images.shape[1:]), seed)
@@ -111,6 +123,9 @@ class MaskPattern(Pattern):
         if self.mode not in ("paste", "add"):
             raise ConfigError(f"pattern {self.name!r}: mode must be 'paste' or 'add', got {self.mode!r}")
         self._mask(image_shape)
+
+    def support(self, image_shape: tuple[int, int, int]) -> np.ndarray:
+        return (self._mask(image_shape) > 0).any(axis=2)
 
     def apply(self, images: np.ndarray, seed: int) -> np.ndarray:
         mask = self._mask(tuple(images.shape[1:]))

@@ -29,7 +29,20 @@ from rarespur.store import DATA_FINGERPRINT, FINAL_STATE, MODEL, RunDir, flatten
 log = logging.getLogger(__name__)
 
 PARENT_FILES = (MODEL, FINAL_STATE)  # what a derived run loads from its parent: checked against their checksums
-SUMMARY_KEYS = ("test_acc", "spurious_score", "spurious_test_acc", "baseline_score", "p_value")
+SUMMARY_KEYS = (
+    "test_acc",
+    "spurious_score",
+    "spurious_test_acc",
+    "baseline_score",
+    "p_value",
+    "before.spurious_score",
+    "detect.num_flagged",
+    "detect.top_family",
+    "detect.top_class",
+    "detect.top_delta",
+    "detect.hit_at_1",
+    "detect.precision_at_n",
+)
 
 
 def versions() -> dict[str, str]:
@@ -45,7 +58,8 @@ def versions() -> dict[str, str]:
 
 
 def summary(record: dict[str, Any]) -> str:
-    parts = [f"{k}={record[k]:.4g}" for k in SUMMARY_KEYS if isinstance(record.get(k), float)]
+    shown = {k: record[k] for k in SUMMARY_KEYS if isinstance(record.get(k), (int, float, str))}
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()]
     return f"run {record['run_id']} ({record['experiment.name']}): " + "  ".join(parts)
 
 

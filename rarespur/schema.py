@@ -26,6 +26,7 @@ class Field:
     null_means: str = ""  # what null stands for, for the message
     also: tuple[str, ...] = ()  # words valid besides values of `kind` (influence.scale=auto)
     what: str = ""  # the valid values in words, where the bounds alone say too little ("a positive number of images")
+    many: bool = False  # a non-empty list of such values (detect.patch_sizes=[1,3,5])
 
     def valid(self) -> str:
         """What is valid, in words."""
@@ -51,6 +52,11 @@ class Field:
 
     def cast(self, key: str, value: Any) -> Any:
         """`value` as this field's type, or a ConfigError naming the key, the value and what is valid."""
+        if self.many:
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ConfigError(f"{key} must be a non-empty list of values {self.valid()}, got {value!r}")
+            one = Field(**{**self.__dict__, "many": False})
+            return [one.cast(key, item) for item in value]
         if value is None and self.nullable:
             return None
         if isinstance(value, str) and value in self.also:

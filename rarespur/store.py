@@ -50,6 +50,7 @@ HISTORY = "history.json"  # one row per training epoch
 # optimizer, schedule and generators after the last epoch: incremental retraining goes on from it
 FINAL_STATE = "final_state.pt"
 BIAS_VISUALISATION = "bias_visualisation.png"  # a SiH run's DeepFool grid (SPEC 2), shown by the report
+SENSITIVITY_MAP = "sensitivity_map.png"  # a detect run's per-class map of where a white patch pulls the model (SPEC 3)
 DATA_FINGERPRINT = "data_fingerprint"  # record field: which data the run trained on (rarespur.fingerprint)
 TRAINED_INDEX = ".trained"  # <results_dir>/.trained/<training key> holds the run key of a finished model
 LOCKS = ".locks"  # <results_dir>/.locks/<run key>: held (flock) by the process working on that run

@@ -322,6 +322,8 @@ def test_every_experiment_has_its_yaml_and_every_yaml_its_experiment():
             "incremental_retraining",
             "retrain_exact",
             "sensitivity",
+            "detect",
+            "xbl",
         }
     )
 

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from rarespur.objective import Objective
 from rarespur.patterns import Pattern, build_pattern
 from rarespur.poisoning import choose_poison_indices, poison_images
 from rarespur.regularizers import build_objective
-from rarespur.store import FINAL_STATE, HISTORY, MODEL, TRAIN_STATE, RunDir
+from rarespur.store import FINAL_STATE, HISTORY, MODEL, TRAIN_STATE, RunDir, read_record
 from rarespur.train import EpochCallback, TrainSettings, train_model
 
 log = logging.getLogger(__name__)
@@ -278,3 +279,29 @@ def parent_train_config(cfg: dict[str, Any], own_keys: tuple[str, ...]) -> dict[
         parent.pop(key, None)
     parent["experiment"] = {"name": "train"}
     return parent
+
+
+@dataclass
+class TrainedParent:
+    """A finished train run that another experiment builds on, loaded for the config that builds on it."""
+
+    path: Path
+    record: dict[str, Any]
+    poisoned: PoisonedData
+    model: nn.Module  # the parent's final weights, on `device`; the caller's to change
+    device: torch.device
+
+
+def load_trained_parent(cfg: dict[str, Any], parent_path: Path) -> TrainedParent:
+    """The parent train run of `cfg` with its model, after checking it poisoned the images `cfg` poisons."""
+    record = read_record(parent_path)
+    device = pick_device(cfg["device"])
+    poisoned = poisoned_data(cfg, load_data(cfg))
+    if record.get("poisoned_indices") != poisoned.indices.tolist():
+        raise RuntimeError(
+            f"the parent run {parent_path} poisoned other images than this config does now "
+            "(different data files?); delete that run directory so it is trained again"
+        )
+    model = make_model(cfg, poisoned.data, device)
+    model.load_state_dict(torch.load(parent_path / MODEL, map_location=device, weights_only=True))
+    return TrainedParent(parent_path, record, poisoned, model, device)

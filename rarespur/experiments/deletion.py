@@ -22,15 +22,7 @@ from torch import nn
 
 from rarespur.deletion.common import flat_parameters, kept_indices
 from rarespur.evaluate import to_tensor
-from rarespur.experiments.common import (
-    PoisonedData,
-    load_data,
-    make_model,
-    parent_train_config,
-    pick_device,
-    poisoned_data,
-    score_poisoned,
-)
+from rarespur.experiments.common import PoisonedData, load_trained_parent, parent_train_config, score_poisoned
 from rarespur.store import MODEL, baseline_comparison, load_indicators, read_record
 
 log = logging.getLogger(__name__)
@@ -77,18 +69,10 @@ def requires(cfg: dict[str, Any], own_keys: tuple[str, ...], compare_exact: bool
 
 def start_deletion(cfg: dict[str, Any], parent_path: Path) -> DeletionStart:
     """Load the finished parent run of `cfg` and build the cleaned training set on the device."""
-    parent_record = read_record(parent_path)
-    device = pick_device(cfg["device"])
-    poisoned = poisoned_data(cfg, load_data(cfg))
-    if parent_record.get("poisoned_indices") != poisoned.indices.tolist():
-        raise RuntimeError(
-            f"the parent run {parent_path} poisoned other images than this config does now "
-            "(different data files?); delete that run directory so it is trained again"
-        )
+    parent = load_trained_parent(cfg, parent_path)
+    poisoned, device = parent.poisoned, parent.device
     data = poisoned.data
     keep = kept_indices(len(data.train_y), poisoned.indices)
-    model = make_model(cfg, data, device)
-    model.load_state_dict(torch.load(parent_path / MODEL, map_location=device, weights_only=True))
     log.info(
         "deleting %d poisoned images from %d training images (parent run %s)",
         len(poisoned.indices),
@@ -98,7 +82,7 @@ def start_deletion(cfg: dict[str, Any], parent_path: Path) -> DeletionStart:
     return DeletionStart(
         cfg=cfg,
         parent_path=parent_path,
-        parent_record=parent_record,
+        parent_record=parent.record,
         poisoned=poisoned,
         device=device,
         keep=keep,
@@ -106,7 +90,7 @@ def start_deletion(cfg: dict[str, Any], parent_path: Path) -> DeletionStart:
         clean_y=torch.from_numpy(data.train_y[keep]).to(device),
         removed_x=to_tensor(poisoned.train_x[poisoned.indices], device),
         removed_y=torch.from_numpy(data.train_y[poisoned.indices]).to(device),
-        model=model,
+        model=parent.model,
         removed=poisoned.indices,
     )
 
@@ -118,12 +102,12 @@ def exact_retrain_config(cfg: dict[str, Any], own_keys: tuple[str, ...]) -> dict
     return exact
 
 
-def _spec_metrics(record: dict[str, Any], prefix: str) -> dict[str, Any]:
+def spec_metrics(record: dict[str, Any], prefix: str) -> dict[str, Any]:
     """The SPEC 1.6 metric columns of `record` (per-class ``@c`` ones too), renamed ``<prefix>.<metric>``."""
     return {f"{prefix}.{k}": v for k, v in record.items() if k.split("@")[0] in SPEC_METRICS}
 
 
-def _significance(train_cfg: dict[str, Any], run_path: Path, prefix: str) -> dict[str, Any]:
+def significance(train_cfg: dict[str, Any], run_path: Path, prefix: str) -> dict[str, Any]:
     """``<prefix>.p_value`` / ``<prefix>.learned`` of a stored run's indicators against the clean baseline."""
     comparison = baseline_comparison(train_cfg, load_indicators(run_path), Path(train_cfg["results_dir"]))
     return {f"{prefix}.{k}": v for k, v in comparison.items() if k.split("@")[0] in ("p_value", "learned")}
@@ -150,17 +134,17 @@ def deletion_record(
     record: dict[str, Any] = {
         **after,
         **baseline,
-        **_spec_metrics(start.parent_record, "before"),
-        **(_significance(train_cfg, start.parent_path, "before") if baseline else {}),
+        **spec_metrics(start.parent_record, "before"),
+        **(significance(train_cfg, start.parent_path, "before") if baseline else {}),
         "param_dist.before_after": float(torch.linalg.vector_norm(after_params - before_params)),
     }
     if exact_path is not None:
         exact_record = read_record(exact_path)
         exact_state = torch.load(exact_path / MODEL, map_location="cpu", weights_only=True)
         exact_params = flat_parameters(model_after, exact_state)
-        record.update(_spec_metrics(exact_record, "exact"))
+        record.update(spec_metrics(exact_record, "exact"))
         if baseline:
-            record.update(_significance(train_cfg, exact_path, "exact"))
+            record.update(significance(train_cfg, exact_path, "exact"))
         record["param_dist.after_exact"] = float(torch.linalg.vector_norm(after_params - exact_params))
         record["param_dist.before_exact"] = float(torch.linalg.vector_norm(before_params - exact_params))
         record["exact_run_id"] = exact_path.name

@@ -1,0 +1,166 @@
+"""``experiment=detect`` (SPEC 3): find the shortcut of a trained model without being told it.
+
+Builds on the finished ``train`` run of the same config. Scans the first ``detect.num_images`` test
+images (which carry no pattern) with the perturbation bank of :mod:`rarespur.detection.scan`, weighs
+each finding against the training data (:mod:`rarespur.detection.evidence`), ranks the training
+images that carry the top finding, and grades all of it against the planted truth, which the run
+knows from its config but the detector is never given. Tables ``findings`` and ``carriers``, the
+per-class ``sensitivity_map.png``, and ``detect.*`` fields in the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rarespur.atomic import atomic_path
+from rarespur.detection.carriers import rank_carriers
+from rarespur.detection.evidence import add_evidence
+from rarespur.detection.grading import grade
+from rarespur.detection.maps import save_sensitivity_maps
+from rarespur.detection.scan import ScanSettings, finding_mask, rank_findings, scan, sensitivity_maps
+from rarespur.errors import ConfigError
+from rarespur.evaluate import to_tensor
+from rarespur.experiments.common import check_train_config, load_data, load_trained_parent, parent_train_config
+from rarespur.experiments.experiment import Experiment
+from rarespur.schema import Field, count, non_negative, positive_int
+from rarespur.store import SENSITIVITY_MAP, RunDir
+
+log = logging.getLogger(__name__)
+
+OWN_KEYS = ("detect",)
+FINDINGS_TABLE, CARRIERS_TABLE = "findings", "carriers"
+FIELDS = {
+    "detect.patch_sizes": Field(int, low=1, many=True, what="positive integers"),
+    "detect.patch_values": Field(float, low=0, high=1, many=True),
+    "detect.stride": positive_int(),
+    "detect.noise_strengths": Field(float, low=0, low_open=True, many=True),
+    "detect.content_fractions": Field(float, low=0, high=1, low_open=True, many=True),
+    "detect.num_images": positive_int(),
+    "detect.z_threshold": non_negative(),
+    "detect.min_delta": Field(float, low=0, high=1),
+    "detect.min_carriers": positive_int(),
+    "detect.min_purity": Field(float, low=0, high=1),
+    "detect.evidence_z": non_negative(),
+    "detect.map_window": positive_int(),
+    "detect.top_k": positive_int(),
+    "detect.table_rows": count(),
+    "detect.seed": count(),
+}
+
+
+def scan_settings(cfg: dict[str, Any]) -> ScanSettings:
+    d = cfg["detect"]
+    return ScanSettings(
+        patch_sizes=tuple(d["patch_sizes"]),
+        patch_values=tuple(d["patch_values"]),
+        stride=d["stride"],
+        noise_strengths=tuple(d["noise_strengths"]),
+        content_fractions=tuple(d["content_fractions"]),
+        z_threshold=d["z_threshold"],
+        min_delta=d["min_delta"],
+        min_carriers=d["min_carriers"],
+        min_purity=d["min_purity"],
+        evidence_z=d["evidence_z"],
+        seed=d["seed"],
+    )
+
+
+def check(cfg: dict[str, Any]) -> None:
+    """Patches and the map window must fit the images (found before anything is trained)."""
+    check_train_config(cfg)
+    h, w, _ = load_data(cfg).image_shape
+    for key, sizes in (
+        ("detect.patch_sizes", cfg["detect"]["patch_sizes"]),
+        ("detect.map_window", [cfg["detect"]["map_window"]]),
+    ):
+        too_big = [s for s in sizes if s > min(h, w)]
+        if too_big:
+            raise ConfigError(
+                f"{key}={too_big[0]} is larger than the {h}x{w} images of {cfg['dataset']['name']}; use sizes <= {min(h, w)}"
+            )
+
+
+def requires(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    return [parent_train_config(cfg, OWN_KEYS)]
+
+
+def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, Any]:
+    """Scan, weigh against the training data, rank carriers, draw the map, grade."""
+    d = cfg["detect"]
+    parent = load_trained_parent(cfg, parents[0])
+    poisoned, device, model = parent.poisoned, parent.device, parent.model
+    data = poisoned.data
+    settings = scan_settings(cfg)
+    x = to_tensor(data.test_x[: d["num_images"]], device)
+    y = torch.from_numpy(data.test_y[: d["num_images"]]).to(device)
+    train_x, train_y = to_tensor(poisoned.train_x, device), torch.from_numpy(data.train_y).to(device)
+    log.info("scanning %s (parent run %s) on %d test images", cfg["model"]["name"], parents[0].name, len(x))
+    started = time.perf_counter()
+    rows = scan(model, x, y, data.num_classes, settings)
+    add_evidence(rows, train_x, train_y, data.num_classes, settings.evidence_z)
+    ranked = rank_findings(rows, settings)
+    scan_seconds = time.perf_counter() - started
+    flagged = [row for row in ranked if row["flagged"]]
+    top = flagged[0] if flagged else None
+    carriers = rank_carriers(model, train_x, train_y, top, x[y != top["class"]][:32]) if top else []
+    h, w, _ = data.image_shape
+    metrics = grade(
+        ranked,
+        poisoned.pattern.support(data.image_shape),
+        poisoned.targets,
+        carriers,
+        poisoned.indices,
+        lambda row: finding_mask(ranked, row, h, w),
+    )
+    poisoned_set = set(poisoned.indices.tolist())
+    run_dir.write_table(FINDINGS_TABLE, ranked[: len(flagged) + d["table_rows"]])
+    run_dir.write_table(CARRIERS_TABLE, [{**c, "poisoned": c["index"] in poisoned_set} for c in carriers[: d["top_k"]]])
+    maps = sensitivity_maps(model, x, y, data.num_classes, d["map_window"])
+    title = (
+        f"{cfg['model']['name']} on {cfg['dataset']['name']}: {poisoned.describe()} with {poisoned.pattern.name} "
+        f"(unknown to the scan); {len(flagged)} flagged"
+    )
+    with atomic_path(run_dir.file(SENSITIVITY_MAP)) as tmp:
+        save_sensitivity_maps(maps, tmp, data.classes, d["map_window"], top, title)
+    log.info(
+        "%d findings flagged; top: %s",
+        len(flagged),
+        f"{top['family']} at ({top['top']}, {top['left']}) for class {top['class']}, delta {top['delta']:.3f}"
+        if top
+        else "none",
+    )
+    record = {f"detect.{k}": v for k, v in metrics.items()}
+    if top is not None:
+        record.update(
+            {
+                "detect.top_kind": top["kind"],
+                "detect.top_family": top["family"],
+                "detect.top_class": top["class"],
+                "detect.top_delta": top["delta"],
+                "detect.top_z": top["z"],
+                "detect.top_region": f"{top['top']},{top['left']},{top['bottom']},{top['right']}",
+                "detect.top_carriers": top["carriers"],
+                "detect.top_purity": top["purity"],
+                "detect.top_mask_pixels": int(finding_mask(ranked, top, h, w).sum()),
+            }
+        )
+    return {
+        **record,
+        "detect.num_scanned": int(len(x)),
+        "detect.num_perturbations": len({(r["family"], r["top"], r["left"]) for r in ranked}),
+        "detect.scan_seconds": scan_seconds,
+        "parent.spurious_score": parent.record.get("spurious_score"),
+        "parent.test_acc": parent.record.get("test_acc"),
+        "parent.p_value": parent.record.get("p_value"),
+        "parent_run_id": parents[0].name,
+        "poisoned_indices": poisoned.indices.tolist(),
+        "device_used": str(device),
+    }
+
+
+EXPERIMENT = Experiment(run, check, requires, FIELDS)

@@ -1,0 +1,431 @@
+"""Perturbation detection and XBL (SPEC 3): the scan, its flagging, the training evidence, the carriers,
+the grading, the explanation losses, and the detect / xbl experiments end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from captum.attr import LayerGradCam, Saliency
+from torch import nn
+
+from rarespur.detection.carriers import margin, median_filter, rank_carriers
+from rarespur.detection.evidence import add_evidence, patch_carriers
+from rarespur.detection.grading import grade, iou, is_correct
+from rarespur.detection.scan import ScanSettings, finding_mask, grid_positions, rank_findings, robust_z, scan, tilings
+from rarespur.detection.xbl import (
+    ExplanationPenalty,
+    cell_mask,
+    gradcam,
+    input_gradients,
+    last_conv,
+    masked_share,
+)
+from rarespur.errors import ConfigError
+from rarespur.patterns import BoxPattern, NoisePattern
+from rarespur.runner import run_job
+
+from conftest import REPO_ROOT, compose_config
+
+SIDE, CLASSES, SPOT, SPURIOUS = 8, 3, (2, 5), 1  # the tiny model's shortcut: pixel (2, 5) -> class 1
+
+
+def tiny_model() -> nn.Module:
+    """A linear classifier on 8x8 images whose only strong input is pixel SPOT, wired to class SPURIOUS."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, CLASSES))
+    with torch.no_grad():
+        model[1].weight.normal_(0, 0.05)
+        model[1].bias.zero_()
+        model[1].weight[SPURIOUS, SPOT[0] * SIDE + SPOT[1]] = 8.0
+    return model
+
+
+def tiny_data(n: int = 300, carriers: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random binary images; pixel SPOT is 0 everywhere but in `carriers` images of class SPURIOUS."""
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(n, 1, SIDE, SIDE, generator=g) < 0.3).float()
+    y = torch.arange(n) % CLASSES
+    x[:, :, SPOT[0], SPOT[1]] = 0
+    x[torch.nonzero(y == SPURIOUS).flatten()[:carriers], :, SPOT[0], SPOT[1]] = 1
+    return x, y
+
+
+def test_grid_positions_and_tilings_cover_every_patch_once_without_overlap():
+    assert grid_positions(28, 5, 1) == list(range(24))
+    assert grid_positions(28, 5, 5) == [0, 5, 10, 15, 20, 23]  # flush with the far edge too
+    for size, stride in ((5, 1), (3, 2), (5, 5), (1, 1)):
+        positions = grid_positions(28, size, stride)
+        groups = tilings(positions, size)
+        for t in set(groups):
+            members = [p for p, g in zip(positions, groups) if g == t]
+            assert all(b - a >= size for a, b in zip(members, members[1:]))
+        assert max(groups) + 1 == -(-size // stride) + (positions[-1] - positions[-2] < size and stride >= size)
+
+
+def test_scan_measures_the_mean_rise_of_each_class_over_the_other_images():
+    model, (x, y) = tiny_model(), tiny_data()
+    rows = scan(model, x, y, CLASSES, ScanSettings(patch_sizes=(1, 3), noise_strengths=(0.5,), content_fractions=()))
+    by_key = {(r["family"], r["top"], r["left"], r["class"]): r["delta"] for r in rows}
+    assert len(rows) == CLASSES * (2 * 64 + 2 * 36 + 1)
+    with torch.no_grad():
+        patched = x.clone()
+        patched[..., 1:4, 4:7] = 0.0
+        rise = torch.softmax(model(patched), 1) - torch.softmax(model(x), 1)
+    for cls in range(CLASSES):
+        expected = rise[y != cls, cls].mean().item()
+        assert by_key[("patch3x3=0", 1, 4, cls)] == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_scan_flags_exactly_the_built_in_pixel_and_class():
+    model, (x, y) = tiny_model(), tiny_data()
+    settings = ScanSettings(patch_sizes=(1, 3), noise_strengths=(0.5, 1.0), content_fractions=(0.5,))
+    rows = scan(model, x, y, CLASSES, settings)
+    add_evidence(rows, x, y, CLASSES, settings.evidence_z)
+    ranked = rank_findings(rows, settings)
+    flagged = [(r["family"], r["top"], r["left"], r["class"]) for r in ranked if r["flagged"]]
+    assert flagged[0] == ("patch1x1=1", *SPOT, SPURIOUS)
+    assert {f for f in flagged if f[0] == "patch1x1=1"} == {("patch1x1=1", *SPOT, SPURIOUS)}
+    assert all(f[3] == SPURIOUS for f in flagged)  # 3x3 patches covering the pixel may follow, never another class
+    top = ranked[0]
+    assert top["carriers"] == 6 and top["purity"] == 1.0 and top["delta"] > 0.5
+    # the same model with the data that never shows the pixel: its effect is there, but no correlation in the data
+    x_clean = x.clone()
+    x_clean[:, :, SPOT[0], SPOT[1]] = 0
+    rows = scan(model, x_clean, y, CLASSES, settings)
+    add_evidence(rows, x_clean, y, CLASSES, settings.evidence_z)
+    assert not any(r["flagged"] for r in rank_findings(rows, settings))
+
+
+def test_robust_z_and_flagging_on_a_synthetic_table():
+    rng = np.random.default_rng(0)
+    deltas = np.concatenate([rng.normal(0.0, 0.01, 99), [0.4]])
+    z = robust_z(deltas)
+    mad = np.median(np.abs(deltas - np.median(deltas)))
+    assert z[-1] == pytest.approx((0.4 - np.median(deltas)) / (1.4826 * mad))
+    assert robust_z(np.zeros(5)).tolist() == [0.0] * 5
+    assert robust_z([0, 0, 0, 0, 1])[-1] == pytest.approx(1 / (1.2533 * 0.2))  # MAD 0: mean absolute deviation
+    rows = [
+        {"family": "f", "kind": "patch", "delta": float(d), "carriers": 10, "purity": 1.0, "top": 0, "left": 0}
+        for d in deltas
+    ]
+    rows += [{"family": "g", "kind": "noise", "delta": 0.9, "carriers": 2, "purity": 1.0, "top": 0, "left": 0}]
+    rows += [{"family": "g", "kind": "noise", "delta": 0.0, "carriers": 0, "purity": 0.0, "top": 0, "left": 0}] * 9
+    ranked = rank_findings(rows, ScanSettings())
+    assert [r["delta"] for r in ranked if r["flagged"]] == [0.4]  # 0.9 has too few carriers
+    assert ranked[0]["rank"] == 1 and ranked[1]["delta"] == 0.9  # then the rest by delta
+    strict = rank_findings(rows, ScanSettings(min_delta=0.5))
+    assert not any(r["flagged"] for r in strict)
+
+
+def test_patch_evidence_counts_the_images_of_each_class_that_carry_the_patch():
+    x = torch.zeros(6, 1, 6, 6)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    x[0, :, 0:2, 0:2] = 1
+    x[1, :, 0:2, 0:2] = 0.95  # within the tolerance
+    x[2, :, 0:2, 0:1] = 1  # half a patch: does not carry it
+    counts, near = patch_carriers(x, y, 3, size=2, value=1.0)
+    assert counts.shape == (5, 5, 3)
+    assert counts[0, 0].tolist() == [2, 0, 0] and counts[3, 3].tolist() == [0, 0, 0]
+    assert near[0, 0].tolist() == [2, 1, 0]  # the half patch comes half-way
+    assert patch_carriers(x, y, 3, size=2, value=0.0)[0][4, 4].tolist() == [2, 2, 2]
+
+
+def test_carriers_of_a_patch_are_the_images_that_have_it():
+    model, (x, y) = tiny_model(), tiny_data(carriers=6)
+    finding = {
+        "kind": "patch",
+        "class": SPURIOUS,
+        "top": SPOT[0],
+        "left": SPOT[1],
+        "bottom": SPOT[0] + 1,
+        "right": SPOT[1] + 1,
+    }
+    ranking = rank_carriers(model, x, y, finding, hosts=x[y != SPURIOUS][:8])
+    carriers = set(torch.nonzero(x[:, 0, SPOT[0], SPOT[1]] == 1).flatten().tolist())
+    assert {r["index"] for r in ranking[:6]} == carriers
+    assert ranking[0]["score"] == pytest.approx(8.0, abs=0.5)  # the logit margin loses the pixel's weight
+    assert len(ranking) == int((y == SPURIOUS).sum())
+
+
+def test_carriers_of_noise_are_the_noisy_images():
+    """A model that reads 'noisy' as class 1; the noisy training images of class 1 come first."""
+    torch.manual_seed(0)
+    x = (torch.rand(60, 1, SIDE, SIDE) < 0.2).float() * 0.0
+    x[:, :, 2:6, 3:5] = 1.0  # a clean 'stroke'
+    y = torch.arange(60) % CLASSES
+    noisy = torch.nonzero(y == 1).flatten()[:4]
+    x[noisy] = (x[noisy] + torch.rand(4, 1, SIDE, SIDE)).clamp(0, 1)
+
+    class NoiseReader(nn.Module):
+        def forward(self, images):
+            residual = (images - median_filter(images)).abs().flatten(1).sum(1)
+            return torch.stack([torch.zeros_like(residual), residual, torch.zeros_like(residual)], 1)
+
+    ranking = rank_carriers(NoiseReader(), x, y, {"kind": "noise", "class": 1}, hosts=x[y != 1][:5])
+    assert {r["index"] for r in ranking[:4]} == set(noisy.tolist())
+
+
+def test_margin_is_the_label_logit_minus_the_best_other():
+    logits = torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, -1.0]])
+    assert margin(logits, torch.tensor([1, 2])).tolist() == [1.0, -6.0]
+
+
+def test_grading_against_the_planted_truth():
+    box = BoxPattern("s3", 0, 0, 5, 5).support((28, 28, 1))
+    noise = NoisePattern("r3", 1.0).support((28, 28, 1))
+    assert box.sum() == 25 and noise.all()
+    hit = {"kind": "patch", "class": 0, "top": 1, "left": 1, "bottom": 6, "right": 6, "flagged": True, "rank": 1}
+    miss = {"kind": "patch", "class": 0, "top": 2, "left": 2, "bottom": 7, "right": 7, "flagged": True, "rank": 2}
+    mask = lambda row: finding_mask([row], row, 28, 28)  # noqa: E731
+    assert iou(mask(hit), box) == pytest.approx(16 / 34) and not is_correct(hit, mask(hit), box, [0])
+    exact = dict(hit, top=0, left=0, bottom=5, right=5)
+    assert is_correct(exact, mask(exact), box, [0]) and not is_correct(exact, mask(exact), box, [1])
+    noisy = {"kind": "noise", "class": 0, "top": 0, "left": 0, "bottom": 28, "right": 28, "flagged": True, "rank": 1}
+    assert is_correct(noisy, mask(noisy), noise, [0]) and not is_correct(exact, mask(exact), noise, [0])
+    carriers = [{"index": i} for i in (5, 7, 9, 11)]
+    graded = grade([exact, miss], box, [0], carriers, np.array([7, 5, 100]), mask)
+    assert graded == {
+        "num_flagged": 2,
+        "false_flagged": 1,
+        "hit_at_1": 1.0,
+        "first_hit_rank": 1,
+        "precision_at_n": pytest.approx(2 / 3),
+    }
+    clean = grade([miss], box, [0], [], np.array([], dtype=int), mask)
+    assert clean["false_flagged"] == 1 and clean["hit_at_1"] is None
+
+
+def test_a_flagged_patch_grows_over_the_flagged_patches_of_its_class_it_touches():
+    rows = [
+        {"kind": "patch", "class": 0, "top": 3, "left": 13, "bottom": 6, "right": 16, "flagged": True},
+        {"kind": "patch", "class": 0, "top": 6, "left": 13, "bottom": 9, "right": 16, "flagged": True},
+        {"kind": "patch", "class": 1, "top": 9, "left": 13, "bottom": 12, "right": 16, "flagged": True},
+        {"kind": "patch", "class": 0, "top": 20, "left": 0, "bottom": 23, "right": 3, "flagged": True},
+    ]
+    grown = finding_mask(rows, rows[0], 28, 28)
+    assert grown.sum() == 18 and grown[8, 15] and not grown[9, 13] and not grown[20, 0]
+
+
+def mlp_and_batch(dtype=torch.float64):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+    return model, torch.rand(4, 1, 6, 6, dtype=dtype), torch.tensor([0, 1, 2, 1])
+
+
+def test_input_gradients_match_captum_saliency_and_the_loss_ignores_everything_outside_the_mask():
+    model, x, _ = mlp_and_batch()
+    x = x.requires_grad_(True)
+    grads = input_gradients(model(x), x)
+    saliency = Saliency(lambda inp: torch.log_softmax(model(inp), 1).sum(1)).attribute(x.detach(), abs=False)
+    assert torch.allclose(grads, saliency)
+    mask = torch.zeros(1, 1, 6, 6, dtype=x.dtype)
+    mask[..., :2, :2] = 1
+    share = masked_share(grads, mask)
+    expected = ((grads**2 * mask).flatten(1).sum(1) / (grads**2).flatten(1).sum(1)).mean()
+    assert share.item() == pytest.approx(expected.item())
+    with torch.no_grad():  # no weight on the masked pixels: no attribution there, the loss is exactly zero
+        model[1].weight.view(8, 6, 6)[:, :2, :2] = 0
+    x2 = x.detach().requires_grad_(True)
+    assert masked_share(input_gradients(model(x2), x2), mask).item() == 0.0
+    assert masked_share(input_gradients(model(x2), x2), torch.zeros_like(mask)).item() == 0.0
+
+
+def test_the_explanation_losses_have_the_gradients_finite_differences_give():
+    model, x, y = mlp_and_batch()
+    mask = torch.zeros(1, 1, 6, 6, dtype=x.dtype)
+    mask[..., 1:4, 2:5] = 1
+    weight = model[1].weight
+
+    def input_gradient_loss(w):
+        inp = x.clone().requires_grad_(True)
+        hidden = torch.tanh(inp.flatten(1) @ w.T + model[1].bias)
+        return masked_share(input_gradients(model[3](hidden), inp), mask)
+
+    assert torch.autograd.gradcheck(input_gradient_loss, (weight.detach().clone().requires_grad_(True),))
+
+    torch.manual_seed(1)
+    cnn = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(144, 3)
+    )
+    cnn = cnn.double()
+    conv = last_conv(cnn)
+    assert conv is cnn[2]
+
+    def gradcam_loss(w):
+        activation = nn.functional.conv2d(torch.relu(cnn[0](x)), w, conv.bias, padding=1)
+        logits = cnn[4](activation.flatten(1))
+        cam = gradcam(logits, activation, y)
+        return masked_share(cam, cell_mask(mask, cam.shape[-2:]))
+
+    assert torch.autograd.gradcheck(gradcam_loss, (conv.weight.detach().clone().requires_grad_(True),))
+    # and the differentiable Grad-CAM is Captum's
+    activation = conv(torch.relu(cnn[0](x)))
+    ours = gradcam(cnn[4](activation.flatten(1)), activation, y)
+    captum = LayerGradCam(cnn, conv).attribute(x, target=y, relu_attributions=True)[:, 0]
+    assert torch.allclose(ours, captum)
+
+
+def test_explanation_penalty_picks_gradcam_for_convolutions_and_moves_attribution_out_of_the_mask():
+    model, x, y = mlp_and_batch(torch.float32)
+    mask = torch.zeros(1, 1, 6, 6)
+    mask[..., :3, :] = 1
+    penalty = ExplanationPenalty(mask, strength=1.0)
+    assert penalty.method(model) == "input_gradient"
+    assert ExplanationPenalty(mask, 1.0).method(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())) == "gradcam"
+    with pytest.raises(ConfigError, match="xbl.explanation=gradcam"):
+        ExplanationPenalty(mask, 1.0, "gradcam").check_model(model)
+    from rarespur.train import TrainSettings, train_model
+
+    torch.manual_seed(0)
+    xs, ys = torch.rand(256, 1, 6, 6), torch.randint(0, 3, (256,))
+    penalty.setup(model, ys)
+    before = penalty.explanation_loss(model, xs, ys)[1].item()
+    history = train_model(
+        model, xs, ys, TrainSettings(epochs=5, batch_size=64, optimizer="adam", lr=0.01), objective=penalty
+    )
+    after = penalty.explanation_loss(model, xs, ys)[1].item()
+    assert after < 0.2 * before
+    assert {"ce", "explanation_loss"} <= set(history[-1])
+
+
+MNIST = [
+    "dataset=mnist",
+    "device=cpu",
+    "progress=false",
+    "optim=adam",
+    "pattern=s3",
+    "data.train_limit=6000",
+    "data.test_limit=500",
+]
+FAST_SCAN = [
+    "detect.patch_sizes=[3,5]",
+    "detect.patch_values=[1.0]",
+    "detect.stride=2",
+    "detect.noise_strengths=[1.0]",
+    "detect.content_fractions=[0.5]",
+    "detect.num_images=128",
+]
+
+
+@pytest.fixture(scope="module")
+def detected(shared_data, tmp_path_factory):
+    """detect on a small real-MNIST S3 model (n = 60 of 6000, 6 epochs) and on its clean twin."""
+    results = tmp_path_factory.mktemp("detect")
+    base = [*MNIST, f"data.root={shared_data}", "epochs=6", f"results_dir={results}", "experiment=detect", *FAST_SCAN]
+    poisoned = run_job(compose_config(*base, "poison.count=60"))
+    clean = run_job(compose_config(*base, "poison.count=0"))
+    return base, results, poisoned, clean
+
+
+def test_detect_finds_the_planted_square_and_its_images_and_nothing_on_the_clean_model(detected):
+    base, results, poisoned, clean = detected
+    assert poisoned["detect.hit_at_1"] == 1.0 and poisoned["detect.first_hit_rank"] == 1
+    assert poisoned["detect.top_class"] == 0 and poisoned["detect.top_family"] == "patch5x5=1"
+    assert poisoned["detect.top_region"] == "0,0,5,5" and poisoned["detect.top_carriers"] == 60
+    assert poisoned["detect.precision_at_n"] >= 0.9
+    assert clean["detect.num_flagged"] == 0 and clean["detect.false_flagged"] == 0
+    assert clean["detect.hit_at_1"] is None
+    run = results / poisoned["run_id"]
+    assert (run / "sensitivity_map.png").stat().st_size > 10_000
+    carriers = pd.read_csv(run / "tables" / "carriers.csv")
+    assert len(carriers) == 100 and carriers["poisoned"].head(60).mean() >= 0.9
+    findings = pd.read_csv(run / "tables" / "findings.csv")
+    assert list(findings["rank"]) == list(range(1, len(findings) + 1)) and findings["flagged"].iloc[0]
+
+
+def test_xbl_with_the_detected_mask_removes_the_square_and_resumes_to_the_same_record(detected, tmp_path):
+    base, results, poisoned, _ = detected
+    xbl = [*[o for o in base if o != "experiment=detect"], "experiment=xbl", "poison.count=60"]
+    xbl += ["xbl.compare_exact=false", "xbl.epochs=2"]
+    straight = run_job(compose_config(*xbl))
+    assert straight["detect_run_id"] == poisoned["run_id"] and straight["xbl.mask_iou"] == 1.0
+    assert straight["xbl.method"] == "input_gradient" and straight["xbl.mask_pixels"] == 25
+    assert straight["spurious_score"] <= 0.25 * straight["before.spurious_score"]
+    assert straight["test_acc"] >= straight["before.test_acc"] - 0.02
+    assert straight["xbl.explanation_loss_after"] < straight["xbl.explanation_loss_before"]
+
+    from rarespur.experiments import common
+
+    real = common.epoch_callback
+
+    def dying(total, enabled, run_dir):
+        inner = real(total, enabled, run_dir)
+
+        def on_epoch(row):
+            inner(row)
+            if row["epoch"] == 1:
+                raise KeyboardInterrupt
+
+        return on_epoch
+
+    other = [*[o for o in xbl if not o.startswith("results_dir")], f"results_dir={tmp_path}"]
+    run_job(
+        compose_config(*[o.replace("experiment=xbl", "experiment=detect") for o in other if not o.startswith("xbl.")])
+    )
+    common.epoch_callback = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_job(compose_config(*other))
+    finally:
+        common.epoch_callback = real
+    resumed = run_job(compose_config(*other))
+    for key in ("spurious_score", "test_acc", "train_loss", "xbl.explanation_loss_after"):
+        assert resumed[key] == straight[key], key
+
+
+def bad(*overrides: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "run.py", *overrides], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    return done.stderr
+
+
+def test_xbl_on_a_detect_run_that_flagged_nothing_names_the_way_out(detected):
+    base = [o for o in detected[0] if o != "experiment=detect"]
+    xbl = [*base, "experiment=xbl", "poison.count=60", "xbl.compare_exact=false", "detect.patch_sizes=[5]"]
+    with pytest.raises(ConfigError, match="flagged nothing.*xbl.mask=truth"):
+        run_job(compose_config(*xbl, "detect.min_carriers=1000"))
+
+
+def test_the_detected_mask_is_the_top_patch_grown_and_a_whole_image_finding_has_none(tmp_path):
+    from rarespur.experiments.xbl import detected_mask
+
+    def findings(rows):
+        (tmp_path / "tables").mkdir(exist_ok=True)
+        pd.DataFrame(rows).to_csv(tmp_path / "tables" / "findings.csv", index=False)
+
+    patch = {"kind": "patch", "family": "patch3x3=1", "class": 0, "top": 0, "left": 0, "bottom": 3, "right": 3}
+    findings(
+        [
+            dict(patch, flagged=True),
+            dict(patch, top=2, bottom=5, flagged=True),
+            dict(patch, left=9, right=12, flagged=False),
+        ]
+    )
+    assert detected_mask(tmp_path, 28, 28).sum() == 15
+    findings([dict(patch, kind="noise", family="noise", bottom=28, right=28, flagged=True)])
+    with pytest.raises(ConfigError, match="covers the whole image.*xbl.mask=truth"):
+        detected_mask(tmp_path, 28, 28)
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["experiment=detect", "detect.patch_sizes=[3,40]"], ["detect.patch_sizes=40", "28x28", "<= 28"]),
+        (["experiment=xbl", "xbl.mask=oracle"], ["xbl.mask", "detected", "truth"]),
+        (["experiment=xbl", "poison.count=0"], ["experiment=xbl", "poison.count=0"]),
+        (["experiment=xbl", "xbl.explanation=gradcam"], ["xbl.explanation=gradcam", "input_gradient"]),
+    ],
+)
+def test_bad_input_fails_in_one_message_and_leaves_nothing(overrides, words, tmp_path):
+    message = bad(*overrides, f"results_dir={tmp_path}", "data.train_limit=200")
+    for word in words:
+        assert word in message, (word, message)
+    assert not any(p.name != ".locks" for p in tmp_path.glob("*"))
