@@ -20,7 +20,7 @@ from scipy import stats  # noqa: E402
 
 from rarespur.__main__ import main  # noqa: E402
 from rarespur.collect import collect, write_table  # noqa: E402
-from rarespur.report import FIGURES, deletion, examples, figures, privacy, sensitivity, theory  # noqa: E402
+from rarespur.report import FIGURES, deletion, detection, examples, figures, privacy, sensitivity, theory  # noqa: E402
 from rarespur.report.data import ReportData, load, mean_sem, normalise, over_seeds, plural, split  # noqa: E402
 from rarespur.report.plot import finish, grid  # noqa: E402
 from rarespur.runner import run_job  # noqa: E402
@@ -509,6 +509,60 @@ def synthetic_deletion() -> ReportData:
     return ReportData(normalise(pd.DataFrame(rows)))
 
 
+def synthetic_detection() -> ReportData:
+    """detect runs (S3, n in {0, 100}, 2 seeds) and xbl runs (both masks) as their records look."""
+    rows = []
+    base = {"dataset.name": "mnist", "model.name": "largemlp", "optim.name": "adam", "pattern.name": "s3"}
+    for n in (0, 100):
+        for seed in (0, 1):
+            rows.append(
+                {
+                    **base,
+                    "run_id": f"d{n}{seed}",
+                    "experiment.name": "detect",
+                    "poison.count": n,
+                    "poison.seed": seed,
+                    "detect.num_flagged": 0 if n == 0 else 1 + seed,
+                    "detect.false_flagged": 0 if n == 0 else seed,
+                    "detect.hit_at_1": np.nan if n == 0 else 1.0 - seed,
+                    "detect.precision_at_n": np.nan if n == 0 else 0.9 + 0.1 * seed,
+                    "detect.first_hit_rank": np.nan if n == 0 else 1 + seed,
+                    "parent.spurious_score": 0.1,
+                }
+            )
+            for mask in ("detected", "truth"):
+                if n:
+                    rows.append(
+                        {
+                            **base,
+                            "run_id": f"x{mask}{n}{seed}",
+                            "experiment.name": "xbl",
+                            "xbl.mask": mask,
+                            "poison.count": n,
+                            "poison.seed": seed,
+                            "spurious_score": 0.01,
+                            "test_acc": 0.97,
+                            "baseline_score": 0.002,
+                            "before.spurious_score": 0.1,
+                            "before.test_acc": 0.98,
+                            "exact.spurious_score": 0.003,
+                            "exact.test_acc": 0.98,
+                        }
+                    )
+    return ReportData(normalise(pd.DataFrame(rows)))
+
+
+def test_detection_table_and_xbl_figure():
+    data = synthetic_detection()
+    table = detection.detection_table(data).set_index("poison.count")
+    assert table.loc[100, "detect.hit_at_1"] == 0.5 and table.loc[100, "detect.precision_at_n"] == pytest.approx(0.95)
+    assert table.loc[0, "detect.false_flagged"] == 0 and table.loc[0, "runs"] == 2
+    fig = detection.xbl(data)
+    axes = visible_axes(fig)
+    assert len(axes) == 4 and {ax.get_title() for ax in axes if ax.get_title()} == {"detected mask", "truth mask"}
+    assert legend_texts(fig) == ["before XBL", "after XBL", "retrained from scratch", "clean baseline"]
+
+
 @pytest.fixture(scope="module")
 def synthetic_debias(tmp_path_factory) -> ReportData:
     """Debias runs: vanilla / LfF / SiH on Colored MNIST at four ratios, vanilla / SiH on poisoned MNIST, and
@@ -579,6 +633,7 @@ def test_no_text_is_clipped_and_no_legend_covers_data(spec, data, synthetic_debi
         or spec.draw(synthetic_membership())
         or spec.draw(synthetic_deletion())
         or spec.draw(synthetic_debias)
+        or spec.draw(synthetic_detection())
     )
     assert fig is not None
     assert layout_problems(fig) == []

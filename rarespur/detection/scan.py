@@ -32,8 +32,8 @@ class ScanSettings:
     stride: int = 1
     noise_strengths: tuple[float, ...] = (0.25, 0.5, 1.0)
     content_fractions: tuple[float, ...] = (0.25, 0.5)
-    z_threshold: float = 3.5  # robust z above which a delta is an outlier in its family (Iglewicz-Hoaglin)
-    min_delta: float = 0.05  # and the mean certainty rise it must reach at least
+    z_threshold: float = 2.0  # robust z (within the family) a delta needs to be a candidate
+    min_delta: float = 0.02  # and the mean certainty rise it must reach at least
     min_carriers: int = 5  # and the training images of its class that carry it: a correlation needs a few
     min_purity: float = 0.95  # and the share of its class among all training images that carry it
     evidence_z: float = 10.0  # robust z of a training image's noise (or lack of content) that makes it a carrier

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 OWN_KEYS = ("detect", "xbl")
 MASKS = ("detected", "truth")
-EVALUATED_IMAGES = 2048  # training images the explanation loss is reported on, before and after
+EVALUATED_IMAGES = 2048  # training images (the poisoned ones first) the explanation loss is reported on
 FIELDS = {
     **DETECT_FIELDS,
     "xbl.mask": Field(str, choices=MASKS),
@@ -126,8 +126,8 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     )
     train_x, train_y = to_tensor(poisoned.train_x, device), torch.from_numpy(data.train_y).to(device)
     objective.setup(model, train_y)
-    probe = torch.from_numpy(np.sort(poisoned.indices))[:EVALUATED_IMAGES].to(device)
-    probe = torch.cat([probe, torch.arange(EVALUATED_IMAGES - len(probe), device=device)])
+    others = np.setdiff1d(np.arange(len(train_y)), poisoned.indices)[: max(0, EVALUATED_IMAGES - len(poisoned.indices))]
+    probe = torch.from_numpy(np.concatenate([np.sort(poisoned.indices), others])).to(device)
     loss_before = mean_explanation_loss(objective, model, train_x[probe], train_y[probe])
     settings = dataclasses.replace(train_settings(cfg), epochs=x_cfg["epochs"], lr=x_cfg["lr"], lr_schedule="constant")
     log.info(

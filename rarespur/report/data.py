@@ -67,6 +67,7 @@ SHOWN: dict[str, Callable[[Any], str]] = {
     "data.test_limit": lambda v: f"first {int(v):,} test images",
     "eval.eps": lambda v: f"eps {_num(v)}",
     "deletion.mode": lambda v: f"mode {v}",
+    "xbl.mask": lambda v: f"{v} mask",
 }
 MISSING = {"data.train_limit": "all training images", "data.test_limit": "all test images"}
 # Shown in panel and series names but not in the figure title: the figure's own title already says it.

@@ -31,14 +31,14 @@ def deletion_runs(data: ReportData) -> pd.DataFrame:
     return runs.dropna(subset=["spurious_score"]) if not runs.empty and "spurious_score" in runs else pd.DataFrame()
 
 
-def _long(rows: pd.DataFrame, metric: str, with_baseline: bool) -> pd.DataFrame:
+def _long(rows: pd.DataFrame, metric: str, with_baseline: bool, stages: list[tuple[str, str]]) -> pd.DataFrame:
     """One row per (run, stage) with the stage's value of `metric` in ``value``."""
     exact_itself = set(rows["experiment.name"]) == {"retrain_exact"}
     parts = [
         rows.assign(
             stage="retrained from scratch" if exact_itself and not prefix else label, value=rows[prefix + metric]
         )
-        for prefix, label in STAGES
+        for prefix, label in stages
         if prefix + metric in rows and rows[prefix + metric].notna().any()
     ]
     if with_baseline and "baseline_score" in rows and rows["baseline_score"].notna().any():
@@ -46,9 +46,15 @@ def _long(rows: pd.DataFrame, metric: str, with_baseline: bool) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def deletion(data: ReportData) -> Figure | None:
-    """Fig. 9: per deletion method, score (top) and clean test accuracy (bottom) vs n, before / after / exact."""
-    runs = deletion_runs(data)
+def before_after(
+    runs: pd.DataFrame,
+    title: str,
+    stages: list[tuple[str, str]] = STAGES,
+    colors: dict[str, str] = COLORS,
+    linestyles: dict[str, str] = LINESTYLES,
+) -> Figure | None:
+    """Per group of runs, score (top) and clean test accuracy (bottom) vs n for each stage of a correction
+    (the unprefixed columns are the model after it, ``before.*`` the parent, ``exact.*`` retrained)."""
     if runs.empty:
         return None
     groups = split(runs, ["poison.count"])
@@ -59,23 +65,24 @@ def deletion(data: ReportData) -> Figure | None:
             (top, "spurious_score", SCORE_LABEL, True),
             (bottom, "test_acc", "clean test accuracy", False),
         ):
-            long = _long(group.rows, metric, baseline)
+            long = _long(group.rows, metric, baseline, stages)
             if long.empty:
                 ax.set_axis_off()
                 continue
-            points.append(curves_over_n(ax, long, "stage", COLORS, "value", LINESTYLES))
+            points.append(curves_over_n(ax, long, "stage", colors, "value", linestyles))
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
         panel_title(top, group.title)
         floor_at_zero(top)
         bottom.set_ylim(0, 1.02)
-    legend_outside(fig, "model compared", COLORS)
-    return finish(
-        fig,
-        "Deleting the poisoned examples: before, after, and retrained from scratch",
-        common(runs),
-        over_seeds(point_counts(points)),
-        len(runs),
+    legend_outside(fig, "model compared", colors)
+    return finish(fig, title, common(runs), over_seeds(point_counts(points)), len(runs))
+
+
+def deletion(data: ReportData) -> Figure | None:
+    """Fig. 9: per deletion method, score (top) and clean test accuracy (bottom) vs n, before / after / exact."""
+    return before_after(
+        deletion_runs(data), "Deleting the poisoned examples: before, after, and retrained from scratch"
     )
 
 
