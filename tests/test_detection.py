@@ -21,8 +21,8 @@ from rarespur.detection.xbl import (
     ExplanationPenalty,
     cell_mask,
     gradcam,
+    gradcam_layer,
     input_gradients,
-    last_conv,
     masked_share,
 )
 from rarespur.errors import ConfigError
@@ -253,7 +253,7 @@ def test_the_explanation_losses_have_the_gradients_finite_differences_give():
         nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(144, 3)
     )
     cnn = cnn.double()
-    conv = last_conv(cnn)
+    conv = gradcam_layer(cnn)
     assert conv is cnn[2]
 
     def gradcam_loss(w):
@@ -266,8 +266,24 @@ def test_the_explanation_losses_have_the_gradients_finite_differences_give():
     # and the differentiable Grad-CAM is Captum's
     activation = conv(torch.relu(cnn[0](x)))
     ours = gradcam(cnn[4](activation.flatten(1)), activation, y)
-    captum = LayerGradCam(cnn, conv).attribute(x, target=y, relu_attributions=True)[:, 0]
+    captum = LayerGradCam(cnn, conv).attribute(x, target=y, relu_attributions=False)[:, 0]
     assert torch.allclose(ours, captum)
+
+
+def test_gradcam_hooks_the_declared_layer_once_and_comes_off():
+    from rarespur.models import build_model
+
+    resnet = build_model("resnet20", (3, 32, 32), 10)
+    assert gradcam_layer(resnet) is resnet.layer3  # after the residual sums, not the last conv inside them
+    penalty = ExplanationPenalty(torch.zeros(1, 1, 32, 32), 1.0)
+    y = torch.tensor([0, 1])
+    penalty.setup(resnet, y)
+    penalty.setup(resnet, y)  # measured before training, set up again by the loop
+    assert len(resnet.layer3._forward_hooks) == 1
+    logits, loss = penalty.explanation_loss(resnet, torch.rand(2, 3, 32, 32), y)
+    assert logits.shape == (2, 10) and loss.item() == 0.0  # an empty mask
+    penalty.end_training()
+    assert len(resnet.layer3._forward_hooks) == 0
 
 
 def test_explanation_penalty_picks_gradcam_for_convolutions_and_moves_attribution_out_of_the_mask():
@@ -303,7 +319,7 @@ MNIST = [
     "data.test_limit=500",
 ]
 FAST_SCAN = [
-    "detect.patch_sizes=[3,5]",
+    "detect.patch_sizes=[1,3,5]",
     "detect.patch_values=[1.0]",
     "detect.stride=2",
     "detect.noise_strengths=[1.0]",
@@ -421,6 +437,7 @@ def test_the_detected_mask_is_the_top_patch_grown_and_a_whole_image_finding_has_
         (["experiment=detect", "detect.patch_sizes=[3,40]"], ["detect.patch_sizes=40", "28x28", "<= 28"]),
         (["experiment=xbl", "xbl.mask=oracle"], ["xbl.mask", "detected", "truth"]),
         (["experiment=xbl", "poison.count=0"], ["experiment=xbl", "poison.count=0"]),
+        (["experiment=xbl", "xbl.mask=truth", "pattern=r3"], ["pattern r3", "whole image", "xbl.mask=detected"]),
         (["experiment=xbl", "xbl.explanation=gradcam"], ["xbl.explanation=gradcam", "input_gradient"]),
     ],
 )

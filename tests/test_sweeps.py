@@ -42,7 +42,7 @@ GRIDS = {
     "debias_cmnist": 120,
     "debias_rare": 200,
     "detect_xbl": 192,
-    "detect_xbl_correct": 288,
+    "detect_xbl_correct": 216,
 }
 SMOKES = {
     "mnist_score_smoke": 8,

@@ -21,7 +21,13 @@ from rarespur.objective import Objective, StepOutput
 EXPLANATIONS = ("auto", "input_gradient", "gradcam")
 
 
-def last_conv(model: nn.Module) -> nn.Conv2d | None:
+def gradcam_layer(model: nn.Module) -> nn.Module | None:
+    """Where Grad-CAM looks: the model's ``gradcam_layer`` if it names one (a ResNet's last stage, whose
+    output is after the residual sum, so evidence cannot pass around it), else its last convolution
+    (after its in-place ReLU where the model has one); None for a model without convolutions."""
+    declared = getattr(model, "gradcam_layer", None)
+    if isinstance(declared, nn.Module):
+        return declared
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     return convs[-1] if convs else None
 
@@ -45,10 +51,12 @@ def input_gradients(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def gradcam(logits: torch.Tensor, activation: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM of the label (batch x h x w at the layer's resolution), differentiable: ReLU of the
-    activation's channels weighted by the spatial mean of the label logit's gradient."""
+    """Grad-CAM of the label (batch x h x w at the layer's resolution), differentiable: the activation's
+    channels weighted by the spatial mean of the label logit's gradient. Not clipped at zero (Captum's
+    ``relu_attributions=False``): with the ReLU a model could empty the map and escape the penalty while
+    still using the masked region; squared, negative evidence counts as well."""
     (grad,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), activation, create_graph=True)
-    return torch.relu((grad.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1))
+    return (grad.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1)
 
 
 def cell_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -66,34 +74,40 @@ class ExplanationPenalty(Objective):
             raise ConfigError(f"xbl.explanation={explanation} unknown; valid: {', '.join(EXPLANATIONS)}")
         self.mask, self.strength, self.explanation = mask, strength, explanation
         self._activation: torch.Tensor | None = None
+        self._method = explanation
+        self._hook: torch.utils.hooks.RemovableHandle | None = None
         self._sums = {"ce": 0.0, "explanation": 0.0, "steps": 0}
 
     def method(self, model: nn.Module) -> str:
         """The explanation this model gets: Grad-CAM where it has a convolution, else input gradients."""
         if self.explanation != "auto":
             return self.explanation
-        return "gradcam" if last_conv(model) is not None else "input_gradient"
+        return "gradcam" if gradcam_layer(model) is not None else "input_gradient"
 
     def check_model(self, model: nn.Module) -> None:
-        if self.method(model) == "gradcam" and last_conv(model) is None:
+        if self.method(model) == "gradcam" and gradcam_layer(model) is None:
             raise ConfigError(
                 "xbl.explanation=gradcam needs a convolutional model; use xbl.explanation=input_gradient (or auto)"
             )
 
     def setup(self, model: nn.Module, y: torch.Tensor) -> None:
+        """Move the mask to the data's device and, for Grad-CAM, hook the layer; may be called again (the
+        experiment measures the loss before training): the previous hook comes off first."""
+        self.end_training()
         self.check_model(model)
         self.mask = self.mask.to(y.device)
         self._method = self.method(model)
         if self._method == "gradcam":
-            self._hook = last_conv(model).register_forward_hook(self._keep_activation)
+            self._hook = gradcam_layer(model).register_forward_hook(self._keep_activation)
 
     def _keep_activation(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         self._activation = output
 
     def end_training(self) -> None:
-        if getattr(self, "_hook", None) is not None:
+        if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        self._activation = None
 
     def explanation_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, explanation loss) of the batch, the loss still in the graph."""
@@ -114,6 +128,7 @@ class ExplanationPenalty(Objective):
         return StepOutput(ce + self.strength * penalty, logits)
 
     def end_epoch(self) -> dict[str, float]:
+        """The epoch's mean cross-entropy and explanation loss, for its history row."""
         steps = max(self._sums["steps"], 1)
         row = {"ce": float(self._sums["ce"]) / steps, "explanation_loss": float(self._sums["explanation"]) / steps}
         self._sums = {"ce": 0.0, "explanation": 0.0, "steps": 0}
@@ -131,5 +146,4 @@ def mean_explanation_loss(
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         _, loss = objective.explanation_loss(model, xb, yb)
         total += float(loss.detach()) * len(xb)
-        model.zero_grad(set_to_none=True)
     return total / len(x)

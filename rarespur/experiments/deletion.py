@@ -113,6 +113,23 @@ def significance(train_cfg: dict[str, Any], run_path: Path, prefix: str) -> dict
     return {f"{prefix}.{k}": v for k, v in comparison.items() if k.split("@")[0] in ("p_value", "learned")}
 
 
+def before_and_exact(
+    train_cfg: dict[str, Any], parent_record: dict[str, Any], parent_path: Path, exact_path: Path | None, tested: bool
+) -> dict[str, Any]:
+    """``before.*`` (the parent train run) and ``exact.*`` (``retrain_exact``, if given) SPEC 1.6 metrics of a
+    run that changes a trained model, with their p-values when `tested` (the clean baseline is in the store)."""
+    record = {
+        **spec_metrics(parent_record, "before"),
+        **(significance(train_cfg, parent_path, "before") if tested else {}),
+    }
+    if exact_path is not None:
+        record.update(spec_metrics(read_record(exact_path), "exact"))
+        if tested:
+            record.update(significance(train_cfg, exact_path, "exact"))
+        record["exact_run_id"] = exact_path.name
+    return record
+
+
 def deletion_record(
     start: DeletionStart, model_after: nn.Module, own_keys: tuple[str, ...], exact_path: Path | None
 ) -> dict[str, Any]:
@@ -134,20 +151,14 @@ def deletion_record(
     record: dict[str, Any] = {
         **after,
         **baseline,
-        **spec_metrics(start.parent_record, "before"),
-        **(significance(train_cfg, start.parent_path, "before") if baseline else {}),
+        **before_and_exact(train_cfg, start.parent_record, start.parent_path, exact_path, bool(baseline)),
         "param_dist.before_after": float(torch.linalg.vector_norm(after_params - before_params)),
     }
     if exact_path is not None:
-        exact_record = read_record(exact_path)
         exact_state = torch.load(exact_path / MODEL, map_location="cpu", weights_only=True)
         exact_params = flat_parameters(model_after, exact_state)
-        record.update(spec_metrics(exact_record, "exact"))
-        if baseline:
-            record.update(significance(train_cfg, exact_path, "exact"))
         record["param_dist.after_exact"] = float(torch.linalg.vector_norm(after_params - exact_params))
         record["param_dist.before_exact"] = float(torch.linalg.vector_norm(before_params - exact_params))
-        record["exact_run_id"] = exact_path.name
     record.update(
         parent_run_id=start.parent_path.name,
         n_removed=int(len(start.removed)),

@@ -54,6 +54,7 @@ FIELDS = {
 
 
 def scan_settings(cfg: dict[str, Any]) -> ScanSettings:
+    """The scan's settings from the ``detect`` keys (the YAML holds the defaults a user sees)."""
     d = cfg["detect"]
     return ScanSettings(
         patch_sizes=tuple(d["patch_sizes"]),
@@ -86,6 +87,7 @@ def check(cfg: dict[str, Any]) -> None:
 
 
 def requires(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The train run of the same config: the model scanned."""
     return [parent_train_config(cfg, OWN_KEYS)]
 
 
@@ -140,6 +142,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
             {
                 "detect.top_kind": top["kind"],
                 "detect.top_family": top["family"],
+                "detect.top_value": top["value"],
                 "detect.top_class": top["class"],
                 "detect.top_delta": top["delta"],
                 "detect.top_z": top["z"],
@@ -152,7 +155,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     return {
         **record,
         "detect.num_scanned": int(len(x)),
-        "detect.num_perturbations": len({(r["family"], r["top"], r["left"]) for r in ranked}),
+        "detect.num_perturbations": len({(r["family"], r["value"], r["top"], r["left"]) for r in ranked}),
         "detect.scan_seconds": scan_seconds,
         "parent.spurious_score": parent.record.get("spurious_score"),
         "parent.test_acc": parent.record.get("test_acc"),

@@ -35,13 +35,14 @@ from rarespur.experiments.common import (
     score_poisoned,
     train_settings,
 )
-from rarespur.experiments.deletion import exact_retrain_config, significance, spec_metrics
+from rarespur.experiments.deletion import before_and_exact, exact_retrain_config
 from rarespur.experiments.detect import FIELDS as DETECT_FIELDS
 from rarespur.experiments.detect import FINDINGS_TABLE
 from rarespur.experiments.detect import check as check_detect
 from rarespur.experiments.experiment import Experiment
+from rarespur.patterns import build_pattern
 from rarespur.schema import Field, non_negative, positive, positive_int
-from rarespur.store import TABLES, RunDir, baseline_comparison, read_record, save_indicators
+from rarespur.store import TABLES, RunDir, baseline_comparison, save_indicators
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,12 @@ def check(cfg: dict[str, Any]) -> None:
         check_train_config(cfg)
     data = load_data(cfg)
     h, w, _ = data.image_shape
+    if cfg["xbl"]["mask"] == "truth" and build_pattern(cfg["pattern"]).support(data.image_shape).all():
+        raise ConfigError(
+            f"xbl.mask=truth: pattern {cfg['pattern']['name']} changes the whole image, so its mask would "
+            "penalise every pixel and the share inside it cannot fall; use a localised pattern, or "
+            "xbl.mask=detected to correct whatever region the detect run finds"
+        )
     objective = ExplanationPenalty(torch.zeros(1, 1, h, w), cfg["xbl"]["strength"], cfg["xbl"]["explanation"])
     objective.check_model(make_model(cfg, data, torch.device("cpu")))
 
@@ -151,14 +158,8 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     record: dict[str, Any] = {
         **after,
         **baseline,
-        **spec_metrics(parent.record, "before"),
-        **(significance(train_cfg, parent.path, "before") if baseline else {}),
+        **before_and_exact(train_cfg, parent.record, parent.path, exact_path, bool(baseline)),
     }
-    if exact_path is not None:
-        record.update(spec_metrics(read_record(exact_path), "exact"))
-        if baseline:
-            record.update(significance(train_cfg, exact_path, "exact"))
-        record["exact_run_id"] = exact_path.name
     history = fit.history
     record.update(
         {

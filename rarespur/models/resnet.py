@@ -99,6 +99,11 @@ class CifarResNet(nn.Module):
             self.in_planes = planes
         return nn.Sequential(*layers)
 
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """Where XBL's Grad-CAM looks: the last stage, after its residual sums (SPEC 3)."""
+        return self.layer3
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(self.normalize(x))))
         out = self.layer3(self.layer2(self.layer1(out)))
