@@ -105,7 +105,10 @@ def collect_tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
         if not (run / TABLES).is_dir():
             continue
         for csv in sorted((run / TABLES).glob("*.csv")):
-            part = pd.read_csv(csv)
+            try:
+                part = pd.read_csv(csv)
+            except pd.errors.EmptyDataError:  # a table without rows (a detect run that flagged nothing)
+                continue
             part.insert(0, "run_id", run.name)
             parts.setdefault(csv.stem, []).append(part)
     return {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()}

@@ -121,7 +121,10 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     )
     poisoned_set = set(poisoned.indices.tolist())
     run_dir.write_table(FINDINGS_TABLE, ranked[: len(flagged) + d["table_rows"]])
-    run_dir.write_table(CARRIERS_TABLE, [{**c, "poisoned": c["index"] in poisoned_set} for c in carriers[: d["top_k"]]])
+    if carriers:
+        run_dir.write_table(
+            CARRIERS_TABLE, [{**c, "poisoned": c["index"] in poisoned_set} for c in carriers[: d["top_k"]]]
+        )
     maps = sensitivity_maps(model, x, y, data.num_classes, d["map_window"])
     title = (
         f"{cfg['model']['name']} on {cfg['dataset']['name']}: {poisoned.describe()} with {poisoned.pattern.name} "

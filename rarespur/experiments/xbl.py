@@ -102,7 +102,7 @@ def requires(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 def detected_mask(detect_path: Path, height: int, width: int) -> np.ndarray:
     """The pixels the detect run's top finding points at, or a ConfigError saying why there are none."""
     table = detect_path / TABLES / f"{FINDINGS_TABLE}.csv"
-    ranked = pd.read_csv(table).to_dict("records") if table.stat().st_size else []
+    ranked = pd.read_csv(table).to_dict("records")
     flagged = [row for row in ranked if row["flagged"]]
     if not flagged:
         raise ConfigError(
