@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -40,3 +42,28 @@ def extract_cifar_subset(shared_data: Path, dest: Path, classes: tuple[str, ...]
                 for name in sorted(n for n in names if n.startswith(prefix) and n.endswith(".jpg"))[:count]:
                     archive.extract(name, dest)
     return dest / "cifar10-jpeg"
+
+
+@contextlib.contextmanager
+def killed_after_epoch(epoch: int) -> Iterator[None]:
+    """Runs trained inside stop with KeyboardInterrupt right after `epoch` (its checkpoint is written), as a
+    killed job would; a relaunch then resumes from that checkpoint."""
+    from rarespur.experiments import common
+
+    real = common.epoch_callback
+
+    def dying(total, enabled, run_dir):
+        inner = real(total, enabled, run_dir)
+
+        def on_epoch(row):
+            inner(row)
+            if row["epoch"] == epoch:
+                raise KeyboardInterrupt
+
+        return on_epoch
+
+    common.epoch_callback = dying
+    try:
+        yield
+    finally:
+        common.epoch_callback = real

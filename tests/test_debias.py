@@ -24,7 +24,7 @@ from rarespur.runner import run_job
 from rarespur.splits import validation_split
 from rarespur.train import TrainSettings, train_model
 
-from conftest import REPO_ROOT, compose_config
+from conftest import REPO_ROOT, compose_config, killed_after_epoch
 
 CMNIST = ("experiment=debias", "dataset=cmnist", "device=cpu", "progress=false")
 
@@ -285,26 +285,8 @@ def test_debias_runs_on_colored_mnist_and_resumes_to_the_same_record(shared_data
     assert (run_dir / "bias_visualisation.png").stat().st_size > 10_000
 
     # kill after the second epoch (the checkpoint is written), then relaunch
-    from rarespur.experiments import common
-
-    real = common.epoch_callback
-
-    def dying(total, enabled, run_dir):
-        inner = real(total, enabled, run_dir)
-
-        def on_epoch(row):
-            inner(row)
-            if row["epoch"] == 2:
-                raise KeyboardInterrupt
-
-        return on_epoch
-
-    common.epoch_callback = dying
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_job(compose_config(*overrides, f"results_dir={tmp_path / 'b'}"))
-    finally:
-        common.epoch_callback = real
+    with killed_after_epoch(2), pytest.raises(KeyboardInterrupt):
+        run_job(compose_config(*overrides, f"results_dir={tmp_path / 'b'}"))
     resumed = run_job(compose_config(*overrides, f"results_dir={tmp_path / 'b'}"))
     assert not (tmp_path / "b" / straight["run_id"] / "error.txt").exists()
     for key in ("test_acc", "test_acc_conflicting", "bias_test_acc", "train_loss", "epochs_trained", "spurious_score"):

@@ -29,7 +29,7 @@ from rarespur.errors import ConfigError
 from rarespur.patterns import BoxPattern, NoisePattern
 from rarespur.runner import run_job
 
-from conftest import REPO_ROOT, compose_config
+from conftest import REPO_ROOT, compose_config, killed_after_epoch
 
 SIDE, CLASSES, SPOT, SPURIOUS = 8, 3, (2, 5), 1  # the tiny model's shortcut: pixel (2, 5) -> class 1
 
@@ -365,30 +365,12 @@ def test_xbl_with_the_detected_mask_removes_the_square_and_resumes_to_the_same_r
     assert straight["test_acc"] >= straight["before.test_acc"] - 0.02
     assert straight["xbl.explanation_loss_after"] < straight["xbl.explanation_loss_before"]
 
-    from rarespur.experiments import common
-
-    real = common.epoch_callback
-
-    def dying(total, enabled, run_dir):
-        inner = real(total, enabled, run_dir)
-
-        def on_epoch(row):
-            inner(row)
-            if row["epoch"] == 1:
-                raise KeyboardInterrupt
-
-        return on_epoch
-
     other = [*[o for o in xbl if not o.startswith("results_dir")], f"results_dir={tmp_path}"]
     run_job(
         compose_config(*[o.replace("experiment=xbl", "experiment=detect") for o in other if not o.startswith("xbl.")])
     )
-    common.epoch_callback = dying
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_job(compose_config(*other))
-    finally:
-        common.epoch_callback = real
+    with killed_after_epoch(1), pytest.raises(KeyboardInterrupt):
+        run_job(compose_config(*other))
     resumed = run_job(compose_config(*other))
     for key in ("spurious_score", "test_acc", "train_loss", "xbl.explanation_loss_after"):
         assert resumed[key] == straight[key], key
