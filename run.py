@@ -13,9 +13,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rarespur.errors import UserError
+from rarespur.pack_runner import run_pack_file
 from rarespur.runner import run_job
 
 FULL_ERROR_HINT = "(HYDRA_FULL_ERROR=1 shows the traceback)"
@@ -23,7 +24,11 @@ FULL_ERROR_HINT = "(HYDRA_FULL_ERROR=1 shows the traceback)"
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    members = OmegaConf.select(cfg, "pack.members")
     try:
+        if members:  # a pack of the sweep's jobs (pack.size > 1), trained together
+            run_pack_file(members)
+            return float("nan")
         record = run_job(cfg)
     except UserError as err:
         # The message says what to change; a traceback would only bury it. HYDRA_FULL_ERROR=1 asks for it.

@@ -23,7 +23,7 @@ from rarespur.schema import Field, check_fields, count, non_negative, positive, 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # Keys that say where or how a job runs, not what it computes: left out of the run-store key.
-RUNTIME_KEYS = ("data.root", "data.download", "device", "results_dir", "progress", "checkpoint_every")
+RUNTIME_KEYS = ("data.root", "data.download", "device", "results_dir", "progress", "checkpoint_every", "pack")
 
 
 def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +73,7 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 # with the experiment). Floats are cast, so grad_clip=0 and grad_clip=0.0 are one run.
 COMMON_FIELDS: dict[str, Field] = {
     "epochs": positive_int(),
+    "pack.size": positive_int(),
     "checkpoint_every": positive_int(),
     "train.batch_size": positive_int(),
     "train.lr": positive(),

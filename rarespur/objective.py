@@ -29,6 +29,10 @@ class StepOutput:
     logits: torch.Tensor  # the classifier's logits on the batch, for the epoch's training accuracy
 
 
+# What an objective may change about training besides the settings: a pack of models runs none of these.
+_OWN_TRAINING = ("step", "setup", "wrap_optimizer", "modules", "parameter_groups", "end_epoch", "state_dict", "predict")
+
+
 class Objective:
     """Cross-entropy on the model's logits; subclasses change what a step computes.
 
@@ -41,6 +45,17 @@ class Objective:
     # Types and valid ranges of the regularizer's own keys (besides ``strength``, common to all), by key under
     # ``regularizer.``: checked when the config is resolved, so a bad value fails before any run directory.
     FIELDS: dict[str, Field] = {}
+
+    @classmethod
+    def why_not_packed(cls) -> str | None:
+        """Why this objective cannot train in a pack of models (None: it can).
+
+        The pack engine (:mod:`rarespur.packed_train`) runs cross-entropy with the settings
+        :meth:`adjust` gives each model, so an objective that only adjusts settings packs
+        without code of its own; one with its own step, modules or optimizer runs one per job.
+        """
+        own = [name for name in _OWN_TRAINING if getattr(cls, name) is not getattr(Objective, name)]
+        return f"it has its own {', '.join(own)}, which the pack engine does not run" if own else None
 
     def adjust(self, settings: TrainSettings) -> TrainSettings:
         """The loop's settings as this objective trains with them (e.g. input noise, weight decay)."""

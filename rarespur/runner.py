@@ -78,7 +78,7 @@ def match_threads_to_allocation() -> None:
         torch.set_num_threads(int(cpus))
 
 
-def _stored(run: RunDir, resolved: dict[str, Any]) -> dict[str, Any]:
+def stored(run: RunDir, resolved: dict[str, Any]) -> dict[str, Any]:
     record = _same_data(run, resolved)
     log.info("already done, not retrained: %s", run.path)
     print(summary(record), "(stored)")
@@ -98,7 +98,7 @@ def run_job(cfg: DictConfig | dict[str, Any], verify: tuple[str, ...] = ()) -> d
     resolved["results_dir"] = str(Path(resolved["results_dir"]).expanduser().resolve())
     run = RunDir(resolved["results_dir"], resolved)
     if run.done and run.damage(verify) is None:
-        return _stored(run, resolved)
+        return stored(run, resolved)
     experiment.check(resolved)  # a config that cannot work fails here, before its run directory exists
     parents = []
     for parent_cfg in experiment.requires(resolved):
@@ -116,7 +116,7 @@ def run_job(cfg: DictConfig | dict[str, Any], verify: tuple[str, ...] = ()) -> d
         if run.done:
             why = run.damage(verify)
             if why is None:  # finished by another process while this one waited
-                return _stored(run, resolved)
+                return stored(run, resolved)
             run.reopen(why)
         return _work(experiment, resolved, run, parents)
 
@@ -154,12 +154,19 @@ def _work(experiment: Experiment, resolved: dict[str, Any], run: RunDir, parents
         raise
     # SystemExit / KeyboardInterrupt (submitit's requeue, Ctrl-C) are interruptions, not failures:
     # nothing is written, and the next launch resumes from the epoch checkpoint.
+    return commit(run, resolved, metrics, fingerprint, time.perf_counter() - started)
+
+
+def commit(
+    run: RunDir, resolved: dict[str, Any], metrics: dict[str, Any], fingerprint: str, wall_time_s: float
+) -> dict[str, Any]:
+    """Write the run's record (config, metrics, timing, versions) and its done marker; print its summary."""
     record = {
         "run_id": run.key,
         **flatten(identity(resolved)),
         **metrics,
         DATA_FINGERPRINT: fingerprint,
-        "wall_time_s": time.perf_counter() - started,
+        "wall_time_s": wall_time_s,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
         **{f"version.{k}": v for k, v in versions().items()},

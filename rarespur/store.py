@@ -79,6 +79,11 @@ def config_key(resolved: dict[str, Any]) -> str:
     return _digest(identity(resolved))
 
 
+def training_key(resolved: dict[str, Any]) -> str:
+    """Equal for configs that train the same weights (:func:`rarespur.config.training_identity`)."""
+    return _digest(training_identity(resolved))
+
+
 def find_trained(results_dir: str | Path, resolved: dict[str, Any], data_fingerprint: str = "") -> Path | None:
     """A finished run directory whose model was trained exactly as `resolved` would train it, on the data
     of `data_fingerprint` (:mod:`rarespur.fingerprint`), with its weights as written.
@@ -86,7 +91,7 @@ def find_trained(results_dir: str | Path, resolved: dict[str, Any], data_fingerp
     Clean baselines of one dataset/model/optimizer differ only in how they are
     scored, so a sweep trains each such model once and scores it many times.
     """
-    entry = Path(results_dir) / TRAINED_INDEX / _digest(training_identity(resolved))
+    entry = Path(results_dir) / TRAINED_INDEX / training_key(resolved)
     if not entry.exists():
         return None
     run = Path(results_dir) / entry.read_text().strip()
@@ -106,7 +111,7 @@ def register_trained(results_dir: str | Path, resolved: dict[str, Any], run_key:
     """Make the finished model of run `run_key` findable by :func:`find_trained`."""
     index = Path(results_dir) / TRAINED_INDEX
     index.mkdir(parents=True, exist_ok=True)
-    write_atomic(index / _digest(training_identity(resolved)), run_key)
+    write_atomic(index / training_key(resolved), run_key)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -217,12 +222,14 @@ class RunDir:
         return path
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, wait: bool = True) -> Iterator[bool]:
         """Hold this run for the calling process: a second process that needs the same run (an identical
         job, or a parent that two derived jobs need at once) waits here, then finds it done.
 
         An flock on ``<results_dir>/.locks/<key>``: the kernel drops it when its holder dies, so a
         crashed or killed holder never leaves the run locked; the next one resumes from the checkpoint.
+        Yields whether this process holds the run: with `wait` False, a run another process holds is
+        not waited for (False), so a pack can leave it to that process.
         """
         folder = self.path.parent / LOCKS
         folder.mkdir(parents=True, exist_ok=True)
@@ -231,7 +238,12 @@ class RunDir:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.seek(0)
-                log.info("run %s is being worked on by %s: waiting for it", self.key, handle.read().strip() or "?")
+                holder = handle.read().strip() or "?"
+                if not wait:
+                    log.info("run %s is being worked on by %s: left to it", self.key, holder)
+                    yield False
+                    return
+                log.info("run %s is being worked on by %s: waiting for it", self.key, holder)
                 while True:
                     time.sleep(LOCK_POLL_S)
                     try:
@@ -244,7 +256,7 @@ class RunDir:
             handle.write(f"{platform.node()}:{os.getpid()}")
             handle.flush()
             try:
-                yield
+                yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -40,6 +40,8 @@ from rarespur.store import RunDir
 
 SWEEPS_DIR = CONF_DIR.parent / "sweeps"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# rarespur's own (hydra_plugins.rarespur_sweeper): the basic sweeper's job list, launched in packs
+SWEEPERS = (BASIC_SWEEPER, "hydra_plugins.rarespur_sweeper.RarespurSweeper")
 PRIMARY = "config"  # run.py's config_name: what a sweep without a file starts from
 
 
@@ -96,6 +98,19 @@ class Sweep:
             search_path.prepend("command-line", f"file://{config_dir}")  # what --config-dir does
         self.loader = ConfigLoaderImpl(config_search_path=search_path)
         self.master = self.loader.load_configuration(self.config_name, list(overrides), RunMode.MULTIRUN)
+        self._caches()
+
+    @classmethod
+    def of_loaded(cls, loader: Any, master: DictConfig) -> Sweep:
+        """The sweep a running multirun has loaded (its config loader and master config): what the sweeper
+        plans with, so it resolves jobs exactly as its launcher will compose them."""
+        sweep = cls.__new__(cls)
+        sweep.config_name = master.hydra.job.config_name
+        sweep.loader, sweep.master = loader, master
+        sweep._caches()
+        return sweep
+
+    def _caches(self) -> None:
         self._parsed: dict[str, tuple[Override, bool]] = {}
         self._bases: dict[tuple[str, ...], DictConfig] = {}
         self._reused: dict[tuple[str, ...], tuple[tuple[str, ...], DictConfig]] = {}
@@ -104,8 +119,8 @@ class Sweep:
     def job_overrides(self) -> list[list[str]]:
         """Every job's override list, in launch order: BasicSweeper.sweep() up to the launch."""
         target = self.master.hydra.sweeper._target_
-        if target != BASIC_SWEEPER:
-            raise ValueError(f"only Hydra's basic sweeper can be expanded, this sweep uses {target}")
+        if target not in SWEEPERS:
+            raise ValueError(f"only Hydra's basic sweeper (or rarespur's) can be expanded, this sweep uses {target}")
         # Built here, not by Hydra's plugin loader, whose setup() would build the launcher too; the class
         # is looked up now because that loader's scan re-executes its module (a new class object).
         sweeper = basic_sweeper.BasicSweeper(max_batch_size=None, params=self.master.hydra.sweeper.params)
@@ -138,6 +153,22 @@ class Sweep:
             return resolve_job(self._container(job))[0]
         except ValueError as err:
             raise ValueError(f"job {' '.join(job)}: {err}") from err
+
+    def resolved_here(self, job: Sequence[str]) -> dict[str, Any]:
+        """:meth:`resolved` with ``results_dir`` made absolute from the current directory, as the runner does."""
+        resolved = self.resolved(job)
+        resolved["results_dir"] = str(Path(resolved["results_dir"]).expanduser().resolve())
+        return resolved
+
+    def check_composes(self, jobs: Sequence[Sequence[str]]) -> None:
+        """Compose one job of each kind (the same config-group choices and keys), as Hydra's launch would: a
+        job that cannot compose fails the sweep before any job starts, at one composition per kind."""
+        seen = set()
+        for job in jobs:
+            kind = tuple(line if not self._classify(line)[1] else self._classify(line)[0].key_or_group for line in job)
+            if kind not in seen:
+                seen.add(kind)
+                self.compose(job)
 
     def _container(self, job: Sequence[str]) -> dict[str, Any]:
         """The job's config as a plain dict: compose once per set of group choices, then set values.

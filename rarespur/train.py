@@ -103,7 +103,7 @@ def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4)
 EpochCallback = Callable[[dict], None]
 
 
-def _global_rng(device: torch.device) -> dict[str, torch.Tensor]:
+def global_rng(device: torch.device) -> dict[str, torch.Tensor]:
     """torch's global generator(s): dropout draws from them, so a resume must restore them."""
     rng = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -111,7 +111,7 @@ def _global_rng(device: torch.device) -> dict[str, torch.Tensor]:
     return rng
 
 
-def _set_global_rng(rng: dict[str, torch.Tensor], device: torch.device) -> None:
+def set_global_rng(rng: dict[str, torch.Tensor], device: torch.device) -> None:
     torch.set_rng_state(rng["cpu"])
     if device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], device)
@@ -133,7 +133,7 @@ def _continue_from(
         group["lr"] = group["initial_lr"] = s.lr
     if start_from.get("device_type") == generator.device.type:
         generator.set_state(start_from["generator"])
-        _set_global_rng(start_from["global_rng"], generator.device)
+        set_global_rng(start_from["global_rng"], generator.device)
     else:
         log.info("the state to continue from was written on %s: shuffling seeded afresh", start_from.get("device_type"))
 
@@ -155,7 +155,7 @@ def _full_state(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(),
-        "global_rng": _global_rng(device),
+        "global_rng": global_rng(device),
         "device_type": device.type,
         "history": history,
         "best": best.state_dict(),
@@ -265,7 +265,7 @@ def train_model(
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             generator.set_state(state["generator"])
-            _set_global_rng(state["global_rng"], device)
+            set_global_rng(state["global_rng"], device)
         except (RuntimeError, ValueError, KeyError) as err:
             raise ValueError(
                 f"checkpoint {checkpoint} does not match this model/optimizer ({err}); delete it to train from scratch"

@@ -47,8 +47,9 @@ def extract_cifar_subset(shared_data: Path, dest: Path, classes: tuple[str, ...]
 @contextlib.contextmanager
 def killed_after_epoch(epoch: int) -> Iterator[None]:
     """Runs trained inside stop with KeyboardInterrupt right after `epoch` (its checkpoint is written), as a
-    killed job would; a relaunch then resumes from that checkpoint."""
-    from rarespur.experiments import common
+    killed job would; a relaunch then resumes from that checkpoint. Packs too: their models' callbacks are
+    called once every model's checkpoint of the epoch is written."""
+    from rarespur.experiments import common, train
 
     real = common.epoch_callback
 
@@ -62,8 +63,8 @@ def killed_after_epoch(epoch: int) -> Iterator[None]:
 
         return on_epoch
 
-    common.epoch_callback = dying
+    common.epoch_callback = train.epoch_callback = dying
     try:
         yield
     finally:
-        common.epoch_callback = real
+        common.epoch_callback = train.epoch_callback = real

@@ -69,9 +69,11 @@ def load_data(cfg: dict[str, Any]) -> ImageData:
 
 
 @dataclass(frozen=True)
-class PoisonedData:
+class Poisoning:
+    """Which training images get which pattern: what scoring needs, without a poisoned copy of the training set
+    (a pack of models keeps one clean copy and only each model's poisoned rows)."""
+
     data: ImageData  # clean train and test sets
-    train_x: np.ndarray  # training images with the pattern planted
     indices: np.ndarray  # poisoned training indices, in the order they were drawn
     pattern: Pattern
     targets: list[int]
@@ -83,6 +85,16 @@ class PoisonedData:
             return f"{len(self.indices)} of class {self.targets[0]} poisoned"
         per_class = len(self.indices) // len(self.targets)
         return f"{len(self.indices)} poisoned ({per_class} per class of {self.targets})"
+
+    def rows(self) -> np.ndarray:
+        """The poisoned training images alone (N x H x W x C), in the order of `indices`."""
+        rows = self.data.train_x[self.indices]
+        return self.pattern.apply(rows, self.seed) if len(rows) else rows
+
+
+@dataclass(frozen=True)
+class PoisonedData(Poisoning):
+    train_x: np.ndarray  # training images with the pattern planted
 
 
 def data_fingerprint_of(cfg: dict[str, Any]) -> str:
@@ -130,17 +142,24 @@ def check_deletion_start(cfg: dict[str, Any]) -> None:
     check_train_config(cfg)
 
 
-def poisoned_data(cfg: dict[str, Any], data: ImageData) -> PoisonedData:
-    """Plant the configured pattern into `poison.count` training images of each target class."""
+def poisoning(cfg: dict[str, Any], data: ImageData) -> Poisoning:
+    """Which `poison.count` training images of each target class get the configured pattern."""
     pattern = check_poisoning(cfg, data.train_y, data.num_classes, data.image_shape)
     targets = targets_of(cfg)
     seed = cfg["poison"]["seed"]
     indices = choose_poison_indices(data.train_y, cfg["poison"]["count"], targets, seed)
-    return PoisonedData(data, poison_images(data.train_x, indices, pattern, seed), indices, pattern, targets, seed)
+    return Poisoning(data, indices, pattern, targets, seed)
+
+
+def poisoned_data(cfg: dict[str, Any], data: ImageData) -> PoisonedData:
+    """Plant the configured pattern into `poison.count` training images of each target class."""
+    p = poisoning(cfg, data)
+    train_x = poison_images(data.train_x, p.indices, p.pattern, p.seed)
+    return PoisonedData(p.data, p.indices, p.pattern, p.targets, p.seed, train_x=train_x)
 
 
 def score_poisoned(
-    cfg: dict[str, Any], model: nn.Module, poisoned: PoisonedData, device: torch.device
+    cfg: dict[str, Any], model: nn.Module, poisoned: Poisoning, device: torch.device
 ) -> tuple[dict[str, float], dict[int, np.ndarray]]:
     """SPEC 1.6 metrics and per-image indicators of `model` on the clean test set, with the run's pattern."""
     return score_model(

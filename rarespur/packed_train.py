@@ -1,0 +1,332 @@
+"""The training engine for K models of one shape at once (SPEC 1.11's grids in GPU-hours).
+
+A small model trained alone leaves a GPU idle between tiny kernels. Here K models
+that share the recipe (architecture, optimizer, lr schedule, epochs, batch size,
+clipping, augmentation) are stacked (``torch.func.stack_module_state``) and one
+``vmap(functional_call)`` runs all of them on a [K, B, ...] batch. Nothing is
+shared that would change a model's numbers:
+
+- each model has its own generator, seeded with its own ``train.model_seed``, and
+  draws its shuffling, augmentation and input noise from it in the order
+  :func:`rarespur.train.train_model` does, so it sees exactly the batches it would
+  see alone;
+- the clean training set is stored once; each model adds only its poisoned rows,
+  swapped into its batches by index;
+- the loss is the sum of the per-model mean cross-entropies, so each model's
+  gradient is its own; SGD and Adam are element-wise, and coupled weight decay is
+  added per model (its own strength), so the stacked optimizer steps each model
+  exactly as its own optimizer would;
+- batch norm keeps per-model running statistics (the stacked buffers are updated
+  in place under vmap).
+
+Dropout draws its masks from torch's global generator under vmap (a different
+mask per model), so a model with dropout is trained as alone but with other masks.
+
+Every epoch each model's state is written to its own checkpoint in the format of
+:func:`rarespur.train.train_model`, so a killed pack resumes exactly, in any
+grouping, and a model that diverges is marked failed while the others go on.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from rarespur.atomic import atomic_path
+from rarespur.damaged import load_or_set_aside
+from rarespur.errors import TrainingDiverged
+from rarespur.train import EpochCallback, augment_crop_flip, global_rng, make_optimizer, make_scheduler, set_global_rng
+from rarespur.train_settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+# What may differ between the models of one pack: each model draws from its own generator (seed), and
+# weight decay and input noise are applied per model. Every other setting is the pack's.
+PER_MODEL_SETTINGS = ("seed", "weight_decay", "noise_sigma")
+
+
+@dataclass
+class PackMember:
+    """One model of a pack: its settings, its poisoned rows and where its state goes."""
+
+    settings: TrainSettings
+    poison_index: torch.Tensor  # training positions (long) whose image this model sees poisoned
+    poison_x: torch.Tensor  # those images, poisoned (m x C x H x W), in the order of `poison_index`
+    checkpoint: Path | None = None  # resume state, written every `checkpoint_every` epochs
+    final_state: Path | None = None  # the state after the last epoch, less the weights (incremental retraining)
+    on_epoch: EpochCallback | None = None
+
+
+@dataclass
+class PackOutcome:
+    """What became of one model: its history, or the error that stopped it (the others went on)."""
+
+    history: list[dict] = field(default_factory=list)
+    error: Exception | None = None
+
+
+def shared_settings(members: list[PackMember]) -> TrainSettings:
+    """The recipe the models share; ValueError naming the setting when they do not share one."""
+    first = members[0].settings
+    for member in members[1:]:
+        for name in first.__dataclass_fields__:
+            if name not in PER_MODEL_SETTINGS and getattr(member.settings, name) != getattr(first, name):
+                raise ValueError(
+                    f"models of one pack must share train setting {name!r} "
+                    f"({getattr(first, name)!r} vs {getattr(member.settings, name)!r})"
+                )
+    if first.early_stopping or first.lr_schedule == "plateau":
+        raise ValueError("early stopping and the plateau schedule watch validation data: they are not packed")
+    return first
+
+
+def _member_state(
+    k: int,
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    member: PackMember,
+    history: list[dict],
+) -> dict:
+    """Model k's state, as :func:`rarespur.train.train_model` writes it for a model trained alone."""
+    weights = {name: t[k].detach().clone() for name, t in {**params, **buffers}.items()}
+    packed = optimizer.state_dict()
+    state = {
+        i: {key: (v[k].clone() if torch.is_tensor(v) and v.dim() > 0 else copy.deepcopy(v)) for key, v in s.items()}
+        for i, s in packed["state"].items()
+    }
+    groups = [{**g, "weight_decay": member.settings.weight_decay} for g in packed["param_groups"]]
+    device = generator.device
+    return {
+        "model": weights,
+        "objective": {},
+        "optimizer": {"state": state, "param_groups": groups},
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "global_rng": global_rng(device),
+        "device_type": device.type,
+        "history": history,
+        "best": {"epoch": 0, "value": -math.inf, "weights": None},
+    }
+
+
+def _stack_optimizer_states(states: list[dict], optimizer: torch.optim.Optimizer) -> None:
+    """Load the members' optimizer states (one model each) into the stacked optimizer."""
+    first = states[0]
+    stacked = {
+        i: {
+            key: torch.stack([s["state"][i][key] for s in states]) if torch.is_tensor(v) and v.dim() > 0 else v
+            for key, v in entry.items()
+        }
+        for i, entry in first["state"].items()
+    }
+    groups = [{**g, "weight_decay": 0.0} for g in first["param_groups"]]
+    optimizer.load_state_dict({"state": stacked, "param_groups": groups})
+
+
+def _read_checkpoint(member: PackMember, device: torch.device) -> dict | None:
+    if member.checkpoint is None:
+        return None
+    state = load_or_set_aside(member.checkpoint)
+    if state is not None and state.get("device_type") != device.type:
+        raise ValueError(
+            f"checkpoint {member.checkpoint} was written on {state.get('device_type')}, this run is on {device.type}; "
+            f"relaunch with device={state.get('device_type')} or delete it to train from scratch"
+        )
+    return state
+
+
+def train_packed(
+    models: list[nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    members: list[PackMember],
+    checkpoint_every: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> list[PackOutcome]:
+    """Train `models` (one per member, same architecture, on the device of `x`) in place, all at once.
+
+    `x` (N x C x H x W) and `y` are the clean training set; member k trains on it with the
+    images at ``poison_index`` replaced by its ``poison_x``. Members whose checkpoints stand
+    at different epochs are trained in one pack per epoch, one pack after the other.
+    Returns one outcome per member, in order; `progress` gets one line per pack epoch.
+    """
+    if len(models) != len(members) or not members:
+        raise ValueError(f"{len(models)} models for {len(members)} pack members")
+    shared_settings(members)
+    states = [_read_checkpoint(m, x.device) for m in members]
+    outcomes = [PackOutcome() for _ in members]
+    by_epoch: dict[int, list[int]] = {}
+    for k, state in enumerate(states):
+        by_epoch.setdefault(len(state["history"]) if state else 0, []).append(k)
+    for done_epochs in sorted(by_epoch):
+        ks = by_epoch[done_epochs]
+        results = _train_pack(
+            [models[k] for k in ks], x, y, [members[k] for k in ks], [states[k] for k in ks], checkpoint_every, progress
+        )
+        for k, outcome in zip(ks, results):
+            outcomes[k] = outcome
+    return outcomes
+
+
+def _train_pack(
+    models: list[nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    members: list[PackMember],
+    states: list[dict | None],
+    checkpoint_every: int,
+    progress: Callable[[str], None] | None,
+) -> list[PackOutcome]:
+    """Train models that start at the same epoch (from scratch, or from their checkpoints)."""
+    device, K = x.device, len(models)
+    s = shared_settings(members)
+    resumed = states[0] is not None
+    if resumed:
+        for model, member, state in zip(models, members, states):
+            try:
+                model.load_state_dict(state["model"])
+            except RuntimeError as err:
+                raise ValueError(
+                    f"checkpoint {member.checkpoint} does not match this model ({err}); delete it to train from scratch"
+                ) from None
+    params, buffers = stack_module_state(models)
+    template = copy.deepcopy(models[0]).to("meta")
+
+    def forward(p: dict, b: dict, xb: torch.Tensor) -> torch.Tensor:
+        return functional_call(template, (p, b), (xb,))
+
+    batched = vmap(forward, randomness="different")
+    optimizer = make_optimizer(list(params.values()), replace(s, weight_decay=0.0))
+    scheduler = make_scheduler(optimizer, s.epochs, s.lr_schedule, s.monitor)
+    generators = []
+    for member in members:
+        generators.append(torch.Generator(device=device))
+        generators[-1].manual_seed(member.settings.seed)
+    histories: list[list[dict]] = [[] for _ in members]
+    if resumed:
+        try:
+            _stack_optimizer_states([st["optimizer"] for st in states], optimizer)
+            scheduler.load_state_dict(states[0]["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ValueError(
+                f"the checkpoints of this pack ({members[0].checkpoint}, ...) do not match this model/optimizer "
+                f"({err}); delete them to train from scratch"
+            ) from None
+        for generator, state in zip(generators, states):
+            generator.set_state(state["generator"])
+        set_global_rng(states[0]["global_rng"], device)
+        histories = [list(st["history"]) for st in states]
+        log.info("resuming a pack of %d at epoch %d", K, len(histories[0]) + 1)
+    decay = torch.tensor([m.settings.weight_decay for m in members], device=device, dtype=x.dtype)
+    poison_slot, bank = _poison_slots(members, len(x), x)
+    outcomes = [PackOutcome() for _ in members]
+    alive = list(range(K))
+    n = len(x)
+    for epoch in range(len(histories[0]) + 1, s.epochs + 1):
+        template.train()
+        for model in models:
+            model.train()
+        params_list = list(params.values())
+        orders = torch.stack([torch.randperm(n, generator=g, device=device) for g in generators])
+        total_loss = torch.zeros(K, device=device, dtype=x.dtype)
+        correct = torch.zeros(K, device=device, dtype=torch.long)
+        lr = optimizer.param_groups[0]["lr"]
+        for start in range(0, n, s.batch_size):
+            idx = orders[:, start : start + s.batch_size]
+            xb = _member_batches(x, idx, poison_slot, bank)
+            if s.augment == "aug01":
+                xb = torch.stack([augment_crop_flip(xb[k], generators[k]) for k in range(K)])
+            noisy = [k for k, m in enumerate(members) if m.settings.noise_sigma > 0]
+            if noisy:
+                xb = xb.clone()
+                for k in noisy:
+                    sigma = members[k].settings.noise_sigma
+                    xb[k] = xb[k] + sigma * torch.randn(xb[k].shape, generator=generators[k], device=device)
+            yb = y[idx]
+            for p in params_list:
+                p.grad = None
+            logits = batched(params, buffers, xb)
+            per_model = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(K, -1).mean(1)
+            per_model.sum().backward()
+            if s.grad_clip > 0:
+                nn.utils.clip_grad_value_(params_list, s.grad_clip)
+            if members and any(m.settings.weight_decay for m in members):
+                for p in params_list:
+                    p.grad.add_(p.detach() * decay.view(-1, *([1] * (p.dim() - 1))))
+            optimizer.step()
+            total_loss += per_model.detach() * idx.shape[1]
+            correct += (logits.argmax(-1) == yb).sum(1)
+        scheduler.step()
+        losses, accs = (total_loss / n).tolist(), (correct.double() / n).tolist()
+        for k in list(alive):
+            if not math.isfinite(losses[k]):  # before its checkpoint: a resume must not start from NaN weights
+                outcomes[k].error = TrainingDiverged(
+                    f"training diverged: the loss is {losses[k]} in epoch {epoch} (lr {lr:g}); "
+                    "lower train.lr (or set train.grad_clip)"
+                )
+                alive.remove(k)
+                continue
+            histories[k].append({"epoch": epoch, "loss": losses[k], "acc": accs[k], "lr": lr})
+            member = members[k]
+            if member.checkpoint is not None and epoch % checkpoint_every == 0:
+                state = _member_state(k, params, buffers, optimizer, scheduler, generators[k], member, histories[k])
+                with atomic_path(member.checkpoint) as tmp:
+                    torch.save(state, tmp)
+        for k in alive:  # every checkpoint of the epoch is written before anything else may stop the pack
+            if members[k].on_epoch is not None:
+                members[k].on_epoch(histories[k][-1])
+        if progress is not None and alive:
+            mean_loss = sum(losses[k] for k in alive) / len(alive)
+            mean_acc = sum(accs[k] for k in alive) / len(alive)
+            progress(
+                f"pack of {K}: epoch {epoch}/{s.epochs}  mean train_loss {mean_loss:.4f}  "
+                f"mean train_acc {mean_acc:.4f}  lr {lr:.2g}  ({len(alive)} training)"
+            )
+        if not alive:
+            break
+    for k in alive:
+        with torch.no_grad():
+            weights = {name: t[k] for name, t in {**params, **buffers}.items()}
+            models[k].load_state_dict(weights)
+        outcomes[k].history = histories[k]
+        if members[k].final_state is not None:
+            state = _member_state(k, params, buffers, optimizer, scheduler, generators[k], members[k], histories[k])
+            del state["model"], state["best"]
+            with atomic_path(members[k].final_state) as tmp:
+                torch.save(state, tmp)
+    return outcomes
+
+
+def _poison_slots(members: list[PackMember], n: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each model's poisoned rows are: slot[k, i] is the row of `bank` that replaces image i for model
+    k (0 = keep the clean image; row 0 of the bank is a placeholder, so the swap needs no branch)."""
+    slot = torch.zeros((len(members), n), dtype=torch.long, device=x.device)
+    rows = [torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device)]
+    offset = 1
+    for k, member in enumerate(members):
+        m = len(member.poison_index)
+        if m:
+            slot[k, member.poison_index.to(x.device)] = torch.arange(offset, offset + m, device=x.device)
+            rows.append(member.poison_x.to(device=x.device, dtype=x.dtype))
+            offset += m
+    return slot, torch.cat(rows)
+
+
+def _member_batches(x: torch.Tensor, idx: torch.Tensor, slot: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """[K, B, C, H, W]: model k's images at positions idx[k], its poisoned rows swapped in (no host sync)."""
+    clean = x[idx]
+    rows = slot.gather(1, idx)
+    swapped = rows > 0
+    return torch.where(swapped.view(*swapped.shape, 1, 1, 1), bank[rows], clean)

@@ -1,0 +1,166 @@
+"""Which jobs of a sweep train together in one process (``pack.size``), and the files that say so.
+
+Jobs pack when their resolved configs differ only in what a pack can vary per
+model (:data:`PER_MODEL_KEYS`: the pattern, the poisoning, the model seed, the
+weight decay or noise strength, the scoring settings) and their experiment and
+training objective can be packed (:func:`why_not_packed`). A plan is a list of
+launcher jobs: each job that cannot pack keeps its own overrides, and each pack
+becomes one job, the overrides of its first member plus ``pack.members=<file>``,
+a JSON file with every member's resolved config (see :mod:`rarespur.pack_runner`).
+Members whose run is already done are left out, so a relaunch packs only the rest.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from rarespur.atomic import write_atomic
+from rarespur.errors import MissingFileError, UserError
+from rarespur.regularizers import objective_class
+from rarespur.store import RunDir
+
+log = logging.getLogger(__name__)
+
+# Dotted keys (or whole nodes) that may differ between the models of one pack.
+PER_MODEL_KEYS = (
+    "pattern",
+    "poison.count",
+    "poison.target",
+    "poison.seed",
+    "train.model_seed",
+    "train.weight_decay",
+    "regularizer.strength",
+    "eval",
+    "pack",
+)
+PACKED_EXPERIMENTS = ("train",)  # experiments whose training the pack engine runs
+
+
+def why_not_packed(resolved: dict[str, Any]) -> str | None:
+    """Why the job of `resolved` must run alone (None: it can be packed)."""
+    experiment = resolved["experiment"]["name"]
+    if experiment not in PACKED_EXPERIMENTS:
+        return f"experiment={experiment} is not packed (packed: {', '.join(PACKED_EXPERIMENTS)})"
+    reg = resolved["regularizer"]
+    why = objective_class(reg).why_not_packed()
+    return f"regularizer={reg['name']}: {why}" if why else None
+
+
+def pack_key(resolved: dict[str, Any]) -> str:
+    """Equal for exactly the configs that may share a pack: the config without its per-model keys."""
+    shared = copy.deepcopy(resolved)
+    for dotted in PER_MODEL_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = shared
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    blob = json.dumps(shared, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Plan:
+    """The launcher jobs of a packed sweep, and what became of the sweep's jobs."""
+
+    launches: list[list[str]] = field(default_factory=list)
+    packs: int = 0  # launcher jobs that train several models
+    packed_jobs: int = 0  # sweep jobs inside those packs
+    done: int = 0  # sweep jobs left out because their run is already done
+    alone: Counter = field(default_factory=Counter)  # why jobs run one per launcher job -> how many
+
+    def describe(self, size: int) -> str:
+        lines = [
+            f"pack.size={size}: {self.packed_jobs} job(s) in {self.packs} pack(s), "
+            f"{sum(self.alone.values())} alone, {self.done} already done (not launched): "
+            f"{len(self.launches)} launcher job(s)"
+        ]
+        lines += [f"  {count} job(s) run alone: {why}" for why, count in self.alone.items()]
+        return "\n".join(lines)
+
+
+def plan_packs(
+    jobs: Sequence[Sequence[str]],
+    resolve: Callable[[Sequence[str]], dict[str, Any]],
+    size: int,
+    pack_dir: Path,
+) -> Plan:
+    """Group `jobs` (override lists, in launch order) into packs of at most `size`; write the pack files.
+
+    `resolve` gives a job's resolved config with an absolute ``results_dir``. A job it cannot
+    resolve runs alone, so it fails on its own with its message, as without packing.
+    """
+    plan = Plan()
+    groups: dict[str, list[tuple[Sequence[str], dict[str, Any]]]] = {}
+    order: list[tuple[str, Sequence[str] | str]] = []  # launch order: ("alone", overrides) or ("pack", key)
+    for job in jobs:
+        try:
+            resolved = resolve(job)
+        except (UserError, ValueError):
+            plan.alone["its config does not resolve (the job reports why)"] += 1
+            order.append(("alone", job))
+            continue
+        why = why_not_packed(resolved)
+        if why is not None:
+            plan.alone[why] += 1
+            order.append(("alone", job))
+            continue
+        if RunDir(resolved["results_dir"], resolved).done:
+            plan.done += 1
+            continue
+        key = pack_key(resolved)
+        if key not in groups:
+            groups[key] = []
+            order.append(("pack", key))
+        groups[key].append((job, resolved))
+    for kind, item in order:
+        if kind == "alone":
+            plan.launches.append(list(item))
+            continue
+        members = groups[item]
+        packs = -(-len(members) // size)  # as few packs as fit, as even as can be: 11 at size 5 is 4 + 4 + 3
+        for p in range(packs):
+            chunk = members[p * len(members) // packs : (p + 1) * len(members) // packs]
+            if len(chunk) == 1:
+                plan.alone["the only job of its recipe left to run"] += 1
+                plan.launches.append(list(chunk[0][0]))
+                continue
+            path = write_pack_file(pack_dir, [resolved for _, resolved in chunk])
+            plan.launches.append([*chunk[0][0], f"pack.members='{path}'"])
+            plan.packs += 1
+            plan.packed_jobs += len(chunk)
+    return plan
+
+
+def pack_id(members: Sequence[dict[str, Any]]) -> str:
+    """A pack's name: the same members (by run key) give the same name, whichever sweep launched them."""
+    keys = sorted(RunDir("", cfg).key for cfg in members)
+    return "pack-" + hashlib.sha256(",".join(keys).encode()).hexdigest()[:12]
+
+
+def write_pack_file(pack_dir: Path, members: Sequence[dict[str, Any]]) -> Path:
+    """The file a packed launcher job reads its members from."""
+    name = pack_id(members)
+    pack_dir.mkdir(parents=True, exist_ok=True)
+    path = pack_dir / f"{name}.json"
+    write_atomic(path, json.dumps({"pack": name, "members": list(members)}, default=str))
+    return path
+
+
+def read_pack_file(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
+    """(pack name, member configs) of a pack file."""
+    try:
+        spec = json.loads(Path(path).read_text())
+        return spec["pack"], spec["members"]
+    except FileNotFoundError:
+        raise MissingFileError(
+            f"pack.members={path}: no such pack file; it is written by the sweep that launches the pack "
+            "(run.py -m ... pack.size=K), so launch the sweep again"
+        ) from None
