@@ -7,7 +7,8 @@ training objective can be packed (:func:`why_not_packed`). A plan is a list of
 launcher jobs: each job that cannot pack keeps its own overrides, and each pack
 becomes one job, the overrides of its first member plus ``pack.members=<file>``,
 a JSON file with every member's resolved config (see :mod:`rarespur.pack_runner`).
-Members whose run is already done are left out, so a relaunch packs only the rest.
+Members whose run is already done are left out, so a relaunch packs only the rest. ``pack.size``
+counts the models a pack trains: clean baselines that differ only in how they are scored train one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Callable, Sequence
 from rarespur.atomic import write_atomic
 from rarespur.errors import MissingFileError, UserError
 from rarespur.regularizers import objective_class
-from rarespur.store import RunDir
+from rarespur.store import RunDir, training_key
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +125,7 @@ def plan_packs(
         if kind == "alone":
             plan.launches.append(list(item))
             continue
-        members = groups[item]
-        packs = -(-len(members) // size)  # as few packs as fit, as even as can be: 11 at size 5 is 4 + 4 + 3
-        for p in range(packs):
-            chunk = members[p * len(members) // packs : (p + 1) * len(members) // packs]
+        for chunk in _chunks(groups[item], size):
             if len(chunk) == 1:
                 plan.alone["the only job of its recipe left to run"] += 1
                 plan.launches.append(list(chunk[0][0]))
@@ -137,6 +135,21 @@ def plan_packs(
             plan.packs += 1
             plan.packed_jobs += len(chunk)
     return plan
+
+
+def _chunks(members: list[tuple[Sequence[str], dict[str, Any]]], size: int) -> list[list]:
+    """Members in packs that train at most `size` models each, as few packs as fit and as even as can be
+    (11 at size 5: 4 + 4 + 3). Members that train the same weights (clean baselines scored with other
+    patterns or seeds) count once and stay in one pack, which trains that model once for all of them."""
+    units: dict[str, list] = {}
+    for member in members:
+        units.setdefault(training_key(member[1]), []).append(member)
+    trainings = list(units.values())
+    packs = -(-len(trainings) // size)
+    return [
+        [m for unit in trainings[p * len(trainings) // packs : (p + 1) * len(trainings) // packs] for m in unit]
+        for p in range(packs)
+    ]
 
 
 def pack_id(members: Sequence[dict[str, Any]]) -> str:

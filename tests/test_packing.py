@@ -27,7 +27,7 @@ from rarespur.pack_runner import PackFailed, run_pack_file
 from rarespur.packed_train import PackMember, train_packed
 from rarespur.packing import pack_key, plan_packs, read_pack_file, why_not_packed
 from rarespur.runner import run_job
-from rarespur.store import DONE, ERROR, RECORD, TRAIN_STATE, RunDir
+from rarespur.store import DONE, ERROR, RECORD, TRAIN_STATE, RunDir, training_key
 from rarespur.sweep import Sweep
 from rarespur.train import train_model
 from rarespur.train_settings import TrainSettings
@@ -164,8 +164,8 @@ def test_models_of_one_pack_must_share_the_recipe():
 
 
 def test_grouping_packs_only_what_may_differ(tmp_path):
-    """2 models x 2 optimizers x 2 patterns x 3 counts x 2 seeds = 48 jobs; packs of at most 5 within each of
-    the 4 (model, optimizer) groups of 12: 3 even packs each (4 + 4 + 4)."""
+    """2 models x 2 optimizers x 2 patterns x 3 counts x 2 seeds = 48 jobs. Each (model, optimizer) group of 12
+    trains 9 models (the 4 clean baselines are one model, scored 4 ways): at most 5 per pack, 2 packs (5 + 4)."""
     sweep = Sweep(
         None,
         [
@@ -178,12 +178,15 @@ def test_grouping_packs_only_what_may_differ(tmp_path):
         ],
     )
     plan = plan_packs(sweep.job_overrides, sweep.resolved_here, 5, tmp_path / "packs")
-    assert len(sweep) == 48 and plan.packs == 12 and plan.packed_jobs == 48 and len(plan.launches) == 12
+    assert len(sweep) == 48 and plan.packs == 8 and plan.packed_jobs == 48 and len(plan.launches) == 8
+    trainings = []
     for launch in plan.launches:
         (line,) = [item for item in launch if item.startswith("pack.members=")]
         _, members = read_pack_file(line.split("=", 1)[1].strip("'"))
         assert len({(m["model"]["name"], m["optim"]["name"]) for m in members}) == 1
-        assert len({RunDir(tmp_path, m).key for m in members}) == len(members) <= 5
+        assert len({RunDir(tmp_path, m).key for m in members}) == len(members)
+        trainings.append(len({training_key(m) for m in members}))
+    assert sorted(trainings) == [4] * 4 + [5] * 4
     # a relaunch packs only what is not done
     done = RunDir(tmp_path, sweep.resolved_here(sweep.job_overrides[0]))
     done.path.mkdir(parents=True)
@@ -353,7 +356,7 @@ def test_packed_sweep_through_run_py(mnist, tmp_path):
     ]
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "pack.size=3: 8 job(s) in 3 pack(s)" in done.stdout + done.stderr
+    assert "pack.size=3: 8 job(s) in 2 pack(s)" in done.stdout + done.stderr  # 5 models to train: 3 + 2
     assert len(_records(tmp_path / "store")) == 8
     again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "8 already done (not launched): 0 launcher job(s)" in again.stdout + again.stderr

@@ -150,6 +150,24 @@ def test_sweep_runs_on_slurm_and_lands_in_the_store(tmp_path):
     assert states == {j: "COMPLETED" for j in logs}, states
 
 
+def test_packed_sweep_runs_on_slurm(tmp_path):
+    """pack.size=3: 6 jobs (3 clean baselines that train one model, 3 poisoned: 4 models) as 2 packs of 2 models,
+    one SLURM array of 2 tasks; 6 records in the store, the 4 trained ones with packed_with."""
+    name = f"rarespur-pack-{uuid.uuid4().hex[:8]}"
+    cmd = sweep_command(
+        tmp_path, name, "pattern=s1,s3,r3", "poison.count=0,10", "epochs=2", "data.train_limit=400", "pack.size=3"
+    )
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "pack.size=3: 6 job(s) in 2 pack(s)" in done.stdout + done.stderr
+    table = collect(tmp_path / "store")
+    assert len(table) == 6 and set(table["pattern.name"]) == {"s1", "s3", "r3"}
+    assert table["packed_with.size"].notna().sum() == 4  # 1 clean model + 3 poisoned; 2 baselines reuse the clean
+    logs = job_logs(tmp_path / "multirun")
+    assert len(logs) == 2 and all("pack of 2: epoch 2/2" in t for t in logs.values()), logs
+    assert sacct_states(sorted(logs), name) == {j: "COMPLETED" for j in logs}
+
+
 def _wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -161,14 +179,17 @@ def _wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
 
 
 @pytest.mark.slow
-def test_timed_out_job_is_requeued_and_resumes(tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["alone", "packed"])
+def test_timed_out_job_is_requeued_and_resumes(tmp_path, packed):
     """SIGUSR2 (what SLURM sends signal_delay_s before the time limit): submitit checkpoints and requeues
     (slurm_ci has max_num_timeout=1), the requeued job resumes from train_state.pt instead of starting
-    over, and the record is complete. 15-40 s, so marked slow: pytest -m "slurm and slow" (.ci/run does)."""
+    over, and the record is complete; a pack of 2 resumes both its models from theirs. 15-40 s each, so
+    marked slow: pytest -m "slurm and slow" (.ci/run does)."""
     name = f"rarespur-requeue-{uuid.uuid4().hex[:8]}"
     epochs = 200  # long enough to be caught mid-training, even on a fast machine
+    jobs = ["pattern=s3,r3", "pack.size=2"] if packed else ["pattern=s3"]
     cmd = sweep_command(
-        tmp_path, name, "pattern=s3", "poison.count=5", f"epochs={epochs}", "data.train_limit=200", "model=mlp"
+        tmp_path, name, *jobs, "poison.count=5", f"epochs={epochs}", "data.train_limit=200", "model=mlp"
     )
     sweep = tmp_path / "multirun"
     launcher_log = tmp_path / "launcher.log"
@@ -199,7 +220,10 @@ def test_timed_out_job_is_requeued_and_resumes(tmp_path):
             # job itself resumes and completes, so wait for its done marker.
             log = launcher_log.read_text()
             assert "UncompletedJobError" in log and f"Job {job_id} " in log, log[-3000:]
-            _wait_for(lambda: list((tmp_path / "store").glob(f"*/{DONE}")), 240, "the requeued job to finish")
+            finished = 2 if packed else 1
+            _wait_for(
+                lambda: len(list((tmp_path / "store").glob(f"*/{DONE}"))) == finished, 240, "the requeued job to finish"
+            )
     finally:
         if launcher.poll() is None:
             launcher.kill()
@@ -208,12 +232,14 @@ def test_timed_out_job_is_requeued_and_resumes(tmp_path):
 
     text = job_logs(sweep)[job_id]
     assert "Requeued job" in text, text[-3000:]
-    resumed = re.search(r"resuming from \S+ at epoch (\d+)", text)
+    resumed = re.search(r"resuming (?:from \S+|a pack of 2) at epoch (\d+)", text)
     assert resumed and 1 < int(resumed.group(1)) <= epochs, text[-3000:]
-    (run_dir,) = [p.parent for p in (tmp_path / "store").glob(f"*/{DONE}")]
-    assert not (run_dir / TRAIN_STATE).exists()
-    history = json.loads((run_dir / "history.json").read_text())
-    assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
+    run_dirs = [p.parent for p in (tmp_path / "store").glob(f"*/{DONE}")]
+    assert len(run_dirs) == (2 if packed else 1)
+    for run_dir in run_dirs:
+        assert not (run_dir / TRAIN_STATE).exists()
+        history = json.loads((run_dir / "history.json").read_text())
+        assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
 
     def attempts() -> list[str] | None:  # every attempt of the job (-D), once slurmdbd has the last one
         out = subprocess.run(
