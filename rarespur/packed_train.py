@@ -230,6 +230,8 @@ def _train_pack(
         histories = [list(st["history"]) for st in states]
         log.info("resuming a pack of %d at epoch %d", K, len(histories[0]) + 1)
     decay = torch.tensor([m.settings.weight_decay for m in members], device=device, dtype=x.dtype)
+    decayed = any(m.settings.weight_decay for m in members)
+    noisy = [k for k, m in enumerate(members) if m.settings.noise_sigma > 0]
     poison_slot, bank = _poison_slots(members, len(x), x)
     outcomes = [PackOutcome() for _ in members]
     alive = list(range(K))
@@ -248,7 +250,6 @@ def _train_pack(
             xb = _member_batches(x, idx, poison_slot, bank)
             if s.augment == "aug01":
                 xb = torch.stack([augment_crop_flip(xb[k], generators[k]) for k in range(K)])
-            noisy = [k for k, m in enumerate(members) if m.settings.noise_sigma > 0]
             if noisy:
                 xb = xb.clone()
                 for k in noisy:
@@ -262,7 +263,7 @@ def _train_pack(
             per_model.sum().backward()
             if s.grad_clip > 0:
                 nn.utils.clip_grad_value_(params_list, s.grad_clip)
-            if members and any(m.settings.weight_decay for m in members):
+            if decayed:
                 for p in params_list:
                     p.grad.add_(p.detach() * decay.view(-1, *([1] * (p.dim() - 1))))
             optimizer.step()
