@@ -76,9 +76,10 @@ def _max_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_packed_equals_alone_float64(optimizer):
-    """K = 4: own seeds, own poisoned rows, own weight decay and noise; clip by value; 2 epochs."""
+@pytest.mark.parametrize("optimizer,at_once", [("sgd", None), ("adam", None), ("adam", 3)])
+def test_packed_equals_alone_float64(optimizer, at_once):
+    """K = 4: own seeds, own poisoned rows, own weight decay and noise; clip by value; 2 epochs; all 4 at once,
+    or 3 then 1 (how a CPU trains a big pack)."""
     x, y, g = _toy((1, 28, 28), 300)
     base = TrainSettings(epochs=2, batch_size=64, optimizer=optimizer, lr=0.01, momentum=0.9, grad_clip=0.5)
     settings = [
@@ -89,7 +90,7 @@ def test_packed_equals_alone_float64(optimizer):
     ]
     members = _members(x, settings, g)
     models = _fresh("mlp3x256", (1, 28, 28), 4)
-    outcomes = train_packed(models, x, y, members)
+    outcomes = train_packed(models, x, y, members, at_once=at_once)
     for k, member in enumerate(members):
         assert outcomes[k].error is None and len(outcomes[k].history) == 2
         assert _max_difference(models[k], _alone("mlp3x256", x, y, member)) < 1e-10
@@ -150,6 +151,18 @@ def test_one_diverging_model_fails_alone():
         assert outcomes[k].error is None and len(outcomes[k].history) == 2
         alone = _alone("mlp1x256", x.double(), y, replace(members[k], poison_x=members[k].poison_x.double()))
         assert _max_difference(models[k], alone) < 1e-5
+
+
+def test_dropout_masks_are_not_shared_between_models():
+    """CNN002 (dropout 0.5): two models with the same seed, data and recipe end up different, because each
+    draws its own masks; without dropout they would be identical."""
+    x, y, _ = _toy((1, 28, 28), 64)
+    settings = TrainSettings(epochs=1, batch_size=32)
+    empty = PackMember(settings, torch.zeros(0, dtype=torch.long), torch.zeros(0, 1, 28, 28, dtype=torch.float64))
+    models = _fresh("cnn", (1, 28, 28), 2)
+    outcomes = train_packed(models, x, y, [empty, replace(empty)])
+    assert all(o.error is None for o in outcomes)
+    assert _max_difference(models[0], models[1]) > 1e-6
 
 
 def test_models_of_one_pack_must_share_the_recipe():
@@ -227,6 +240,21 @@ def test_sweep_composes_once_per_kind_of_job(monkeypatch):
     monkeypatch.setattr(sweep, "compose", lambda job: composed.append(job) or real(job))
     sweep.check_composes(sweep.job_overrides)
     assert len(sweep) == 8400 and len(composed) == 5 * 2 * 7
+
+
+def test_a_member_with_a_bad_config_fails_alone(tmp_path):
+    """A count larger than its class fails with its message and leaves no run directory; the others finish."""
+    sweep = Sweep(
+        None, ["poison.count=3,5000", "pattern=s1,s3", "epochs=1", "progress=false", f"results_dir={tmp_path}"]
+    )
+    bad = [job for job in sweep.job_overrides if "poison.count=5000" in job]
+    members = [sweep.resolved_here(job) for job in sweep.job_overrides]
+    pack_file = tmp_path / "pack.json"
+    pack_file.write_text(json.dumps({"pack": "pack-test", "members": members}))
+    with pytest.raises(PackFailed, match=r"2 of the 4 jobs of pack-test failed: .*poison.count=5000 is larger"):
+        run_pack_file(pack_file)
+    assert len(list(tmp_path.glob(f"*/{DONE}"))) == 2
+    assert not any(RunDir(tmp_path, sweep.resolved_here(job)).path.exists() for job in bad)
 
 
 # --- packed sweeps on real MNIST ------------------------------------------------------------------------------
