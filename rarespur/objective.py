@@ -30,7 +30,18 @@ class StepOutput:
 
 
 # What an objective may change about training besides the settings: a pack of models runs none of these.
-_OWN_TRAINING = ("step", "setup", "wrap_optimizer", "modules", "parameter_groups", "end_epoch", "state_dict", "predict")
+_OWN_TRAINING = (
+    "step",
+    "setup",
+    "wrap_optimizer",
+    "modules",
+    "parameter_groups",
+    "end_epoch",
+    "end_training",
+    "state_dict",
+    "predict",
+    "summary",
+)
 
 
 class Objective:

@@ -58,7 +58,7 @@ def run_pack_file(path: str | Path) -> list[dict[str, Any]]:
         weights = training_key(resolved)
         if weights in same_weights:
             same_weights[weights].append(resolved)
-        elif find_trained(resolved["results_dir"], resolved) is not None:
+        elif find_trained(resolved["results_dir"], resolved, data_fingerprint_of(resolved)) is not None:
             reusing.append(resolved)
         else:
             same_weights[weights] = []
@@ -92,7 +92,7 @@ def _run_alone(cfgs: list[dict[str, Any]], failed: list[str]) -> list[dict[str, 
     for resolved in cfgs:
         try:
             records.append(run_job(resolved))
-        except UserError as err:
+        except Exception as err:  # its error.txt is written; the pack's other jobs go on
             failed.append(f"{RunDir(resolved['results_dir'], resolved).key}: {err}")
     return records
 
@@ -118,6 +118,8 @@ def _train(
         if isinstance(result, Exception):
             runs[i].fail("".join(traceback.format_exception(result)))
             failed.append(f"{runs[i].key}: {result}")
+            for other in same_weights.pop(training_key(cfgs[i]), []):  # the same model: not trained again
+                failed.append(f"{RunDir('', other).key}: not run, the model it shares with run {runs[i].key} failed")
             return
         metrics = {**result, "packed_with.pack": name, "packed_with.size": len(mine)}
         records.append(commit(runs[i], cfgs[i], metrics, fingerprint, time.perf_counter() - started))

@@ -20,11 +20,13 @@ shared that would change a model's numbers:
   in place under vmap).
 
 Dropout draws its masks from torch's global generator under vmap (a different
-mask per model), so a model with dropout is trained as alone but with other masks.
+mask per model, but not the masks a model alone would draw), so sweeps do not
+pack models with dropout (:func:`rarespur.packing.why_not_packed`).
 
 Every epoch each model's state is written to its own checkpoint in the format of
-:func:`rarespur.train.train_model`, so a killed pack resumes exactly, in any
-grouping, and a model that diverges is marked failed while the others go on.
+:func:`rarespur.train.train_model`, so a killed pack resumes where it stopped (in
+any grouping, or a model alone), and a model that diverges, or whose checkpoint
+cannot be resumed, is marked failed while the others go on.
 """
 
 from __future__ import annotations
@@ -140,15 +142,25 @@ def _stack_optimizer_states(states: list[dict], optimizer: torch.optim.Optimizer
     optimizer.load_state_dict({"state": stacked, "param_groups": groups})
 
 
-def _read_checkpoint(member: PackMember, device: torch.device) -> dict | None:
+def _resume_state(member: PackMember, model: nn.Module, device: torch.device) -> dict | None:
+    """The member's checkpoint with its weights loaded into `model` (None: none to resume from);
+    ValueError when it cannot be resumed here, which fails that member alone."""
     if member.checkpoint is None:
         return None
     state = load_or_set_aside(member.checkpoint)
-    if state is not None and state.get("device_type") != device.type:
+    if state is None:
+        return None
+    if state.get("device_type") != device.type:
         raise ValueError(
             f"checkpoint {member.checkpoint} was written on {state.get('device_type')}, this run is on {device.type}; "
             f"relaunch with device={state.get('device_type')} or delete it to train from scratch"
         )
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as err:
+        raise ValueError(
+            f"checkpoint {member.checkpoint} does not match this model ({err}); delete it to train from scratch"
+        ) from None
     return state
 
 
@@ -172,11 +184,16 @@ def train_packed(
     if len(models) != len(members) or not members:
         raise ValueError(f"{len(models)} models for {len(members)} pack members")
     shared_settings(members)
-    states = [_read_checkpoint(m, x.device) for m in members]
     outcomes = [PackOutcome() for _ in members]
+    states: list[dict | None] = [None] * len(members)
     by_epoch: dict[int, list[int]] = {}
-    for k, state in enumerate(states):
-        by_epoch.setdefault(len(state["history"]) if state else 0, []).append(k)
+    for k, (member, model) in enumerate(zip(members, models)):
+        try:
+            states[k] = _resume_state(member, model, x.device)
+        except ValueError as err:
+            outcomes[k].error = err
+            continue
+        by_epoch.setdefault(len(states[k]["history"]) if states[k] else 0, []).append(k)
     if at_once is None:
         at_once = len(members) if x.device.type == "cuda" else CPU_AT_ONCE
     for epoch in sorted(by_epoch):
@@ -206,18 +223,11 @@ def _train_pack(
     checkpoint_every: int,
     progress: Callable[[str], None] | None,
 ) -> list[PackOutcome]:
-    """Train models that start at the same epoch (from scratch, or from their checkpoints)."""
+    """Train models that start at the same epoch (from scratch, or from their checkpoints, whose weights they
+    already hold)."""
     device, K = x.device, len(models)
-    s = shared_settings(members)
+    s = members[0].settings
     resumed = states[0] is not None
-    if resumed:
-        for model, member, state in zip(models, members, states):
-            try:
-                model.load_state_dict(state["model"])
-            except RuntimeError as err:
-                raise ValueError(
-                    f"checkpoint {member.checkpoint} does not match this model ({err}); delete it to train from scratch"
-                ) from None
     params, buffers = stack_module_state(models)
     template = copy.deepcopy(models[0]).to("meta")
 
@@ -254,9 +264,7 @@ def _train_pack(
     alive = list(range(K))
     n = len(x)
     for epoch in range(len(histories[0]) + 1, s.epochs + 1):
-        template.train()
-        for model in models:
-            model.train()
+        template.train()  # the mode functional_call runs the stacked models in (batch norm, dropout)
         params_list = list(params.values())
         orders = torch.stack([torch.randperm(n, generator=g, device=device) for g in generators])
         total_loss = torch.zeros(K, device=device, dtype=x.dtype)
@@ -282,12 +290,14 @@ def _train_pack(
                 nn.utils.clip_grad_value_(params_list, s.grad_clip)
             if decayed:
                 for p in params_list:
-                    p.grad.add_(p.detach() * decay.view(-1, *([1] * (p.dim() - 1))))
+                    if p.grad is not None:  # as the optimizers skip a parameter without a gradient
+                        p.grad.add_(p.detach() * decay.view(-1, *([1] * (p.dim() - 1))))
             optimizer.step()
             total_loss += per_model.detach() * idx.shape[1]
             correct += (logits.argmax(-1) == yb).sum(1)
         scheduler.step()
-        losses, accs = (total_loss / n).tolist(), (correct.double() / n).tolist()
+        losses = [t / n for t in total_loss.tolist()]  # divided in double precision, as train_model does
+        accs = [c / n for c in correct.tolist()]
         for k in list(alive):
             if not math.isfinite(losses[k]):  # before its checkpoint: a resume must not start from NaN weights
                 outcomes[k].error = TrainingDiverged(

@@ -14,17 +14,24 @@ counts the models a pack trains: clean baselines that differ only in how they ar
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+from torch import nn
+
 from rarespur.atomic import write_atomic
 from rarespur.errors import MissingFileError, UserError
-from rarespur.regularizers import objective_class
+from rarespur.experiments.common import train_settings
+from rarespur.models import build_model
+from rarespur.packed_train import PER_MODEL_SETTINGS
+from rarespur.regularizers import build_objective, objective_class
 from rarespur.store import RunDir, training_key
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,7 @@ PER_MODEL_KEYS = (
     "pack",
 )
 PACKED_EXPERIMENTS = ("train",)  # experiments whose training the pack engine runs
+Member = tuple[Sequence[str], dict[str, Any]]  # a job's overrides and its resolved config
 
 
 def why_not_packed(resolved: dict[str, Any]) -> str | None:
@@ -51,11 +59,32 @@ def why_not_packed(resolved: dict[str, Any]) -> str | None:
         return f"experiment={experiment} is not packed (packed: {', '.join(PACKED_EXPERIMENTS)})"
     reg = resolved["regularizer"]
     why = objective_class(reg).why_not_packed()
-    return f"regularizer={reg['name']}: {why}" if why else None
+    if why:
+        return f"regularizer={reg['name']}: {why}"
+    if has_dropout(resolved["model"]["name"]):
+        return (
+            f"model={resolved['model']['name']} has dropout, whose masks come from torch's global generator: "
+            "in a pack they would differ from the masks the model draws alone"
+        )
+    return None
+
+
+@functools.cache
+def has_dropout(model_name: str) -> bool:
+    """Whether the architecture has dropout layers (built without memory, on the meta device)."""
+    for shape in ((1, 28, 28), (3, 32, 32)):  # whichever input the architecture accepts; dropout does not care
+        try:
+            with torch.device("meta"):
+                model = build_model(model_name, shape, 10)
+        except (ValueError, RuntimeError):
+            continue
+        return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+    return False
 
 
 def pack_key(resolved: dict[str, Any]) -> str:
-    """Equal for exactly the configs that may share a pack: the config without its per-model keys."""
+    """Equal for exactly the configs that may share a pack: the config without its per-model keys, and the
+    training settings their regularizer makes of it but for those a pack sets per model."""
     shared = copy.deepcopy(resolved)
     for dotted in PER_MODEL_KEYS:
         *parents, leaf = dotted.split(".")
@@ -63,6 +92,8 @@ def pack_key(resolved: dict[str, Any]) -> str:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
+    settings = asdict(build_objective(resolved["regularizer"]).adjust(train_settings(resolved)))
+    shared["adjusted"] = {k: v for k, v in settings.items() if k not in PER_MODEL_SETTINGS}
     blob = json.dumps(shared, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -99,7 +130,7 @@ def plan_packs(
     resolve runs alone, so it fails on its own with its message, as without packing.
     """
     plan = Plan()
-    groups: dict[str, list[tuple[Sequence[str], dict[str, Any]]]] = {}
+    groups: dict[str, list[Member]] = {}
     order: list[tuple[str, Sequence[str] | str]] = []  # launch order: ("alone", overrides) or ("pack", key)
     for job in jobs:
         try:
@@ -130,16 +161,17 @@ def plan_packs(
                 plan.alone["the only job of its recipe left to run"] += 1
                 plan.launches.append(list(chunk[0][0]))
                 continue
-            path = write_pack_file(pack_dir, [resolved for _, resolved in chunk])
-            plan.launches.append([*chunk[0][0], f"pack.members='{path}'"])
+            path = str(write_pack_file(pack_dir, [resolved for _, resolved in chunk]))
+            quoted = path.replace("\\", "\\\\").replace("'", "\\'")  # a Hydra quoted value
+            plan.launches.append([*chunk[0][0], f"pack.members='{quoted}'"])
             plan.packs += 1
             plan.packed_jobs += len(chunk)
     return plan
 
 
-def _chunks(members: list[tuple[Sequence[str], dict[str, Any]]], size: int) -> list[list]:
+def _chunks(members: list[Member], size: int) -> list[list[Member]]:
     """Members in packs that train at most `size` models each, as few packs as fit and as even as can be
-    (11 at size 5: 4 + 4 + 3). Members that train the same weights (clean baselines scored with other
+    (11 at size 5: 3 + 4 + 4). Members that train the same weights (clean baselines scored with other
     patterns or seeds) count once and stay in one pack, which trains that model once for all of them."""
     units: dict[str, list] = {}
     for member in members:

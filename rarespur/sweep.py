@@ -101,7 +101,7 @@ class Sweep:
         self._caches()
 
     @classmethod
-    def of_loaded(cls, loader: Any, master: DictConfig) -> Sweep:
+    def of_loaded(cls, loader: ConfigLoaderImpl, master: DictConfig) -> Sweep:
         """The sweep a running multirun has loaded (its config loader and master config): what the sweeper
         plans with, so it resolves jobs exactly as its launcher will compose them."""
         sweep = cls.__new__(cls)
@@ -165,10 +165,15 @@ class Sweep:
         job that cannot compose fails the sweep before any job starts, at one composition per kind."""
         seen = set()
         for job in jobs:
-            kind = tuple(line if not self._classify(line)[1] else self._classify(line)[0].key_or_group for line in job)
+            kind = tuple(self._kind(line) for line in job)
             if kind not in seen:
                 seen.add(kind)
                 self.compose(job)
+
+    def _kind(self, line: str) -> str:
+        """A value override by its key alone; a config-group choice as it is."""
+        override, is_value = self._classify(line)
+        return override.key_or_group if is_value else line
 
     def _container(self, job: Sequence[str]) -> dict[str, Any]:
         """The job's config as a plain dict: compose once per set of group choices, then set values.

@@ -138,6 +138,31 @@ def test_pack_resumes_models_at_different_epochs(tmp_path):
         assert _max_difference(model, _alone("mlp1x256", x, y, member)) < 1e-10
 
 
+def test_packed_checkpoint_resumes_alone(tmp_path):
+    """A pack's checkpoint is a model's own (SGD momentum, scheduler, generator): train_model resumes it
+    after the pack was killed, and ends where the model trained alone from the start ends."""
+    x, y, g = _toy((1, 28, 28), 200)
+    base = TrainSettings(epochs=3, batch_size=50, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-3)
+    members = _members(x, [replace(base, seed=5), replace(base, seed=6)], g)
+    for k, member in enumerate(members):
+        member.checkpoint = tmp_path / f"state{k}.pt"
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    members[0].on_epoch = stop
+    with pytest.raises(KeyboardInterrupt):
+        train_packed(_fresh("mlp1x256", (1, 28, 28), 2), x, y, members)
+    for member in members:
+        images = x.clone()
+        images[member.poison_index] = member.poison_x
+        torch.manual_seed(0)
+        resumed = build_model("mlp1x256", (1, 28, 28), 10).double()
+        history = train_model(resumed, images, y, member.settings, checkpoint=member.checkpoint)
+        assert [row["epoch"] for row in history] == [1, 2, 3]
+        assert _max_difference(resumed, _alone("mlp1x256", x, y, replace(member, checkpoint=None))) < 1e-10
+
+
 def test_one_diverging_model_fails_alone():
     """float32, as runs train: a weight decay of 1e6 overflows within the first epoch; the others go on."""
     x, y, g = _toy((1, 28, 28), 200)
@@ -155,7 +180,8 @@ def test_one_diverging_model_fails_alone():
 
 def test_dropout_masks_are_not_shared_between_models():
     """CNN002 (dropout 0.5): two models with the same seed, data and recipe end up different, because each
-    draws its own masks; without dropout they would be identical."""
+    draws its own masks; without dropout they would be identical. (Not the masks a model draws alone, so
+    sweeps do not pack dropout models: see test_grouping_keeps_unpackable_jobs_alone.)"""
     x, y, _ = _toy((1, 28, 28), 64)
     settings = TrainSettings(epochs=1, batch_size=32)
     empty = PackMember(settings, torch.zeros(0, dtype=torch.long), torch.zeros(0, 1, 28, 28, dtype=torch.float64))
@@ -211,13 +237,20 @@ def test_grouping_packs_only_what_may_differ(tmp_path):
 def test_grouping_keeps_unpackable_jobs_alone(tmp_path):
     sweep = Sweep(
         None,
-        ["regularizer=none,dp_sgd", "experiment=train,mem_inference", "poison.count=0,3", f"results_dir={tmp_path}"],
+        [
+            "model=mlp3x256,cnn",
+            "regularizer=none,dp_sgd",
+            "experiment=train,mem_inference",
+            "poison.count=0,3",
+            f"results_dir={tmp_path}",
+        ],
     )
     plan = plan_packs(sweep.job_overrides, sweep.resolved_here, 8, tmp_path / "packs")
-    assert plan.packs == 1 and plan.packed_jobs == 2 and len(plan.launches) == 1 + 6
+    assert plan.packs == 1 and plan.packed_jobs == 2 and len(plan.launches) == 1 + 14
     reasons = " ".join(plan.alone)
     assert "experiment=mem_inference is not packed" in reasons and "regularizer=dp_sgd" in reasons
     assert "wrap_optimizer" in reasons  # why DP-SGD cannot pack: its per-sample clipping optimizer
+    assert "model=cnn has dropout" in reasons and plan.alone[next(r for r in plan.alone if "dropout" in r)] == 2
 
 
 def test_pack_key_ignores_only_per_model_keys():
@@ -263,8 +296,8 @@ GRID = ["pattern=s3,r3", "poison.count=0,20", "poison.seed=0,1"]
 DATA = ["dataset=mnist", "data.train_limit=2000", "epochs=2", "device=cpu", "progress=false"]
 
 
-def _plan(store: Path, size: int, *extra: str):
-    sweep = Sweep(None, [*GRID, *DATA, f"data.root={SHARED}", f"results_dir={store}", *extra])
+def _plan(store: Path, size: int, root: Path, *extra: str):
+    sweep = Sweep(None, [*GRID, *DATA, f"data.root={root}", f"results_dir={store}", *extra])
     return sweep, plan_packs(sweep.job_overrides, sweep.resolved_here, size, store.parent / f"packs-{store.name}")
 
 
@@ -276,20 +309,10 @@ def _records(store: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in store.glob(f"*/{RECORD}")}
 
 
-SHARED: Path = Path()
-
-
-@pytest.fixture
-def mnist(shared_data):
-    global SHARED
-    SHARED = shared_data
-    return shared_data
-
-
-def test_packed_sweep_records_equal_unpacked(mnist, tmp_path):
-    """8 jobs (2 clean baselines and 4 poisoned models to train): float32 scores within 1e-4 of the unpacked
-    runs, in the same run directories, with packed_with; collect and status read the mixed store."""
-    sweep, plan = _plan(tmp_path / "packed", 8)
+def test_packed_sweep_records_equal_unpacked(shared_data, tmp_path):
+    """8 jobs (4 clean baselines that train one model, 4 poisoned: 5 models to train): float32 scores within 1e-4
+    of the unpacked runs, in the same run directories, with packed_with; collect and status read the mixed store."""
+    sweep, plan = _plan(tmp_path / "packed", 8, shared_data)
     assert plan.packs == 1 and plan.packed_jobs == 8
     (pack_file,) = _pack_files(plan)
     records = run_pack_file(pack_file)
@@ -321,28 +344,28 @@ def test_packed_sweep_records_equal_unpacked(mnist, tmp_path):
     assert re.search(r"all\s+9\s+9\s+0\s+0", status.stdout), status.stdout + status.stderr
 
 
-def test_killed_pack_resumes_exactly(mnist, tmp_path):
+def test_killed_pack_resumes_exactly(shared_data, tmp_path):
     """Killed after epoch 1 (every model's checkpoint written), launched again: every record exactly once,
     equal to an uninterrupted pack's."""
-    _, plan = _plan(tmp_path / "whole", 8, "epochs=3")
+    _, plan = _plan(tmp_path / "whole", 8, shared_data, "epochs=3")
     run_pack_file(_pack_files(plan)[0])
-    _, plan = _plan(tmp_path / "killed", 8, "epochs=3")
+    _, plan = _plan(tmp_path / "killed", 8, shared_data, "epochs=3")
     (pack_file,) = _pack_files(plan)
     with killed_after_epoch(1), pytest.raises(KeyboardInterrupt):
         run_pack_file(pack_file)
     store = tmp_path / "killed"
     assert len(list(store.glob(f"*/{TRAIN_STATE}"))) == 5 and not list(store.glob(f"*/{DONE}"))
-    _, again = _plan(store, 8, "epochs=3")
+    _, again = _plan(store, 8, shared_data, "epochs=3")
     run_pack_file(_pack_files(again)[0])
     whole, resumed = _records(tmp_path / "whole"), _records(store)
     assert whole.keys() == resumed.keys() and len(resumed) == 8
     for key in whole:
         assert all(whole[key][name] == resumed[key][name] for name in SCORES), key
-    _, last = _plan(store, 8, "epochs=3")
+    _, last = _plan(store, 8, shared_data, "epochs=3")
     assert last.done == 8 and last.launches == []
 
 
-def test_failed_model_does_not_stop_its_pack(mnist, tmp_path):
+def test_failed_model_does_not_stop_its_pack(shared_data, tmp_path):
     """One L2 strength makes SGD diverge: that run fails (error.txt, no record), the others are committed."""
     sweep = Sweep(
         None,
@@ -352,7 +375,7 @@ def test_failed_model_does_not_stop_its_pack(mnist, tmp_path):
             "regularizer=l2",
             "regularizer.strength=0,1e-4,1e6",
             *DATA,
-            f"data.root={mnist}",
+            f"data.root={shared_data}",
             f"results_dir={tmp_path}",
         ],
     )
@@ -369,7 +392,7 @@ def test_failed_model_does_not_stop_its_pack(mnist, tmp_path):
     assert len(list(tmp_path.glob(f"*/{DONE}"))) == 2
 
 
-def test_packed_sweep_through_run_py(mnist, tmp_path):
+def test_packed_sweep_through_run_py(shared_data, tmp_path):
     """The command a researcher types: one launcher job per pack, the records in the store, a relaunch runs nothing."""
     cmd = [
         sys.executable,
@@ -377,7 +400,7 @@ def test_packed_sweep_through_run_py(mnist, tmp_path):
         "-m",
         *GRID,
         *DATA,
-        f"data.root={mnist}",
+        f"data.root={shared_data}",
         f"results_dir={tmp_path / 'store'}",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
         "pack.size=3",

@@ -141,13 +141,20 @@ def run_pack(
         len(data.train_y),
         device,
     )
+
+    def pack_epoch(line: str) -> None:
+        for run_dir in run_dirs:  # every model of the pack is alive for `status`, trained now or waiting its turn
+            run_dir.heartbeat()
+        if cfgs[0]["progress"]:
+            log.info(line)
+
     outcomes = train_packed(
         models,
         to_tensor(data.train_x, device),
         torch.from_numpy(data.train_y).to(device),
         members,
         checkpoint_every=cfgs[0]["checkpoint_every"],
-        progress=log.info if cfgs[0]["progress"] else None,
+        progress=pack_epoch,
     )
     for i in sorted(range(len(cfgs)), key=lambda i: cfgs[i]["poison"]["count"] > 0):
         cfg, run_dir, model, outcome = cfgs[i], run_dirs[i], models[i], outcomes[i]
