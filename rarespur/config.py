@@ -101,15 +101,21 @@ def targets_of(cfg: dict[str, Any]) -> list[int]:
     return list(target) if isinstance(target, list) else [target]
 
 
-def identity(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The part of a resolved config that determines the result (what the run store keys on)."""
+def without_keys(cfg: dict[str, Any], dotted_keys: tuple[str, ...]) -> dict[str, Any]:
+    """A deep copy of `cfg` without the (dotted) keys or whole nodes named; names it lacks are ignored."""
     out = copy.deepcopy(cfg)
-    for dotted in RUNTIME_KEYS:
+    for dotted in dotted_keys:
         *parents, leaf = dotted.split(".")
         node = out
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
+    return out
+
+
+def identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that determines the result (what the run store keys on)."""
+    out = without_keys(cfg, RUNTIME_KEYS)
     for group in ("regularizer", "debias"):  # the class that implements the name, not a setting
         out.get(group, {}).pop("_target_", None)
     return out

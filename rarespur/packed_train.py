@@ -46,7 +46,15 @@ from torch.func import functional_call, stack_module_state, vmap
 from rarespur.atomic import atomic_path
 from rarespur.damaged import load_or_set_aside
 from rarespur.errors import TrainingDiverged
-from rarespur.train import EpochCallback, augment_crop_flip, global_rng, make_optimizer, make_scheduler, set_global_rng
+from rarespur.train import (
+    EpochCallback,
+    augment_crop_flip,
+    check_written_on,
+    global_rng,
+    make_optimizer,
+    make_scheduler,
+    set_global_rng,
+)
 from rarespur.train_settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -150,11 +158,7 @@ def _resume_state(member: PackMember, model: nn.Module, device: torch.device) ->
     state = load_or_set_aside(member.checkpoint)
     if state is None:
         return None
-    if state.get("device_type") != device.type:
-        raise ValueError(
-            f"checkpoint {member.checkpoint} was written on {state.get('device_type')}, this run is on {device.type}; "
-            f"relaunch with device={state.get('device_type')} or delete it to train from scratch"
-        )
+    check_written_on(state, member.checkpoint, device)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as err:

@@ -13,7 +13,6 @@ counts the models a pack trains: clean baselines that differ only in how they ar
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from rarespur.atomic import write_atomic
+from rarespur.config import without_keys
 from rarespur.errors import MissingFileError, UserError
 from rarespur.experiments.common import train_settings
 from rarespur.models import build_model
@@ -85,13 +85,7 @@ def has_dropout(model_name: str) -> bool:
 def pack_key(resolved: dict[str, Any]) -> str:
     """Equal for exactly the configs that may share a pack: the config without its per-model keys, and the
     training settings their regularizer makes of it but for those a pack sets per model."""
-    shared = copy.deepcopy(resolved)
-    for dotted in PER_MODEL_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = shared
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
+    shared = without_keys(resolved, PER_MODEL_KEYS)
     settings = asdict(build_objective(resolved["regularizer"]).adjust(train_settings(resolved)))
     shared["adjusted"] = {k: v for k, v in settings.items() if k not in PER_MODEL_SETTINGS}
     blob = json.dumps(shared, sort_keys=True, default=str)

@@ -117,6 +117,15 @@ def set_global_rng(rng: dict[str, torch.Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(rng["cuda"], device)
 
 
+def check_written_on(state: dict, checkpoint: Path, device: torch.device) -> None:
+    """A resume checkpoint holds generator states of the device it was written on: refuse another device."""
+    if state.get("device_type") != device.type:
+        raise ValueError(
+            f"checkpoint {checkpoint} was written on {state.get('device_type')}, this run is on {device.type}; "
+            f"relaunch with device={state.get('device_type')} or delete it to train from scratch"
+        )
+
+
 def _continue_from(
     start_from: dict, optimizer: torch.optim.Optimizer, generator: torch.Generator, s: TrainSettings
 ) -> None:
@@ -254,11 +263,7 @@ def train_model(
     start = 1
     state = load_or_set_aside(checkpoint) if checkpoint is not None else None
     if state is not None:
-        if state.get("device_type") != device.type:
-            raise ValueError(
-                f"checkpoint {checkpoint} was written on {state.get('device_type')}, this run is on {device.type}; "
-                f"relaunch with device={state.get('device_type')} or delete it to train from scratch"
-            )
+        check_written_on(state, checkpoint, device)
         try:
             model.load_state_dict(state["model"])
             objective.load_state_dict(state.get("objective", {}))
