@@ -16,8 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rarespur.errors import UserError
-from rarespur.pack_runner import run_pack_file
-from rarespur.runner import run_job
+from rarespur.launch.pack_job import run_pack_file
+from rarespur.launch.runner import run_job
 
 FULL_ERROR_HINT = "(HYDRA_FULL_ERROR=1 shows the traceback)"
 

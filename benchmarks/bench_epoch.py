@@ -6,8 +6,8 @@ Dataset of tensors (image, label, sample weight) behind a torch DataLoader
 loss and accuracy every batch, then the test set through a DataLoader of
 batch 32 (the original evaluates ``tst_ds`` after every epoch). A second
 baseline row keeps only the training loop with ``num_workers=0``, the most
-favourable reading of the original. Ours keeps the whole dataset as one
-tensor on the device and batches by index (rarespur.train.train_model) and
+favorable reading of the original. Ours keeps the whole dataset as one
+tensor on the device and batches by index (rarespur.engine.loop.train_model) and
 scores once at the end, not per epoch. All train LargeMLP with SGD on the
 same data, side by side in one process; the script prints the ratios.
 
@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from rarespur.data import load_dataset
-from rarespur.evaluate import to_tensor
+from rarespur.data.loaders import load_dataset
+from rarespur.engine.loop import TrainSettings, make_optimizer, train_model
+from rarespur.engine.scoring import to_tensor
 from rarespur.models import build_model
-from rarespur.train import TrainSettings, make_optimizer, train_model
 
 
 class PerSampleDataset(Dataset):

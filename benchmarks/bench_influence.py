@@ -1,6 +1,7 @@
-"""Wall time of group influence (LiSSA, SPEC 1.9) on LargeMLP / MNIST: our vmapped chains vs a plain loop.
+"""Wall time of group influence (LiSSA, docs/science.md#deletion) on LargeMLP / MNIST: our vmapped chains vs a plain
+loop.
 
-Ours (rarespur.deletion.influence.group_influence) advances all n x r LiSSA
+Ours (rarespur.methods.deletion.influence.group_influence) advances all n x r LiSSA
 chains together: one vmapped torch.func HVP per step, each chain with its own
 training example and vector, and the recursion in place on per-parameter
 tensors. The baseline is the original's arithmetic run chain by chain, step
@@ -9,7 +10,7 @@ per chain and step on one random training example. The baseline is timed on
 ``--baseline-steps`` steps of one chain and extrapolated linearly to
 n x r x depth (every step costs the same); ours is timed in full.
 Speed does not depend on the weights, so the model is LargeMLP at its
-initialisation (``--model`` loads a model.pt instead).
+initialization (``--model`` loads a model.pt instead).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_influence.py --data-root ../shared/data --threads 1
 """
@@ -23,9 +24,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rarespur.data import load_dataset
-from rarespur.deletion.influence import InfluenceSettings, group_influence
-from rarespur.evaluate import to_tensor
+from rarespur.data.loaders import load_dataset
+from rarespur.engine.scoring import to_tensor
+from rarespur.methods.deletion.influence import InfluenceSettings, group_influence
 from rarespur.models import build_model
 
 

@@ -6,14 +6,14 @@ LargeMLP on real MNIST, S3 with n = 10 at a different poison seed per model, the
 1. **Sweep**, the product end to end: ``run.py`` jobs (start-up, data, training, scoring, records),
    one process per job (as a sweep without packing runs them, e.g. one SLURM task each) vs one
    ``run.py -m ... pack.size=K`` sweep of K jobs. Models per hour and the ratio to one per process.
-2. **Engine**, training alone: :func:`rarespur.train.train_model` on one model vs
-   :func:`rarespur.packed_train.train_packed` on K (on a CPU 8 at a time, as sweeps train them;
+2. **Engine**, training alone: :func:`rarespur.engine.loop.train_model` on one model vs
+   :func:`rarespur.engine.packed_loop.train_packed` on K (on a CPU 8 at a time, as sweeps train them;
    ``--all-at-once`` for all K), seconds per model, the ratio, and the device
    memory each added model costs (CUDA: measured peak; CPU: its parameters, gradients, optimizer
    state, poisoned rows and index row, activations not counted).
 
-Then the projected wall time of the MNIST + Fashion grids (SPEC 1.11, about 22,000 runs of 70 epochs on
-60,000 images) on this device at the best measured pack size.
+Then the projected wall time of the MNIST + Fashion grids (docs/science.md#paper-grids, about 22,000 runs of 70 epochs
+on 60,000 images) on this device at the best measured pack size.
 
     python benchmarks/bench_pack.py --data-root ../shared/data                       # CPU: K = 8, 32, 128
     python benchmarks/bench_pack.py --data-root ../shared/data --device cuda --train-limit 60000 --packs 1,8,32,64,128
@@ -34,17 +34,17 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from rarespur.data import load_dataset
-from rarespur.evaluate import to_tensor
+from rarespur.data.loaders import load_dataset
+from rarespur.data.patterns import build_pattern
+from rarespur.data.poisoning import choose_poison_indices
+from rarespur.engine.loop import train_model
+from rarespur.engine.packed_loop import CPU_AT_ONCE, PackMember, train_packed
+from rarespur.engine.scoring import to_tensor
+from rarespur.engine.settings import TrainSettings
 from rarespur.models import build_model
-from rarespur.packed_train import CPU_AT_ONCE, PackMember, train_packed
-from rarespur.patterns import build_pattern
-from rarespur.poisoning import choose_poison_indices
-from rarespur.train import train_model
-from rarespur.train_settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
-GRID_RUNS = 22_000  # MNIST + Fashion score, architecture and variant grids (SPEC 1.11)
+GRID_RUNS = 22_000  # MNIST + Fashion score, architecture and variant grids (docs/science.md#paper-grids)
 GRID_EPOCHS, GRID_IMAGES = 70, 60_000
 
 

@@ -1,9 +1,9 @@
 """Seconds per epoch of the debiasing methods on Colored MNIST: our engine vs the SiH authors' style of loop.
 
 The baseline mimics the authors' ``train.py``: a per-sample Dataset behind a DataLoader (batch 256,
-shuffled, ``drop_last``, ``num_workers=0``, the most favourable setting on a laptop), two Adam optimizers
-(one per VAE) and ``.item()`` on the loss terms every batch. Ours is :func:`rarespur.train.train_model`
-with the :class:`~rarespur.debias.sih.SignalIsHarder` objective: the whole set as one tensor, batches by
+shuffled, ``drop_last``, ``num_workers=0``, the most favorable setting on a laptop), two Adam optimizers
+(one per VAE) and ``.item()`` on the loss terms every batch. Ours is :func:`rarespur.engine.loop.train_model`
+with the :class:`~rarespur.methods.debias.sih.SignalIsHarder` objective: the whole set as one tensor, batches by
 index, one optimizer with a parameter group per module. Both compute the same loss on the same data and
 model sizes, side by side in one process; vanilla and LfF epochs are timed for scale.
 
@@ -18,13 +18,13 @@ import time
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rarespur.data import load_dataset
-from rarespur.debias.common import Debiaser
-from rarespur.debias.lff import LearningFromFailure
-from rarespur.debias.sih import SignalIsHarder
-from rarespur.evaluate import to_tensor
+from rarespur.data.loaders import load_dataset
+from rarespur.engine.loop import TrainSettings, train_model
+from rarespur.engine.scoring import to_tensor
+from rarespur.methods.debias.debiaser import Debiaser
+from rarespur.methods.debias.lff import LearningFromFailure
+from rarespur.methods.debias.sih import SignalIsHarder
 from rarespur.models import build_model
-from rarespur.train import TrainSettings, train_model
 
 
 class PerSample(Dataset):

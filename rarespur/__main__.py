@@ -8,10 +8,11 @@ import sys
 
 from hydra.errors import HydraException
 
-from rarespur.collect import collect, collect_tables, write_table
 from rarespur.errors import UserError
-from rarespur.status import STALE_AFTER_S, report
-from rarespur.sweep import expand
+from rarespur.experiments import clean_twin_baselined
+from rarespur.launch.status import STALE_AFTER_S, report
+from rarespur.launch.sweep import expand
+from rarespur.store.collect import collect, collect_tables, write_table
 
 STATUS_EPILOG = """\
 Give the sweep exactly as it was launched: the same --sweep file(s) and the same overrides
@@ -71,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace, extras: list[str]) -> int:
     if args.command == "collect":
-        table = collect(args.results_dir)
+        table = collect(args.results_dir, clean_twin_baselined())
         if table.empty:
             print(f"no finished runs in {args.results_dir}", file=sys.stderr)
             return 1

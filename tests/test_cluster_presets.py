@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +16,10 @@ import submitit
 from omegaconf import OmegaConf
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from rarespur.config import CONF_DIR, resolve
-from rarespur.store import config_key
+from rarespur.config.resolve import CONF_DIR, resolve
+from rarespur.store.run_dir import config_key
 
-from conftest import REPO_ROOT, compose_config
+from conftest import compose_config, multirun, run_py
 
 PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "cluster").glob("*.yaml"))
 SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
@@ -72,14 +70,8 @@ def test_every_preset_composes(name):
 
 
 def test_cfg_hydra_shows_the_gpu_preset():
-    """The command from the README: what the launcher will do, without submitting anything."""
-    out = subprocess.run(
-        [sys.executable, "run.py", "--cfg", "hydra", "+cluster=slurm_gpu"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """The command from docs/cluster.md: what the launcher will do, without submitting anything."""
+    out = run_py("--cfg", "hydra", "+cluster=slurm_gpu", timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     launcher = OmegaConf.create(out.stdout).hydra.launcher
     assert launcher._target_ == SLURM
@@ -189,20 +181,8 @@ def test_local_gpus_gives_each_job_its_own_gpu(tmp_path):
     No GPU here: the jobs train on CPU (device=cpu); what is checked is the CUDA_VISIBLE_DEVICES each job got.
     """
     store, sweep = tmp_path / "store", tmp_path / "multirun"
-    cmd = [
-        sys.executable,
-        "run.py",
-        "-m",
-        "+cluster=local_gpus",
-        "device=cpu",
-        "pattern=s1,s3,r3",
-        "epochs=1",
-        "data.train_limit=200",
-        f"results_dir={store}",
-        f"hydra.sweep.dir={sweep}",
-    ]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "4,5"}
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    grid = ("+cluster=local_gpus", "device=cpu", "pattern=s1,s3,r3", "epochs=1", "data.train_limit=200")
+    done = multirun(store, sweep, *grid, env={**os.environ, "CUDA_VISIBLE_DEVICES": "4,5"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list(store.glob("*/done"))) == 3
     seen = {}
@@ -218,18 +198,7 @@ def test_local_gpus_gives_each_job_its_own_gpu(tmp_path):
 def test_local_cpu_sweep(tmp_path):
     """local_cpu end to end: submitit_local processes, records in the store, per-epoch lines in the job logs."""
     store, sweep = tmp_path / "store", tmp_path / "multirun"
-    cmd = [
-        sys.executable,
-        "run.py",
-        "-m",
-        "+cluster=local_cpu",
-        "pattern=s1,s3",
-        "epochs=2",
-        "data.train_limit=200",
-        f"results_dir={store}",
-        f"hydra.sweep.dir={sweep}",
-    ]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    done = multirun(store, sweep, "+cluster=local_cpu", "pattern=s1,s3", "epochs=2", "data.train_limit=200")
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list(store.glob("*/done"))) == 2
     logs = [p.read_text() for p in (sweep / ".submitit").glob("*/*_log.out")]
@@ -246,20 +215,9 @@ def test_local_cpu_runs_every_job_when_one_fails(tmp_path):
     """
     store, sweep = tmp_path / "store", tmp_path / "multirun"
     threads = -(-(os.cpu_count() or 1) // 2)
-    cmd = [
-        sys.executable,
-        "run.py",
-        "-m",
-        "+cluster=local_cpu",
-        f"hydra.launcher.cpus_per_task={threads}",
-        "train.lr=1e6,0.01,0.02",
-        "epochs=1",
-        "data.train_limit=300",
-        f"results_dir={store}",
-        f"hydra.sweep.dir={sweep}",
-    ]
+    grid = ("+cluster=local_cpu", f"hydra.launcher.cpus_per_task={threads}", "train.lr=1e6,0.01,0.02", "epochs=1")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # OMP_NUM_THREADS would win
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = multirun(store, sweep, *grid, "data.train_limit=300", env=env)
     assert done.returncode != 0, done.stderr[-3000:]
     errors, dones = list(store.glob("*/error.txt")), list(store.glob("*/done"))
     assert len(errors) == 1 and not (errors[0].parent / "done").exists(), done.stderr[-3000:]

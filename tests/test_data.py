@@ -1,10 +1,12 @@
-"""Clean datasets (SPEC 1.1): file order, shapes, [0, 1] pixels, clear errors, and no writes into the data folder."""
+"""Clean datasets (docs/science.md#data): file order, shapes, [0, 1] pixels, clear errors, and no writes into the data
+folder."""
 
 from __future__ import annotations
 
 import gzip
 import os
 import pickle
+import re
 import shutil
 import struct
 from dataclasses import replace
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rarespur.data import (
+from rarespur.data.loaders import (
     DATASET_NAMES,
     CorruptDataError,
     DatasetNotFoundError,
@@ -22,7 +24,7 @@ from rarespur.data import (
     load_dataset,
 )
 
-from conftest import extract_cifar_subset
+from conftest import CONF_DIR, extract_cifar_subset, require_data
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -166,14 +168,34 @@ def test_digits_embedded_split_and_determinism():
     assert a.train_x.dtype == np.float32 and a.train_y.dtype == np.int64
     assert a.train_y[:5].tolist() == [0, 1, 2, 3, 4] and a.num_classes == 10
     assert 0.0 <= a.train_x.min() and a.train_x.max() == 1.0
-    assert np.array_equal(a.train_x * 255, np.round(a.train_x * 255))  # quantised like a real image
+    assert np.array_equal(a.train_x * 255, np.round(a.train_x * 255))  # quantized like a real image
     assert np.array_equal(a.train_x, b.train_x) and np.array_equal(a.test_y, b.test_y)
 
 
 def test_unknown_name_lists_valid_names():
-    assert DATASET_NAMES == ("cifar10", "cmnist", "digits", "fashion", "imagefolder", "mnist")
-    with pytest.raises(ValueError, match="cifar10, cmnist, digits, fashion, imagefolder, mnist"):
+    assert DATASET_NAMES == tuple(sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml")))  # one file each
+    with pytest.raises(ValueError, match=", ".join(DATASET_NAMES)):
         load_dataset("svhn")
+
+
+@pytest.mark.parametrize(
+    "env, outcome",
+    [
+        ({}, pytest.skip.Exception),
+        ({"CI": "true"}, pytest.fail.Exception),
+        ({"RARESPUR_REQUIRE_DATA": "1"}, pytest.fail.Exception),
+    ],
+)
+def test_missing_real_data_skips_but_fails_on_ci(monkeypatch, tmp_path, env, outcome):
+    """The tests' own rule (conftest.require_data): a run without the datasets skips them, CI must not."""
+    for name in ("CI", "RARESPUR_REQUIRE_DATA"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    missing = tmp_path / "MNIST" / "raw"
+    with pytest.raises(outcome, match=re.escape(f"looked for {missing}; set RARESPUR_TEST_DATA")):
+        require_data(missing)
+    assert require_data(tmp_path) == tmp_path
 
 
 def test_default_data_root(monkeypatch, tmp_path):
@@ -219,10 +241,10 @@ def test_imagefolder_grayscale_tree(tmp_path):
     assert (np.round(data.train_x[:, 0, 0, 0] * 255)).tolist() == [30, 10, 20]
 
 
-def test_imagefolder_colour_tree_converts_gray_images(tmp_path):
-    colour = np.zeros((6, 5, 3), dtype=np.uint8)
-    colour[..., 0], colour[..., 2] = 200, 7
-    write_tree(tmp_path, "train", {"a": [gray(30), colour]})
+def test_imagefolder_color_tree_converts_gray_images(tmp_path):
+    color = np.zeros((6, 5, 3), dtype=np.uint8)
+    color[..., 0], color[..., 2] = 200, 7
+    write_tree(tmp_path, "train", {"a": [gray(30), color]})
     write_tree(tmp_path, "test", {"a": [gray(40)]})
     data = load_dataset("imagefolder", path=tmp_path)
     assert data.image_shape == (6, 5, 3) and data.test_x.shape == (1, 6, 5, 3)

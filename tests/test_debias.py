@@ -1,10 +1,9 @@
-"""Debiasing (SPEC 2): Colored MNIST, the loss terms of SiH and LfF, their training protocol, bad input."""
+"""Debiasing (docs/science.md#signal-is-harder): Colored MNIST, the loss terms of SiH and LfF, their training protocol,
+bad input."""
 
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,19 +11,18 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from rarespur.collect import collect
-from rarespur.colored_mnist import COLORS, color_labels, make_colored_mnist
-from rarespur.data import load_dataset
-from rarespur.debias.lff import LearningFromFailure
-from rarespur.debias.losses import gce, kl_divergence, reconstruction, sih_weights
-from rarespur.debias.sih import SignalIsHarder
-from rarespur.debias.visualise import bias_swap, deepfool_latent, pick_examples
+from rarespur.data.colored_mnist import COLORS, color_labels, make_colored_mnist
+from rarespur.data.loaders import load_dataset
+from rarespur.data.splits import validation_split
+from rarespur.engine.loop import TrainSettings, train_model
+from rarespur.launch.runner import run_job
+from rarespur.methods.debias.lff import LearningFromFailure
+from rarespur.methods.debias.losses import gce, kl_divergence, reconstruction, sih_weights
+from rarespur.methods.debias.sih import SignalIsHarder
+from rarespur.methods.debias.visualize import bias_swap, deepfool_latent, pick_examples
 from rarespur.models import build_model
-from rarespur.runner import run_job
-from rarespur.splits import validation_split
-from rarespur.train import TrainSettings, train_model
 
-from conftest import REPO_ROOT, compose_config, killed_after_epoch
+from conftest import collect_runs, compose_config, killed_after_epoch, run_py, tiny_problem
 
 CMNIST = ("experiment=debias", "dataset=cmnist", "device=cpu", "progress=false")
 
@@ -38,19 +36,19 @@ def cmnist_options(ratio: float = 0.01, seed: int = 0) -> dict:
 
 
 def test_color_labels_follow_the_authors_blocks():
-    """Per class: the conflicting share spread evenly over the 9 other colours, in contiguous blocks."""
+    """Per class: the conflicting share spread evenly over the 9 other colors, in contiguous blocks."""
     labels = np.repeat(np.arange(10), 1000)
-    colours = color_labels(labels, aligned_ratio=0.9)
+    colors = color_labels(labels, aligned_ratio=0.9)
     for c in range(10):
-        mine = colours[labels == c]
+        mine = colors[labels == c]
         assert (mine == c).sum() == 900
         assert all(
             (mine == other).sum() == round(1000 * 0.1 / 9 * (other + 1)) - round(1000 * 0.1 / 9 * other)
             for other in range(c)
-        )  # blocks before the own colour
-        assert (np.diff(mine) >= 0).all()  # contiguous blocks in colour order
+        )  # blocks before the own color
+        assert (np.diff(mine) >= 0).all()  # contiguous blocks in color order
     test = color_labels(labels, aligned_ratio=0.1)
-    assert (np.bincount(test[labels == 3], minlength=10) == 100).all()  # unbiased: each colour 10 %
+    assert (np.bincount(test[labels == 3], minlength=10) == 100).all()  # unbiased: each color 10 %
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +65,7 @@ def test_conflicting_fraction_equals_the_ratio(mnist, ratio, seed):
     assert abs(conflicting.mean() - ratio) < 1e-3
 
 
-def test_test_colour_is_independent_of_the_label(mnist):
+def test_test_color_is_independent_of_the_label(mnist):
     data = make_colored_mnist(mnist, 0.01, 0.005, 0)
     table = np.zeros((10, 10))
     np.add.at(table, (data.test_y, data.test_bias), 1)
@@ -78,7 +76,7 @@ def test_test_colour_is_independent_of_the_label(mnist):
     assert stats.chi2_contingency(train)[1] < 1e-100  # the training set is biased
 
 
-def test_same_seed_same_arrays_and_colour_on_the_digit_only(mnist):
+def test_same_seed_same_arrays_and_color_on_the_digit_only(mnist):
     a, b = (make_colored_mnist(mnist, 0.02, 0.005, 3) for _ in range(2))
     c = make_colored_mnist(mnist, 0.02, 0.005, 4)
     assert np.array_equal(a.train_x, b.train_x) and np.array_equal(a.test_x, b.test_x)
@@ -88,7 +86,7 @@ def test_same_seed_same_arrays_and_colour_on_the_digit_only(mnist):
     brightest = mnist.train_x[..., 0] == 1.0
     i = int(np.flatnonzero(brightest.any((1, 2)))[0])
     pixel = a.train_x[i][brightest[i]][0]
-    assert np.abs(pixel - COLORS[a.train_bias[i]]).max() < 0.03  # a full-intensity stroke shows the colour
+    assert np.abs(pixel - COLORS[a.train_bias[i]]).max() < 0.03  # a full-intensity stroke shows the color
 
 
 def test_validation_split_keeps_the_poisoned_images_in_training():
@@ -165,7 +163,7 @@ def test_sih_loss_is_the_sum_of_its_terms():
     assert sih.reconstruction == "bce" and set(sih.modules()) == {"bias_model", "decoder"}
 
 
-def test_lff_weights_from_class_normalised_loss_averages():
+def test_lff_weights_from_class_normalized_loss_averages():
     torch.manual_seed(0)
     model = build_model("mlp1x256", (1, 2, 2), 2)
     lff = LearningFromFailure(q=0.7, ema_alpha=0.7)
@@ -191,16 +189,9 @@ def test_lff_weights_from_class_normalised_loss_averages():
 # the protocol on the shared loop
 
 
-def tiny_problem(n: int = 96):
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(n, 1, 4, 4, generator=g)
-    y = (x[:, 0, 0, 0] > 0.5).long() + (x[:, 0, 3, 3] > 0.5).long()
-    return x, y
-
-
 def test_sih_trains_stops_on_its_validation_loss_and_resumes_exactly(tmp_path):
-    x, y = tiny_problem()
-    val = tiny_problem(40)
+    x, y = tiny_problem(96, side=4, classes=3)
+    val = tiny_problem(40, side=4, classes=3)
     s = TrainSettings(epochs=30, batch_size=16, lr=0.01, optimizer="adam", seed=1)
 
     def fresh():
@@ -242,7 +233,7 @@ def test_sih_trains_stops_on_its_validation_loss_and_resumes_exactly(tmp_path):
 
 
 def test_lff_state_resumes_exactly(tmp_path):
-    x, y = tiny_problem()
+    x, y = tiny_problem(96, side=4, classes=3)
     s = TrainSettings(epochs=4, batch_size=16, lr=0.01, optimizer="adam", seed=1)
 
     def fresh():
@@ -282,7 +273,7 @@ def test_debias_runs_on_colored_mnist_and_resumes_to_the_same_record(shared_data
         assert 0 <= straight[key] <= 1, key
     assert straight["n_train"] == 2700 and straight["n_val"] == 300
     run_dir = next((tmp_path / "a").glob(f"{straight['run_id']}"))
-    assert (run_dir / "bias_visualisation.png").stat().st_size > 10_000
+    assert (run_dir / "bias_visualization.png").stat().st_size > 10_000
 
     # kill after the second epoch (the checkpoint is written), then relaunch
     with killed_after_epoch(2), pytest.raises(KeyboardInterrupt):
@@ -312,13 +303,13 @@ def test_debias_on_a_poisoned_dataset_scores_the_pattern_with_its_baseline(share
     assert "p_value" not in poisoned
     assert "test_acc_aligned" not in poisoned and "bias_test_acc" not in poisoned  # no bias label, no bias model
     clean = run_job(compose_config(*base, "poison.count=0"))
-    table = collect(tmp_path).set_index("run_id")
+    table = collect_runs(tmp_path).set_index("run_id")
     assert table.loc[poisoned["run_id"], "baseline_run_id"] == clean["run_id"]
     assert table.loc[poisoned["run_id"], "baseline_score"] == clean["spurious_score"]
     assert 0 <= table.loc[poisoned["run_id"], "p_value"] <= 1
 
 
-def test_sih_trains_the_convolutional_vae_on_colour_images_with_mse():
+def test_sih_trains_the_convolutional_vae_on_color_images_with_mse():
     torch.manual_seed(0)
     x, y = torch.rand(64, 3, 32, 32), torch.randint(0, 4, (64,))
     model, sih = build_model("vae_conv", (3, 32, 32), 4), SignalIsHarder()
@@ -328,9 +319,7 @@ def test_sih_trains_the_convolutional_vae_on_colour_images_with_mse():
 
 
 def bad(*overrides: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "run.py", *overrides], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
-    )
+    done = run_py(*overrides, timeout=120)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     return done.stderr
@@ -358,24 +347,24 @@ def test_bad_input_fails_in_one_message_and_leaves_nothing(overrides, words, tmp
 
 
 def luminance(images: np.ndarray) -> torch.Tensor:
-    """A coloured decode as a grey digit for an MNIST classifier: brightest channel, scaled to a maximum of 1."""
+    """A colored decode as a grey digit for an MNIST classifier: brightest channel, scaled to a maximum of 1."""
     grey = torch.from_numpy(images).amax(1, keepdim=True)
     return grey / grey.flatten(1).amax(1).clamp_min(1e-6)[:, None, None, None]
 
 
-def hue_towards(images: np.ndarray, colours: np.ndarray) -> np.ndarray:
-    """Cosine between each image's mean foreground colour and the given colour, per image."""
+def hue_towards(images: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """Cosine between each image's mean foreground color and the given color, per image."""
     out = []
-    for image, colour in zip(images, colours):
+    for image, color in zip(images, colors):
         mean = image[:, image.max(0) > 0.3].mean(1)
-        out.append(mean @ colour / (np.linalg.norm(mean) * np.linalg.norm(colour)))
+        out.append(mean @ color / (np.linalg.norm(mean) * np.linalg.norm(color)))
     return np.array(out)
 
 
 @pytest.mark.slow
-def test_bias_visualisation_changes_the_colour_not_the_digit(shared_data):
-    """SiH on Colored MNIST (1 %, 12 epochs): moving the bias latent recolours the decode towards the new
-    class's colour, and an MNIST digit classifier reads the same digit before and after (~3 min)."""
+def test_bias_visualization_changes_the_color_not_the_digit(shared_data):
+    """SiH on Colored MNIST (1 %, 12 epochs): moving the bias latent recolors the decode towards the new
+    class's color, and an MNIST digit classifier reads the same digit before and after (~3 min)."""
     data = load_dataset("cmnist", shared_data, options=cmnist_options())
     x, y = torch.from_numpy(data.train_x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(data.train_y)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Deletion by retraining (SPEC 1.9): cleaned set, optimizer state, learning rates, records, errors."""
+"""Deletion by retraining (docs/science.md#deletion): cleaned set, optimizer state, learning rates, records, errors."""
 
 from __future__ import annotations
 
@@ -9,18 +9,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from rarespur.config import resolve
-from rarespur.evaluate import to_tensor
-from rarespur.experiments.common import load_data, make_model, parent_train_config, poisoned_data, train_settings
-from rarespur.experiments.deletion import start_deletion
-from rarespur.runner import run_job
-from rarespur.store import MODEL, RunDir
-from rarespur.train import TrainSettings, train_model
+from rarespur.config.resolve import resolve
+from rarespur.engine.loop import TrainSettings, train_model
+from rarespur.engine.scoring import to_tensor
+from rarespur.experiments.deletion_steps import start_deletion
+from rarespur.experiments.steps import load_data, make_model, parent_config, poisoned_data, train_settings
+from rarespur.launch.runner import run_job
+from rarespur.store.run_dir import MODEL, RunDir
 
-from conftest import compose_config
+from conftest import compose_config, job, tiny_model, tiny_problem
 
 # digits, 400 training images, LargeMLP, SGD: a parent learns R3 (score ~0.8) in well under a second
 SMALL = ("data.train_limit=400", "data.test_limit=200", "train.batch_size=32", "epochs=15", "progress=false")
@@ -30,10 +29,6 @@ OWN = ("deletion",)
 def config(store, *overrides: str) -> dict:
     cfg = compose_config(f"results_dir={store}", "device=cpu", *overrides)
     return cfg
-
-
-def job(store, *overrides: str) -> dict:
-    return run_job(config(store, *overrides))
 
 
 def resolved(store, *overrides: str) -> dict:
@@ -48,7 +43,7 @@ def history_of(store, record: dict) -> list[dict]:
 
 def test_cleaned_set_is_the_training_set_without_exactly_the_poisoned_images(tmp_path):
     cfg = resolved(tmp_path, *SMALL, "experiment=incremental_retraining", "poison.count=7")
-    parent = parent_train_config(cfg, OWN)
+    parent = parent_config(cfg, OWN)
     run_job(parent)  # the parent the runner would train first (the experiment's requires)
     start = start_deletion(cfg, RunDir(tmp_path, parent).path)
     data = start.poisoned.data
@@ -121,21 +116,10 @@ def test_continuation_starts_from_the_parent_momentum_buffers(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(seen[0], parent_buffers))
 
 
-def tiny_problem() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(96, 1, 6, 6, generator=g)
-    return x, (x[:, 0, 0, 0] > 0.5).long()
-
-
-def tiny_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 2))
-
-
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_continuing_from_the_final_state_equals_training_on(tmp_path, optimizer):
     """3 + 3 epochs through final_state/start_from = 6 epochs straight; without the optimizer state it differs."""
-    x, y = tiny_problem()
+    x, y = tiny_problem(96)
     s = TrainSettings(epochs=6, batch_size=16, optimizer=optimizer, lr=0.01, lr_schedule="constant")
     straight = tiny_model()
     full = train_model(straight, x, y, s)
@@ -172,7 +156,7 @@ def test_interrupted_continuation_resumes_to_the_same_model(tmp_path):
         if row["epoch"] == 2:
             raise KeyboardInterrupt
 
-    import rarespur.experiments.common as engine
+    import rarespur.experiments.steps as engine
 
     job(tmp_path / "b", *SMALL)  # the parent, trained before the interruption is set up
     with pytest.MonkeyPatch.context() as mp:
@@ -248,9 +232,9 @@ def test_parent_reused_from_another_run_gives_its_optimizer_state(tmp_path):
 
 
 def test_errors_name_the_fix(tmp_path):
-    with pytest.raises(ValueError, match="poison.count=0 has none"):
+    with pytest.raises(ValueError, match="poison.count=0 plants none; set poison.count to a positive number"):
         job(tmp_path, *SMALL, "experiment=incremental_retraining", "poison.count=0")
-    with pytest.raises(ValueError, match="poison.count=0 has none"):
+    with pytest.raises(ValueError, match="poison.count=0 plants none; set poison.count to a positive number"):
         job(tmp_path, *SMALL, "experiment=retrain_exact", "poison.count=0")
     with pytest.raises(ValueError, match="deletion.mode='forget' unknown; valid: paper, restart_lr"):
         job(tmp_path, *SMALL, "experiment=incremental_retraining", "deletion.mode=forget")

@@ -1,10 +1,7 @@
-"""Perturbation detection and XBL (SPEC 3): the scan, its flagging, the training evidence, the carriers,
-the grading, the explanation losses, and the detect / xbl experiments end to end."""
+"""Perturbation detection and XBL (docs/science.md#detection-and-xbl): the scan, its flagging, the training evidence,
+the carriers, the grading, the explanation losses, and the detect / xbl experiments end to end."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -13,11 +10,22 @@ import torch
 from captum.attr import LayerGradCam, Saliency
 from torch import nn
 
-from rarespur.detection.carriers import margin, median_filter, rank_carriers
-from rarespur.detection.evidence import add_evidence, patch_carriers
-from rarespur.detection.grading import grade, iou, is_correct
-from rarespur.detection.scan import ScanSettings, finding_mask, grid_positions, rank_findings, robust_z, scan, tilings
-from rarespur.detection.xbl import (
+from rarespur.data.patterns import BoxPattern, NoisePattern
+from rarespur.errors import ConfigError
+from rarespur.launch.runner import run_job
+from rarespur.methods.detection.carriers import margin, median_filter, rank_carriers
+from rarespur.methods.detection.evidence import add_evidence, patch_carriers
+from rarespur.methods.detection.grading import grade, iou, is_correct
+from rarespur.methods.detection.scan import (
+    ScanSettings,
+    finding_mask,
+    grid_positions,
+    rank_findings,
+    robust_z,
+    scan,
+    tilings,
+)
+from rarespur.methods.detection.xbl import (
     ExplanationPenalty,
     cell_mask,
     gradcam,
@@ -25,16 +33,13 @@ from rarespur.detection.xbl import (
     input_gradients,
     masked_share,
 )
-from rarespur.errors import ConfigError
-from rarespur.patterns import BoxPattern, NoisePattern
-from rarespur.runner import run_job
 
-from conftest import REPO_ROOT, compose_config, killed_after_epoch
+from conftest import compose_config, killed_after_epoch, run_py
 
 SIDE, CLASSES, SPOT, SPURIOUS = 8, 3, (2, 5), 1  # the tiny model's shortcut: pixel (2, 5) -> class 1
 
 
-def tiny_model() -> nn.Module:
+def shortcut_model() -> nn.Module:
     """A linear classifier on 8x8 images whose only strong input is pixel SPOT, wired to class SPURIOUS."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, CLASSES))
@@ -68,7 +73,7 @@ def test_grid_positions_and_tilings_cover_every_patch_once_without_overlap():
 
 
 def test_scan_measures_the_mean_rise_of_each_class_over_the_other_images():
-    model, (x, y) = tiny_model(), tiny_data()
+    model, (x, y) = shortcut_model(), tiny_data()
     rows = scan(model, x, y, CLASSES, ScanSettings(patch_sizes=(1, 3), noise_strengths=(0.5,), content_fractions=()))
     by_key = {(r["family"], r["top"], r["left"], r["class"]): r["delta"] for r in rows}
     assert len(rows) == CLASSES * (2 * 64 + 2 * 36 + 1)
@@ -82,7 +87,7 @@ def test_scan_measures_the_mean_rise_of_each_class_over_the_other_images():
 
 
 def test_the_scan_flags_exactly_the_built_in_pixel_and_class():
-    model, (x, y) = tiny_model(), tiny_data()
+    model, (x, y) = shortcut_model(), tiny_data()
     settings = ScanSettings(patch_sizes=(1, 3), noise_strengths=(0.5, 1.0), content_fractions=(0.5,))
     rows = scan(model, x, y, CLASSES, settings)
     add_evidence(rows, x, y, CLASSES, settings.evidence_z)
@@ -136,7 +141,7 @@ def test_patch_evidence_counts_the_images_of_each_class_that_carry_the_patch():
 
 
 def test_carriers_of_a_patch_are_the_images_that_have_it():
-    model, (x, y) = tiny_model(), tiny_data(carriers=6)
+    model, (x, y) = shortcut_model(), tiny_data(carriers=6)
     finding = {
         "kind": "patch",
         "class": SPURIOUS,
@@ -295,7 +300,7 @@ def test_explanation_penalty_picks_gradcam_for_convolutions_and_moves_attributio
     assert ExplanationPenalty(mask, 1.0).method(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())) == "gradcam"
     with pytest.raises(ConfigError, match="xbl.explanation=gradcam"):
         ExplanationPenalty(mask, 1.0, "gradcam").check_model(model)
-    from rarespur.train import TrainSettings, train_model
+    from rarespur.engine.loop import TrainSettings, train_model
 
     torch.manual_seed(0)
     xs, ys = torch.rand(256, 1, 6, 6), torch.randint(0, 3, (256,))
@@ -347,7 +352,7 @@ def test_detect_finds_the_planted_square_and_its_images_and_nothing_on_the_clean
     assert clean["detect.num_flagged"] == 0 and clean["detect.false_flagged"] == 0
     assert clean["detect.hit_at_1"] is None
     run = results / poisoned["run_id"]
-    assert (run / "sensitivity_map.png").stat().st_size > 10_000
+    assert (run / "perturbation_map.png").stat().st_size > 10_000
     carriers = pd.read_csv(run / "tables" / "carriers.csv")
     assert len(carriers) == 100 and carriers["poisoned"].head(60).mean() >= 0.9
     findings = pd.read_csv(run / "tables" / "findings.csv")
@@ -377,9 +382,7 @@ def test_xbl_with_the_detected_mask_removes_the_square_and_resumes_to_the_same_r
 
 
 def bad(*overrides: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "run.py", *overrides], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
+    done = run_py(*overrides)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     return done.stderr

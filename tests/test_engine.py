@@ -5,24 +5,20 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from rarespur.collect import collect
+from rarespur.engine.loop import TrainSettings, train_model
 from rarespur.errors import ConfigError
 from rarespur.experiments import resolve_job
-from rarespur.regularizers import build_objective
-from rarespur.regularizers.dp_sgd import DPSGD
-from rarespur.runner import run_job
-from rarespur.store import config_key
-from rarespur.train import TrainSettings, train_model
+from rarespur.launch.runner import run_job
+from rarespur.methods.regularizers import build_objective
+from rarespur.methods.regularizers.dp_sgd import DPSGD
+from rarespur.store.run_dir import config_key
 
-from conftest import CONF_DIR, REPO_ROOT, compose_config
+from conftest import CONF_DIR, REPO_ROOT, collect_runs, compose_config, rarespur_cli, tiny_model, tiny_problem
 
 OLD_STORE = Path(__file__).parent / "fixtures" / "store_a309db1"
 DIGITS = ("dataset=digits", "model=mlp1x256", "epochs=1", "data.train_limit=300", "data.test_limit=100")
@@ -40,7 +36,7 @@ OLD_JOBS = [
 
 def test_a_store_of_the_previous_version_is_collected_and_skipped_as_done(tmp_path, caplog):
     store = shutil.copytree(OLD_STORE / "runs", tmp_path / "results")
-    table = collect(store)
+    table = collect_runs(store)
     assert len(table) == 7
     noise = table[table["regularizer.name"] == "gaussian_noise"]
     assert list(noise["regularizer.strength"]) == [0.1, 0.1]  # stored as regularizer.sigma: one name now
@@ -48,10 +44,36 @@ def test_a_store_of_the_previous_version_is_collected_and_skipped_as_done(tmp_pa
     for overrides in OLD_JOBS:
         cfg = compose_config(f"results_dir={store}", *FAST, *overrides)
         stored = json.loads((store / config_key(resolve_job(cfg)[0]) / "record.json").read_text())
-        with caplog.at_level("INFO", logger="rarespur.runner"):
+        with caplog.at_level("INFO", logger="rarespur.launch.runner"):
             assert run_job(cfg) == stored
         assert "already done, not retrained" in caplog.text
     assert not list(store.glob("*/*.pt"))  # nothing was trained: the fixture keeps no weights
+
+
+STORE_D453624 = Path(__file__).parent / "fixtures" / "store_d453624"
+
+
+def test_a_store_written_before_the_role_folders_is_read_skipped_collected_and_reported(tmp_path, caplog):
+    """One run of every experiment type, written at d453624 (before every module moved): the same keys,
+    nothing recomputed, one table, one report."""
+    from rarespur.experiments import EXPERIMENTS
+    from rarespur.report import write_report
+
+    store = shutil.copytree(STORE_D453624 / "runs", tmp_path / "results")
+    table = collect_runs(store)
+    assert len(table) == 14 and set(table["experiment.name"]) == set(EXPERIMENTS)
+    for run in sorted(p for p in store.iterdir() if (p / "done").exists()):
+        stored = json.loads((run / "record.json").read_text())
+        cfg = {**json.loads((run / "config.json").read_text()), "results_dir": str(store)}
+        resolved, _ = resolve_job(cfg)
+        assert config_key(resolved) == run.name  # the old config keys to the old directory
+        with caplog.at_level("INFO", logger="rarespur.launch.runner"):
+            assert run_job(cfg) == stored
+    assert caplog.text.count("already done, not retrained") == 14
+    assert not list(store.glob("*/*.pt"))  # nothing was trained: the fixture keeps no weights
+    write_report(store, tmp_path / "report")
+    drawn = {p.stem for p in (tmp_path / "report").glob("*.png")}
+    assert {"score_vs_n", "deletion", "membership_bars", "pixel_removal", "xbl", "debias_rare"} <= drawn
 
 
 # ---------------------------------------------------------------------------
@@ -60,7 +82,7 @@ def test_a_store_of_the_previous_version_is_collected_and_skipped_as_done(tmp_pa
 SMOOTHING_MODULE = '''
 import torch.nn.functional as F
 
-from rarespur.objective import Objective, StepOutput
+from rarespur.engine.objective import Objective, StepOutput
 
 
 class LabelSmoothing(Objective):
@@ -106,22 +128,11 @@ def test_a_toy_objective_is_one_module_and_one_yaml(tmp_path, monkeypatch):
 # DP-SGD
 
 
-def _toy_problem(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 1, 4, 4, generator=gen, dtype=torch.float64)
-    return x, (x.flatten(1).sum(1) > 0).long()
-
-
-def _mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)).double()
-
-
 def test_dp_sgd_without_noise_or_clipping_is_sgd():
     """Opacus's per-sample gradients, unclipped and noiseless, average to the batch gradient."""
-    x, y = _toy_problem()
+    x, y = tiny_problem(side=4, gaussian=True)
     settings = TrainSettings(epochs=3, batch_size=16, lr=0.1, momentum=0.9)
-    plain, private = _mlp(), _mlp()
+    plain, private = tiny_model(16, 8, dtype=torch.float64), tiny_model(16, 8, dtype=torch.float64)
     train_model(plain, x, y, settings)
     train_model(private, x, y, settings, objective=DPSGD(noise_multiplier=0.0, max_grad_norm=1e9))
     for a, b in zip(plain.parameters(), private.parameters()):
@@ -130,9 +141,9 @@ def test_dp_sgd_without_noise_or_clipping_is_sgd():
 
 
 def test_dp_sgd_resumes_exactly_and_spends_its_budget(tmp_path):
-    x, y = _toy_problem()
+    x, y = tiny_problem(side=4, gaussian=True)
     settings = TrainSettings(epochs=4, batch_size=16, lr=0.1, momentum=0.9)
-    straight_model, straight = _mlp(), DPSGD(noise_multiplier=1.0, max_grad_norm=0.5)
+    straight_model, straight = tiny_model(16, 8, dtype=torch.float64), DPSGD(noise_multiplier=1.0, max_grad_norm=0.5)
     rows = train_model(straight_model, x, y, settings, objective=straight)
 
     def stop_after_2(row: dict) -> None:
@@ -141,8 +152,10 @@ def test_dp_sgd_resumes_exactly_and_spends_its_budget(tmp_path):
 
     checkpoint = tmp_path / "state.pt"
     with pytest.raises(KeyboardInterrupt):
-        train_model(_mlp(), x, y, settings, checkpoint, stop_after_2, objective=DPSGD(1.0, 0.5))
-    resumed_model, resumed = _mlp(), DPSGD(1.0, 0.5)
+        train_model(
+            tiny_model(16, 8, dtype=torch.float64), x, y, settings, checkpoint, stop_after_2, objective=DPSGD(1.0, 0.5)
+        )
+    resumed_model, resumed = tiny_model(16, 8, dtype=torch.float64), DPSGD(1.0, 0.5)
     resumed_rows = train_model(resumed_model, x, y, settings, checkpoint, objective=resumed)
     assert [r["loss"] for r in resumed_rows] == [r["loss"] for r in rows]
     for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
@@ -152,7 +165,7 @@ def test_dp_sgd_resumes_exactly_and_spends_its_budget(tmp_path):
     assert resumed.summary() == straight.summary()
     # more noise, less privacy spent for the same training
     quieter = DPSGD(noise_multiplier=4.0, max_grad_norm=0.5)
-    train_model(_mlp(), x, y, settings, objective=quieter)
+    train_model(tiny_model(16, 8, dtype=torch.float64), x, y, settings, objective=quieter)
     assert quieter.summary()["dp_epsilon"] < straight.summary()["dp_epsilon"]
 
 
@@ -181,7 +194,10 @@ def test_dp_sgd_settings_fail_before_the_run(tmp_path):
 
 
 def test_the_none_regularizer_is_plain_cross_entropy():
-    assert type(build_objective({"_target_": "rarespur.objective.Objective", "name": "none"})).__name__ == "Objective"
+    assert (
+        type(build_objective({"_target_": "rarespur.engine.objective.Objective", "name": "none"})).__name__
+        == "Objective"
+    )
     with pytest.raises(ConfigError, match="cannot be imported"):
         build_objective({"_target_": "rarespur.nowhere.Thing", "name": "x"})
 
@@ -221,12 +237,7 @@ def test_grad_clip_zero_and_zero_point_zero_are_one_run():
 
 
 def test_a_bad_experiment_key_fails_in_status(tmp_path):
-    status = subprocess.run(
-        [sys.executable, "-m", "rarespur", "status", str(tmp_path), "experiment=sensitivity", "sensitivity.levels=1"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-    )
+    status = rarespur_cli("status", str(tmp_path), "experiment=sensitivity", "sensitivity.levels=1")
     assert status.returncode != 0
     assert "sensitivity.levels must be >= 2 (an integer), got 1" in status.stderr + status.stdout
     assert "Traceback" not in status.stderr
@@ -236,23 +247,27 @@ def test_a_bad_experiment_key_fails_in_status(tmp_path):
 # a new experiment type is one module and one YAML (and one report module for its figures)
 
 TOY_EXPERIMENT = """
-from rarespur.experiments.common import parent_train_config
+from rarespur.experiments.steps import parent_config
 from rarespur.experiments.experiment import Experiment
-from rarespur.schema import Field
-from rarespur.store import read_record
+from rarespur.config.schema import Field
+from rarespur.store.run_dir import read_record
 
 
 def requires(cfg):
-    return [parent_train_config(cfg, ("toy",))]
+    return [parent_config(cfg, ("toy",))]
 
 
 def run(cfg, run_dir, parents):
     return {"toy_scaled_acc": cfg["toy"]["factor"] * read_record(parents[0])["test_acc"]}
 
 
-EXPERIMENT = Experiment(run, requires=requires, fields={"toy.factor": Field(float, low=0)})
+EXPERIMENT = Experiment(
+    run, requires=requires, fields={"toy.factor": Field(float, low=0)}, summary_keys=("toy_scaled_acc",)
+)
 """
-TOY_EXPERIMENT_YAML = "# @package _global_\nexperiment:\n  name: toy_echo\ntoy:\n  factor: 2\n"
+TOY_EXPERIMENT_YAML = (
+    "# @package _global_\nexperiment:\n  name: toy_echo\n  _target_: toy_echo.EXPERIMENT\ntoy:\n  factor: 2\n"
+)
 TOY_REPORT = """
 import pandas as pd
 
@@ -268,29 +283,32 @@ SECTION = Section(order=99, tables={"toy_echo": toy_table})
 """
 
 
-def test_a_toy_experiment_is_one_module_and_one_yaml(tmp_path, monkeypatch):
-    """An experiment that builds on the train run, added from outside the package's folder: its module (found
-    because it defines EXPERIMENT), its YAML, and a report module for its table are all it takes."""
-    import rarespur.experiments as experiments
+def test_a_toy_experiment_is_one_module_and_one_yaml(tmp_path, monkeypatch, capsys):
+    """An experiment that builds on the train run, added from outside the package: its module, its YAML (which
+    names the module's EXPERIMENT), and a report module for its table are all it takes. The facts the launcher,
+    the packer and the summary need come from its Experiment object; no file of the package is edited."""
     import rarespur.report as report
+    from rarespur.launch.pack_plan import why_not_packed
     from rarespur.report.sections import discover
 
     code, conf = tmp_path / "code", tmp_path / "conf" / "experiment"
-    (code / "experiments").mkdir(parents=True)
-    (code / "report").mkdir()
+    (code / "report").mkdir(parents=True)
     conf.mkdir(parents=True)
-    (code / "experiments" / "toy_echo.py").write_text(TOY_EXPERIMENT)
+    (code / "toy_echo.py").write_text(TOY_EXPERIMENT)
     (code / "report" / "toy_echo.py").write_text(TOY_REPORT)
     (conf / "toy_echo.yaml").write_text(TOY_EXPERIMENT_YAML)
-    monkeypatch.setattr(experiments, "__path__", [*experiments.__path__, str(code / "experiments")])
-    monkeypatch.setattr(experiments, "EXPERIMENTS", experiments._discover())
-    assert "toy_echo" in experiments.EXPERIMENTS and "train" in experiments.EXPERIMENTS
+    monkeypatch.syspath_prepend(str(code))
 
     store = tmp_path / "results"
     overrides = (f"results_dir={store}", *FAST, *DIGITS, f"hydra.searchpath=[file://{tmp_path / 'conf'}]")
-    toy = run_job(compose_config(*overrides, "experiment=toy_echo", "toy.factor=3"))
+    toy_cfg = compose_config(*overrides, "experiment=toy_echo", "toy.factor=3")
+    toy = run_job(toy_cfg)
+    assert f"(toy_echo): toy_scaled_acc={toy['toy_scaled_acc']:.4g}" in capsys.readouterr().out
     parent = run_job(compose_config(*overrides))  # trained first, as the toy's parent: now stored
     assert toy["toy_scaled_acc"] == pytest.approx(3 * parent["test_acc"])
+    assert why_not_packed(resolve_job(toy_cfg)[0]) == "experiment=toy_echo is not packed (packed: train)"
+    plain = resolve_job(compose_config("experiment=train"))[0]
+    assert config_key(plain) == config_key({**plain, "experiment": {"name": "train", "_target_": "x.EXPERIMENT"}})
     assert toy["toy.factor"] == 3.0 and isinstance(toy["toy.factor"], float)  # its schema cast the value
     with pytest.raises(ConfigError, match="toy.factor must be >= 0"):
         resolve_job(compose_config(*overrides, "experiment=toy_echo", "toy.factor=-1"))
@@ -311,21 +329,8 @@ def test_every_experiment_has_its_yaml_and_every_yaml_its_experiment():
         p.stem: yaml.safe_load(p.read_text())["experiment"]["name"] for p in (CONF_DIR / "experiment").glob("*.yaml")
     }
     assert all(stem == name for stem, name in names.items())
-    assert (
-        set(names)
-        == set(EXPERIMENTS)
-        == {
-            "train",
-            "debias",
-            "mem_inference",
-            "group_influence",
-            "incremental_retraining",
-            "retrain_exact",
-            "sensitivity",
-            "detect",
-            "xbl",
-        }
-    )
+    modules = {p.stem for p in (REPO_ROOT / "rarespur" / "experiments").glob("*.py")}
+    assert set(names) == set(EXPERIMENTS) == modules - {"__init__", "experiment", "steps", "deletion_steps"}
 
 
 def test_dp_sgd_strength_is_its_noise_multiplier_and_its_keys_are_typed(tmp_path):

@@ -1,4 +1,4 @@
-"""The metrics of SPEC 1.6 on a model whose behaviour is known exactly."""
+"""The spurious-score metrics (docs/science.md#spurious-score) on a model whose behavior is known exactly."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from rarespur.collect import write_table
-from rarespur.evaluate import pattern_norm, score_model, welch_p_value
-from rarespur.patterns import BoxPattern
+from rarespur.data.patterns import BoxPattern
+from rarespur.engine.scoring import pattern_norm, score_model
+from rarespur.store.collect import write_table
+from rarespur.store.comparison import welch_p_value
 
 
 class CornerDetector(nn.Module):
@@ -94,3 +95,14 @@ def test_pattern_norm_is_the_mean_l2_change():
     s3 = BoxPattern("s3", 0, 0, 5, 5)
     assert pattern_norm(black, s3.apply(black, 0)) == pytest.approx(5.0)
     assert pattern_norm(np.concatenate([black, white]), s3.apply(np.concatenate([black, white]), 0)) == 2.5
+
+
+def test_a_column_of_words_and_numbers_is_written_as_text(tmp_path):
+    """group_influence runs with influence.scale=auto beside scale=1000 in one store."""
+    import pandas as pd
+
+    table = pd.DataFrame({"influence.scale": ["auto", 1000.0, None], "n": [1, 2, 3]})
+    parquet, csv = write_table(table, tmp_path)
+    scale = pd.read_parquet(parquet)["influence.scale"]
+    assert list(scale[:2]) == ["auto", "1000.0"] and pd.isna(scale[2])
+    assert len(pd.read_csv(csv)) == 3

@@ -13,19 +13,19 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from rarespur.atomic import TEMP_MARK
-from rarespur.collect import collect
+from rarespur.data.fingerprint import data_fingerprint
 from rarespur.errors import ConfigError, DataError
 from rarespur.experiments import resolve_job
-from rarespur.fingerprint import data_fingerprint
-from rarespur.runner import run_job
-from rarespur.status import CORRUPT, DONE_STATE, report, run_state
-from rarespur.store import (
+from rarespur.launch.runner import run_job
+from rarespur.launch.status import CORRUPT, DONE_STATE, report, run_state
+from rarespur.store.atomic import TEMP_MARK
+from rarespur.store.run_dir import (
     CONFIG,
     DONE,
     FINAL_STATE,
@@ -38,15 +38,15 @@ from rarespur.store import (
     RunDir,
 )
 
-from conftest import REPO_ROOT, compose_config
+from conftest import REPO_ROOT, collect_runs, compose_config, run_py
+from conftest import job as shared_job
 
 JOB = ("dataset=digits", "model=mlp1x256", "epochs=2", "data.train_limit=300", "data.test_limit=100", "poison.count=10")
 FAST = ("device=cpu", "progress=false")
 COMPARED = ("test_acc", "spurious_score", "spurious_test_acc", "train_loss", "train_acc")
 
 
-def job(store, *overrides: str) -> dict:
-    return run_job(compose_config(f"results_dir={store}", *FAST, *JOB, *overrides))
+job = partial(shared_job, base=(*FAST, *JOB))  # one digits job, varied by the overrides given
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,7 @@ def test_temporary_files_of_a_killed_writer_are_removed_when_the_run_starts_agai
 
 
 def test_an_unknown_original_dataset_string_names_the_string_and_the_form(tmp_path):
-    cmd = [sys.executable, "run.py", "dataset=mnistv99-3-0-0", f"hydra.run.dir={tmp_path}/out"]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    done = run_py("dataset=mnistv99-3-0-0", f"hydra.run.dir={tmp_path}/out", timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     first = done.stderr.strip().splitlines()[0]
     assert first.startswith("error: dataset=mnistv99-3-0-0: pattern version v99 unknown"), first
@@ -129,14 +128,14 @@ def test_a_damaged_file_of_a_finished_run_is_corrupt_skipped_and_rerun(tmp_path,
         assert run_state(run) == DONE_STATE
         return
     assert run_state(run) == CORRUPT
-    with caplog.at_level("WARNING", logger="rarespur.collect"):
-        table = collect(store)
+    with caplog.at_level("WARNING", logger="rarespur.store.collect"):
+        table = collect_runs(store)
     assert len(table) == 1 and table["poison.count"].tolist() == [0]  # the good run is still collected
     assert f"skipped run {run}: " in caplog.text and (name in caplog.text or DONE in caplog.text)
 
     record = job(store)  # the relaunch runs it again
     assert {k: record[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
-    assert run_state(run) == DONE_STATE and len(collect(store)) == 2
+    assert run_state(run) == DONE_STATE and len(collect_runs(store)) == 2
 
 
 def test_status_lists_a_corrupt_run_and_delete_incomplete_removes_it(tmp_path, finished_store):
@@ -187,8 +186,8 @@ def test_a_damaged_table_of_a_finished_run_is_corrupt_and_rerun(tmp_path, damage
     data = table.read_bytes()
     table.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
     assert run_state(run) == CORRUPT
-    with caplog.at_level("WARNING", logger="rarespur.collect"):
-        assert expected["run_id"] not in set(collect(tmp_path)["run_id"])
+    with caplog.at_level("WARNING", logger="rarespur.store.collect"):
+        assert expected["run_id"] not in set(collect_runs(tmp_path)["run_id"])
     assert f"{TABLES}/{table.name} has {len(data) // 2 if damage == 'truncated' else 0} bytes" in caplog.text
     again = job(tmp_path, *sensitivity)
     assert again["pixel_removal_auc"] == expected["pixel_removal_auc"] and table.read_bytes() == data

@@ -1,4 +1,4 @@
-"""Group influence (SPEC 1.9): HVPs, LiSSA and CG against dense Hessians; the update; the experiment.
+"""Group influence (docs/science.md#deletion): HVPs, LiSSA and CG against dense Hessians; the update; the experiment.
 
 The math tests run in float64 on tiny models whose full Hessian is cheap
 (torch.func.hessian), so every estimate has an exact answer to compare with.
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, hessian
 
-from rarespur.deletion.influence import (
+from rarespur.experiments.group_influence import default_depth, default_scale
+from rarespur.methods.deletion.influence import (
     InfluenceSettings,
     ModelLoss,
     apply_update,
@@ -25,11 +26,9 @@ from rarespur.deletion.influence import (
     group_influence,
     group_update,
 )
-from rarespur.experiments.group_influence import default_depth, default_scale
-from rarespur.runner import run_job
-from rarespur.store import MODEL
+from rarespur.store.run_dir import MODEL
 
-from conftest import compose_config
+from conftest import job
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -116,7 +115,8 @@ def _split(loss: ModelLoss, batched_flat: torch.Tensor) -> list[torch.Tensor]:
 
 
 def test_lissa_is_exactly_the_spec_recursion_with_its_draws():
-    """Re-run SPEC 1.9's recursion by hand with dense per-example Hessians and the chains' own draws."""
+    """Re-run the paper's LiSSA recursion (docs/science.md#deletion) by hand with dense per-example Hessians and the
+    chains' own draws."""
     model = tiny_mlp()
     x, y = tiny_data(40)
     removed = torch.tensor([3, 11])
@@ -258,11 +258,6 @@ def test_resolved_defaults():
     assert [default_scale(d) for d in ("mnist", "fashion", "cifar10", "digits")] == [25.0, 100.0, 100.0, 25.0]
     assert [default_depth("mnist", n) for n in (3, 99, 100)] == [2000, 2000, 1000]
     assert default_depth("cifar10", 3) == 1000
-
-
-def job(store, *overrides: str) -> dict:
-    cfg = compose_config(f"results_dir={store}", "device=cpu", *overrides)
-    return run_job(cfg)
 
 
 def test_group_influence_experiment_on_digits(tmp_path):

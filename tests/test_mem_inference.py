@@ -1,4 +1,5 @@
-"""Membership inference (SPEC 1.7): the four-way split, the attacks, their metrics, and real runs."""
+"""Membership inference (docs/science.md#membership-inference): the four-way split, the attacks, their metrics, and real
+runs."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from rarespur.collect import collect, collect_tables
-from rarespur.config import resolve
-from rarespur.evaluate import to_tensor
-from rarespur.experiments import common, mem_inference
-from rarespur.experiments.common import load_data, make_model, train_settings
-from rarespur.membership import (
+from rarespur.config.resolve import resolve
+from rarespur.data.patterns import build_pattern
+from rarespur.engine.loop import train_model
+from rarespur.engine.scoring import to_tensor
+from rarespur.experiments import mem_inference, steps
+from rarespur.experiments.steps import load_data, make_model, train_settings
+from rarespur.launch.runner import run_job
+from rarespur.methods.mem_inference import (
     ATTACKS,
     AttackScores,
     LiraShadows,
@@ -27,11 +30,9 @@ from rarespur.membership import (
     split_pool,
     tpr_at_fpr,
 )
-from rarespur.patterns import build_pattern
-from rarespur.runner import run_job
-from rarespur.train import train_model
+from rarespur.store.collect import collect_tables
 
-from conftest import compose_config
+from conftest import collect_runs, compose_config
 
 METRICS = ("acc", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "members_flagged", "poisoned_flagged", "poisoned_rank")
 R3 = {"name": "r3", "kind": "noise", "amplitude": 1.0}
@@ -137,8 +138,8 @@ def test_shuffled_membership_labels_give_chance_auc():
         perm = rng.permutation(lira.phi.shape[1])
         z = np.concatenate([lira_target.member_logits, lira_target.nonmember_logits])[perm]
         ones = lira_target.member_y
-        relabelled = Outputs(z[: len(ones)], ones, z[len(ones) :], ones)
-        bad = run_attacks([name], relabelled, None, LiraShadows(lira.phi[:, perm], lira.keep[:, perm]))[name]
+        relabeled = Outputs(z[: len(ones)], ones, z[len(ones) :], ones)
+        bad = run_attacks([name], relabeled, None, LiraShadows(lira.phi[:, perm], lira.keep[:, perm]))[name]
         assert abs(attack_metrics(bad, np.array([], int))["auc"] - 0.5) < 0.05, name
 
 
@@ -257,7 +258,7 @@ def test_interrupted_job_resumes_per_model(tmp_path, monkeypatch):
     overrides = ["poison.count=3", "epochs=2", "data.train_limit=400", "data.test_limit=200"]
     straight = run_job(config(f"results_dir={tmp_path / 'a'}", *overrides))
     calls = []
-    real_train = common.train_model
+    real_train = steps.train_model
 
     def train_then_die(*args, **kwargs):
         calls.append(kwargs["checkpoint"].name)
@@ -265,14 +266,14 @@ def test_interrupted_job_resumes_per_model(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # preemption: no failure recorded, checkpoints stay
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(common, "train_model", train_then_die)
+    monkeypatch.setattr(steps, "train_model", train_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_job(config(f"results_dir={tmp_path / 'b'}", *overrides))
     (run,) = [p for p in (tmp_path / "b").iterdir() if not p.name.startswith(".")]  # .locks: store bookkeeping
     assert sorted(p.name for p in run.glob("tr*_*.pt")) == ["trained_shadow.pt", "trained_target.pt"]
-    monkeypatch.setattr(common, "train_model", real_train)
+    monkeypatch.setattr(steps, "train_model", real_train)
     epochs_trained = []
-    monkeypatch.setattr(common, "epoch_callback", lambda *a: epochs_trained.append)
+    monkeypatch.setattr(steps, "epoch_callback", lambda *a: epochs_trained.append)
     resumed = run_job(config(f"results_dir={tmp_path / 'b'}", *overrides))
     assert len(epochs_trained) == 4 * 2  # the four LiRA shadows, two epochs each
     assert not list(run.glob("tr*_*.pt"))
@@ -322,7 +323,7 @@ def test_end_to_end_record_has_every_attack_metric(fashion_run):
         "tables",
         "target_model.pt",
     ]
-    table = collect(store)
+    table = collect_runs(store)
     assert {f"attack.{a}.auc" for a in ATTACKS} <= set(table.columns)
     roc = collect_tables(store)["roc"]
     assert set(roc["attack"]) == set(ATTACKS) and roc.groupby("attack").size().max() <= 200

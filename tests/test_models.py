@@ -1,6 +1,6 @@
 """The model zoo: architectures pinned by parameter counts, shapes, init and naming.
 
-The counts for the paper's models come from SPEC section 1.4 (and match the
+The counts for the paper's models come from the paper's model table, docs/science.md#models (and match the
 original code); the others are derived by arithmetic in the comments.
 VGG16 is built once per session because it has 134M parameters.
 """
@@ -14,25 +14,13 @@ import pytest
 import torch
 
 from rarespur.models import MODEL_NAMES, build_model, count_parameters, resolve_model_name
-from rarespur.models.common import CIFAR_MEAN, CIFAR_STD, Normalize
+from rarespur.models.normalization import CIFAR_MEAN, CIFAR_STD, Normalize
 from rarespur.models.vgg import VGG16_CONFIG, _make_features
 
 from conftest import compose_config
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
-CHEAP = (
-    "mlp1x256",
-    "mlp2x256",
-    "mlp3x256",
-    "mlp3x512",
-    "cnn",
-    "resnet20",
-    "resnet32",
-    "resnet110",
-    "vae_mlp",
-    "vae_conv",
-)
 
 # VGG16 with 10 classes, by arithmetic:
 #   convs (3x3 weights + bias): 3*64*9+64 = 1,792; 64*64*9+64 = 36,928;
@@ -82,8 +70,12 @@ def test_vgg_arithmetic_comment_is_right() -> None:
 
 
 def test_model_names() -> None:
-    assert MODEL_NAMES == tuple(sorted(MODEL_NAMES))
-    assert set(MODEL_NAMES) == set(CHEAP) | {"vgg16"}
+    """The builders registered are the names users can type (rarespur.config.names.MODELS), each one pinned by a
+    parameter count above."""
+    from rarespur.config.names import MODELS
+
+    assert MODEL_NAMES == tuple(sorted(MODEL_NAMES)) == tuple(sorted(MODELS))
+    assert {name for name, _ in PARAM_COUNTS} | {"vgg16"} == set(MODEL_NAMES)
 
 
 @pytest.mark.parametrize(("name", "shape"), list(PARAM_COUNTS))
@@ -156,7 +148,7 @@ def test_cnn_last_layer_starts_at_zero() -> None:
     # ... so every logit is 0 and the initial prediction is uniform.
     with torch.no_grad():
         assert torch.count_nonzero(model(torch.rand(4, *MNIST))) == 0
-    # The convolutions are Kaiming-initialised with zero bias.
+    # The convolutions are Kaiming-initialized with zero bias.
     conv1 = model.feature_extractor.conv1
     assert torch.count_nonzero(conv1.bias) == 0 and conv1.weight.std() > 0
 
@@ -207,7 +199,7 @@ def test_state_dict_keys_follow_the_original() -> None:
         "layer3.2.bn2.weight",
         "linear.bias",
     } <= res_keys
-    # Normalisation statistics are not state: no extra keys beyond the original's.
+    # Normalization statistics are not state: no extra keys beyond the original's.
     assert not any("normal" in k or "shortcut" in k for k in res_keys)
 
 
@@ -229,7 +221,7 @@ def test_resnet_option_a_shortcut_has_no_weights() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_normalisation_matches_python_floats(dtype: torch.dtype) -> None:
+def test_normalization_matches_python_floats(dtype: torch.dtype) -> None:
     norm = Normalize(CIFAR_MEAN, CIFAR_STD)
     x = torch.rand(2, 3, 4, 4, dtype=dtype)
     mean = torch.tensor(CIFAR_MEAN, dtype=dtype)[None, :, None, None]
@@ -283,7 +275,7 @@ def test_original_names_build_the_same_network() -> None:
 
 @pytest.mark.parametrize("bad", ["resnet18", "altResNet20", "", "mlp3"])
 def test_unknown_name_lists_valid_names(bad: str) -> None:
-    # altResNet20 (without Norm02) is a different, unnormalised network in the
+    # altResNet20 (without Norm02) is a different, unnormalized network in the
     # original; it is deliberately not an alias of resnet20.
     with pytest.raises(ValueError, match="unknown model") as err:
         build_model(bad, MNIST, 10)
@@ -313,8 +305,8 @@ def test_bad_num_classes_raises() -> None:
 
 def test_config_files_name_registered_models() -> None:
     """conf/model holds one file per canonical model; every other accepted spelling (the original code's
-    and the paper's names, from rarespur.model_names) is a model= option too and composes to its canonical name."""
-    from rarespur.model_names import model_aliases
+    and the paper's names, from rarespur.config.names) is a model= option too and composes to its canonical name."""
+    from rarespur.config.names import model_aliases
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     options = sorted(p.stem for p in (conf / "model").glob("*.yaml"))

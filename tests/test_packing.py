@@ -1,6 +1,6 @@
 """Packed sweeps (pack.size): K models trained at once give each model the numbers it gets alone.
 
-Engine level (:func:`rarespur.packed_train.train_packed`, float64): parameters equal to those of
+Engine level (:func:`rarespur.engine.packed_loop.train_packed`, float64): parameters equal to those of
 the same models trained alone to 1e-10, with per-model seeds, poisoned rows, weight decay, input
 noise, clipping, SGD and Adam, and batch norm (ResNet20 with aug01). Sweep level (real MNIST,
 float32): the records of a packed sweep equal the unpacked ones to 1e-4, land in the same run
@@ -12,27 +12,24 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from rarespur.collect import collect
-from rarespur.config import resolve
+from rarespur.config.resolve import resolve
+from rarespur.engine.loop import train_model
+from rarespur.engine.packed_loop import PackMember, train_packed
+from rarespur.engine.settings import TrainSettings
+from rarespur.launch.pack_job import PackFailed, run_pack_file
+from rarespur.launch.pack_plan import pack_key, plan_packs, read_pack_file, why_not_packed
+from rarespur.launch.runner import run_job
+from rarespur.launch.sweep import Sweep
 from rarespur.models import build_model
-from rarespur.pack_runner import PackFailed, run_pack_file
-from rarespur.packed_train import PackMember, train_packed
-from rarespur.packing import pack_key, plan_packs, read_pack_file, why_not_packed
-from rarespur.runner import run_job
-from rarespur.store import DONE, ERROR, RECORD, TRAIN_STATE, RunDir, training_key
-from rarespur.sweep import Sweep
-from rarespur.train import train_model
-from rarespur.train_settings import TrainSettings
+from rarespur.store.run_dir import DONE, ERROR, RECORD, TRAIN_STATE, RunDir, training_key
 
-from conftest import REPO_ROOT, compose_config, killed_after_epoch
+from conftest import collect_runs, compose_config, killed_after_epoch, multirun, rarespur_cli
 
 SCORES = ("test_acc", "spurious_score", "spurious_test_acc", "train_loss", "train_acc")
 
@@ -328,7 +325,8 @@ def test_packed_sweep_records_equal_unpacked(shared_data, tmp_path):
     assert len(trained_in_pack) == 5 and {r["packed_with.size"] for r in trained_in_pack} == {5}  # 1 clean + 4
     for key, record in packed.items():
         for name in SCORES:
-            assert abs(record[name] - alone[key][name]) <= 1e-4, (key, name, record[name], alone[key][name])
+            # one test image in 10,000 may flip (1e-4), stored as float32
+            assert abs(record[name] - alone[key][name]) <= 1e-4 + 1e-7, (key, name, record[name], alone[key][name])
         assert record["poisoned_indices"] == alone[key]["poisoned_indices"]
         assert record.get("p_value") == pytest.approx(alone[key].get("p_value"), abs=1e-4)
         assert not (tmp_path / "packed" / key / TRAIN_STATE).exists()
@@ -336,11 +334,9 @@ def test_packed_sweep_records_equal_unpacked(shared_data, tmp_path):
     # a store that mixes packed and unpacked runs: collect and status read it as any other
     mixed = tmp_path / "packed"
     run_job(dict(sweep.resolved_here(sweep.job_overrides[0]), results_dir=str(mixed), epochs=1))
-    table = collect(mixed)
+    table = collect_runs(mixed)
     assert len(table) == 9 and table["packed_with.size"].notna().sum() == 5
-    status = subprocess.run(
-        [sys.executable, "-m", "rarespur", "status", str(mixed)], cwd=REPO_ROOT, capture_output=True, text=True
-    )
+    status = rarespur_cli("status", str(mixed))
     assert re.search(r"all\s+9\s+9\s+0\s+0", status.stdout), status.stdout + status.stderr
 
 
@@ -394,20 +390,10 @@ def test_failed_model_does_not_stop_its_pack(shared_data, tmp_path):
 
 def test_packed_sweep_through_run_py(shared_data, tmp_path):
     """The command a researcher types: one launcher job per pack, the records in the store, a relaunch runs nothing."""
-    cmd = [
-        sys.executable,
-        "run.py",
-        "-m",
-        *GRID,
-        *DATA,
-        f"data.root={shared_data}",
-        f"results_dir={tmp_path / 'store'}",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
-        "pack.size=3",
-    ]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    sweep = (tmp_path / "store", tmp_path / "multirun", *GRID, *DATA, f"data.root={shared_data}", "pack.size=3")
+    done = multirun(*sweep, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "pack.size=3: 8 job(s) in 2 pack(s)" in done.stdout + done.stderr  # 5 models to train: 3 + 2
     assert len(_records(tmp_path / "store")) == 8
-    again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    again = multirun(*sweep, timeout=600)
     assert again.returncode == 0 and "8 already done (not launched): 0 launcher job(s)" in again.stdout + again.stderr

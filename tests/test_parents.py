@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from rarespur.config import resolve
+from rarespur.config.resolve import resolve
 from rarespur.experiments import EXPERIMENTS
-from rarespur.runner import run_job
-from rarespur.store import DONE, RUNNING, RunDir
+from rarespur.launch.runner import run_job
+from rarespur.store.run_dir import DONE, RUNNING, RunDir
 
 from conftest import REPO_ROOT, compose_config
 
@@ -52,8 +52,8 @@ def test_derived_job_waits_for_the_parent_another_process_is_training(tmp_path, 
         while not parent.file(RUNNING).exists():  # the other process holds the parent's lock and trains
             assert trainer.poll() is None and time.time() < deadline, "the trainer never started"
             time.sleep(0.1)
-        monkeypatch.setattr("rarespur.experiments.common.train_model", lambda *a, **k: pytest.fail("trained twice"))
-        caplog.set_level("INFO", logger="rarespur.store")
+        monkeypatch.setattr("rarespur.experiments.steps.train_model", lambda *a, **k: pytest.fail("trained twice"))
+        caplog.set_level("INFO", logger="rarespur.store.run_dir")
         record = run_job(composed(store, *train, "experiment=sensitivity", "sensitivity.images=50"))
     finally:
         _, err = trainer.communicate(timeout=300)

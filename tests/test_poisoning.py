@@ -1,4 +1,4 @@
-"""Poisoning is compatible with the original code bit for bit (SPEC 1.2-1.3)."""
+"""Poisoning is compatible with the original code bit for bit (docs/science.md#poisoning, docs/science.md#patterns)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from rarespur.data import load_dataset
-from rarespur.patterns import BoxPattern, NoisePattern, build_pattern
-from rarespur.poisoning import choose_poison_indices, parse_dataset_name, poison_images
+from rarespur.config.names import parse_dataset_name
+from rarespur.data.loaders import load_dataset
+from rarespur.data.patterns import BoxPattern, NoisePattern, build_pattern
+from rarespur.data.poisoning import choose_poison_indices, poison_images
 
 from conftest import compose_config
 

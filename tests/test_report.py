@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from functools import partial
 
 import matplotlib
 
@@ -19,19 +20,18 @@ from matplotlib.text import Text  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from rarespur.__main__ import main  # noqa: E402
-from rarespur.collect import collect, write_table  # noqa: E402
-from rarespur.report import FIGURES, deletion, detection, examples, figures, privacy, sensitivity, theory  # noqa: E402
-from rarespur.report.data import ReportData, load, mean_sem, normalise, over_seeds, plural, split  # noqa: E402
+from rarespur.report import FIGURES, deletion, detection, examples, figures, mem_inference, sensitivity, theory  # noqa: E402
+from rarespur.report.data import ReportData, load, mean_sem, normalize, over_seeds, plural, split  # noqa: E402
 from rarespur.report.plot import finish, grid  # noqa: E402
-from rarespur.runner import run_job  # noqa: E402
+from rarespur.store.collect import write_table  # noqa: E402
 
-from conftest import compose_config
+from conftest import collect_runs
+from conftest import job as shared_job
 
 FAST = ["device=cpu", "epochs=2", "progress=false", "data.train_limit=400", "data.test_limit=100"]
 
 
-def job(store, *overrides: str) -> dict:
-    return run_job(compose_config(f"results_dir={store}", *FAST, *overrides))
+job = partial(shared_job, base=tuple(FAST))
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +331,7 @@ def synthetic_train(
                                 "spurious_test_acc": 0.9,
                             }
                         )
-    return normalise(pd.DataFrame(rows))
+    return normalize(pd.DataFrame(rows))
 
 
 def test_split_never_averages_runs_that_differ_in_a_setting():
@@ -475,7 +475,7 @@ def synthetic_membership() -> ReportData:
                 fpr = np.array([0.0, 1e-3, 1e-2, 0.1, 1.0])
                 roc += [{"run_id": run_id, "attack": attack, "fpr": f, "tpr": min(1.0, 2 * f)} for f in fpr]
             rows.append(row)
-    return ReportData(normalise(pd.DataFrame(rows)), {"roc": pd.DataFrame(roc)})
+    return ReportData(normalize(pd.DataFrame(rows)), {"roc": pd.DataFrame(roc)})
 
 
 def synthetic_deletion() -> ReportData:
@@ -506,7 +506,7 @@ def synthetic_deletion() -> ReportData:
                         "exact.test_acc": 0.96,
                     }
                 rows.append(row)
-    return ReportData(normalise(pd.DataFrame(rows)))
+    return ReportData(normalize(pd.DataFrame(rows)))
 
 
 def synthetic_detection() -> ReportData:
@@ -549,7 +549,7 @@ def synthetic_detection() -> ReportData:
                             "exact.test_acc": 0.98,
                         }
                     )
-    return ReportData(normalise(pd.DataFrame(rows)))
+    return ReportData(normalize(pd.DataFrame(rows)))
 
 
 def test_detection_table_and_xbl_figure():
@@ -566,9 +566,9 @@ def test_detection_table_and_xbl_figure():
 @pytest.fixture(scope="module")
 def synthetic_debias(tmp_path_factory) -> ReportData:
     """Debias runs: vanilla / LfF / SiH on Colored MNIST at four ratios, vanilla / SiH on poisoned MNIST, and
-    one SiH run's stored bias visualisation."""
-    from rarespur.debias.visualise import BiasSwap, save_grid
-    from rarespur.store import BIAS_VISUALISATION
+    one SiH run's stored bias visualization."""
+    from rarespur.experiments.debias import BIAS_VISUALIZATION
+    from rarespur.methods.debias.visualize import BiasSwap, save_grid
 
     store = tmp_path_factory.mktemp("debias_store")
     rows = []
@@ -606,8 +606,8 @@ def synthetic_debias(tmp_path_factory) -> ReportData:
     images = np.random.default_rng(0).random((3, 3, 28, 28)).astype(np.float32)
     swap = BiasSwap(images, images, images[::-1], np.array([0, 1, 2]), np.array([1, 2, 0]), np.array([True] * 3))
     (store / "csih0.010").mkdir()
-    save_grid(swap, store / "csih0.010" / BIAS_VISUALISATION, tuple("0123456789"))
-    return ReportData(normalise(runs), results_dir=store)
+    save_grid(swap, store / "csih0.010" / BIAS_VISUALIZATION, tuple("0123456789"))
+    return ReportData(normalize(runs), results_dir=store)
 
 
 def test_debias_figures_and_table(synthetic_debias):
@@ -622,8 +622,8 @@ def test_debias_figures_and_table(synthetic_debias):
     assert row["gap (points)"] == pytest.approx(2.0) and row["runs"] == 3
     rare = debias.rare_pattern(synthetic_debias)
     assert legend_texts(rare) == ["vanilla", "sih"]
-    shown = debias.visualised_run(synthetic_debias)
-    assert list(shown["run_id"]) == ["csih0.010"] and debias.bias_visualisation(synthetic_debias) is not None
+    shown = debias.visualized_run(synthetic_debias)
+    assert list(shown["run_id"]) == ["csih0.010"] and debias.bias_visualization(synthetic_debias) is not None
 
 
 @pytest.mark.parametrize("spec", FIGURES, ids=[spec.slug for spec in FIGURES])
@@ -650,7 +650,7 @@ def test_a_long_figure_title_is_wrapped_inside_the_figure():
 
 def test_membership_bars_and_roc():
     data = synthetic_membership()
-    fig = privacy.membership_bars(data)
+    fig = mem_inference.membership_bars(data)
     axes = visible_axes(fig)
     assert [ax.get_title() for ax in axes] == ["shadow attack", "loss attack"]
     assert set(legend_texts(fig)) == {
@@ -665,7 +665,7 @@ def test_membership_bars_and_roc():
     assert [p.get_height() for p in bars[1]] == pytest.approx([0.805] * 3)  # mean over seeds 0.80 and 0.81
     assert [t.get_text() for t in axes[0].get_xticklabels()] == ["1", "3", "10"]
     assert "fashion" in suptitle(fig) and "mean ± SEM over 2 seeds; 6 runs" in suptitle(fig)
-    roc = privacy.membership_roc(data)
+    roc = mem_inference.membership_roc(data)
     roc_axes = visible_axes(roc)
     assert [ax.get_title() for ax in roc_axes] == ["shadow attack", "loss attack"]
     assert legend_texts(roc) == ["n = 1", "n = 3", "n = 10", "chance"]
@@ -784,11 +784,11 @@ def test_collect_keeps_integer_settings_with_gaps_integer(tmp_path):
     """data.train_limit 5000 next to null stays 5000 (nullable Int64), not 5000.0, and the report groups it."""
     fake_run(tmp_path, "a", {"experiment.name": "other", "data.train_limit": 5000, "test_acc": 0.5})
     fake_run(tmp_path, "b", {"experiment.name": "other", "data.train_limit": None, "test_acc": 1.0})
-    table = collect(tmp_path)
+    table = collect_runs(tmp_path)
     assert str(table["data.train_limit"].dtype) == "Int64" and table["test_acc"].dtype == float
     _, csv = write_table(table, tmp_path / "out")
     assert csv.read_text().splitlines()[1:] == ["a,other,5000,0.5", "b,other,,1.0"]
-    groups = split(normalise(table))
+    groups = split(normalize(table))
     assert [g.title for g in groups] == ["first 5,000 training images", "all training images"]
 
 
@@ -796,7 +796,7 @@ def test_collect_does_not_log_missing_baselines(tmp_path, caplog):
     job(tmp_path, "pattern=s3", "poison.count=20")  # a poisoned run whose clean baseline never ran
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        assert len(collect(tmp_path)) == 1
+        assert len(collect_runs(tmp_path)) == 1
     assert "no finished clean baseline" not in caplog.text
 
 

@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from rarespur.runner import run_job
-from rarespur.store import DONE, RECORD, TRAIN_STATE
+from rarespur.launch.runner import run_job
+from rarespur.store.run_dir import DONE, RECORD, TRAIN_STATE
 
 from conftest import REPO_ROOT, compose_config
 

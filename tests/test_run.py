@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 from hydra.errors import MissingConfigException
 
-from rarespur.collect import collect, write_table
 from rarespur.errors import TrainingDiverged, UserError
-from rarespur.runner import run_job
-from rarespur.store import DONE, ERROR, RECORD
+from rarespur.store.collect import write_table
+from rarespur.store.run_dir import DONE, ERROR, RECORD
 
-from conftest import REPO_ROOT, compose_config, extract_cifar_subset
-
-
-def job(tmp_path, *overrides: str) -> dict:
-    cfg = compose_config(f"results_dir={tmp_path}", "device=cpu", *overrides)
-    return run_job(cfg)
+from conftest import collect_runs, compose_config, extract_cifar_subset, job, multirun, rarespur_cli, run_py
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +59,7 @@ def test_finished_job_is_not_retrained(digits_pair, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished job was retrained")
 
-    monkeypatch.setattr("rarespur.experiments.common.train_model", no_training)
+    monkeypatch.setattr("rarespur.experiments.steps.train_model", no_training)
     assert job(store) == poisoned
 
 
@@ -75,7 +67,7 @@ def test_collect_gives_one_row_per_run(digits_pair, tmp_path):
     store, _, _ = digits_pair
     (store / "unfinished").mkdir()
     (store / "unfinished" / RECORD).write_text("{}")  # no done marker: must be left out
-    table = collect(store)
+    table = collect_runs(store)
     assert len(table) == 2 and sorted(table["poison.count"]) == [0, 10]
     parquet, csv = write_table(table, tmp_path)
     import pandas as pd
@@ -122,15 +114,13 @@ def test_failed_job_leaves_an_error_file(tmp_path):
     ],
 )
 def test_user_errors_print_one_message_without_traceback(tmp_path, overrides, message):
-    cmd = [sys.executable, "run.py", *overrides, f"results_dir={tmp_path / 'store'}", f"hydra.run.dir={tmp_path}/out"]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    args = [*overrides, f"results_dir={tmp_path / 'store'}", f"hydra.run.dir={tmp_path}/out"]
+    done = run_py(*args, timeout=120)
     assert done.returncode == 1
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert len(lines) <= 3 and lines[0].startswith("error: ") and message in lines[0], lines
     assert "Traceback" not in done.stderr and not (tmp_path / "store").exists()
-    full = subprocess.run(
-        cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "1"}
-    )
+    full = run_py(*args, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert full.returncode == 1 and "Traceback" in full.stderr and message in full.stderr
 
 
@@ -141,28 +131,11 @@ def test_unknown_group_option_lists_choices(tmp_path):
 
 def test_multirun_and_collect(tmp_path):
     store = tmp_path / "store"
-    cmd = [
-        sys.executable,
-        "run.py",
-        "-m",
-        "pattern=s1,s3",
-        "poison.count=0,10",
-        "epochs=2",
-        "device=cpu",
-        f"results_dir={store}",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
-    ]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    done = multirun(store, tmp_path / "multirun", "pattern=s1,s3", "poison.count=0,10", "epochs=2", "device=cpu")
     assert done.returncode == 0, done.stderr[-3000:]
-    out = subprocess.run(
-        [sys.executable, "-m", "rarespur", "collect", str(store)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = rarespur_cli("collect", str(store))
     assert out.returncode == 0 and "4 runs" in out.stdout
-    table = collect(store)
+    table = collect_runs(store)
     assert sorted(zip(table["pattern.name"], table["poison.count"])) == [("s1", 0), ("s1", 10), ("s3", 0), ("s3", 10)]
     assert table.loc[table["poison.count"] == 10, "p_value"].notna().all()
 
@@ -181,23 +154,10 @@ def test_real_mnist_s3(shared_data, tmp_path_factory, count):
 
 def test_sweep_file_runs_its_grid(tmp_path):
     store = tmp_path / "store"
-    cmd = [
-        sys.executable,
-        "run.py",
-        "-m",
-        "--config-dir",
-        "sweeps",
-        "--config-name",
-        "example",
-        "epochs=1",
-        "data.train_limit=300",
-        "device=cpu",
-        f"results_dir={store}",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
-    ]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    example = ("--config-dir", "sweeps", "--config-name", "example")
+    done = multirun(store, tmp_path / "multirun", *example, "epochs=1", "data.train_limit=300", "device=cpu")
     assert done.returncode == 0, done.stderr[-3000:]
-    table = collect(store)
+    table = collect_runs(store)
     assert len(table) == 8 and set(table["pattern.name"]) == {"s3", "r3"} and set(table["poison.seed"]) == {0, 1}
 
 
@@ -205,30 +165,20 @@ def test_baseline_that_finishes_later_is_used_at_collect_time(tmp_path):
     poisoned = job(tmp_path, "epochs=20", "pattern=r3", "poison.count=30")
     assert "p_value" not in poisoned  # no baseline yet
     clean = job(tmp_path, "epochs=20", "pattern=r3", "poison.count=0")
-    row = collect(tmp_path).set_index("poison.count").loc[30]
+    row = collect_runs(tmp_path).set_index("poison.count").loc[30]
     assert row["baseline_score"] == clean["spurious_score"] and row["baseline_run_id"] == clean["run_id"]
     assert 0 <= row["p_value"] < 0.05 and row["spurious_score"] == poisoned["spurious_score"]
 
 
 def test_failed_job_does_not_stop_the_sweep(tmp_path):
     store = tmp_path / "store"
-    cmd = [
-        sys.executable,
-        "run.py",
-        "-m",
-        "poison.count=1000,10",
-        "train.lr=1e6,0.01",
-        "epochs=1",
-        "device=cpu",
-        f"results_dir={store}",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
-    ]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    grid = ("poison.count=1000,10", "train.lr=1e6,0.01", "epochs=1", "device=cpu")
+    done = multirun(store, tmp_path / "multirun", *grid)
     assert done.returncode != 0  # the sweep reports the failure ...
     assert "error: poison.count=1000 is larger than class 0" in done.stderr and "Traceback" not in done.stderr
     (error,) = store.glob(f"*/{ERROR}")  # the diverged job; the impossible counts left no directory
     assert not (error.parent / DONE).exists() and len(list(store.glob("*/config.json"))) == 2
-    table = collect(store)  # ... after the other job finished
+    table = collect_runs(store)  # ... after the other job finished
     assert table["poison.count"].tolist() == [10] and table["train.lr"].tolist() == [0.01]
 
 
@@ -239,7 +189,7 @@ def test_clean_model_is_trained_once_and_scored_per_pattern(tmp_path, monkeypatc
     def no_training(*args, **kwargs):
         raise AssertionError("the clean model was trained twice")
 
-    monkeypatch.setattr("rarespur.experiments.common.train_model", no_training)
+    monkeypatch.setattr("rarespur.experiments.steps.train_model", no_training)
     second = job(tmp_path, "epochs=5", "poison.count=0", "pattern=r3", "poison.target=3")
     assert second["run_id"] != first["run_id"] and second["model_trained_in"] == first["run_id"]
     assert second["test_acc"] == first["test_acc"] and second["train_loss"] == first["train_loss"]
@@ -268,8 +218,8 @@ def test_imagefolder_cifar_subset_with_resnet_and_aug01(shared_data, tmp_path):
 
 @pytest.mark.parametrize("spelling", ["model=paper_mlp", "model.name=LargeMLP", "model=largemlp", "model=mlp3x256"])
 def test_model_aliases_resolve_to_one_run(spelling):
-    from rarespur.config import resolve
-    from rarespur.store import config_key
+    from rarespur.config.resolve import resolve
+    from rarespur.store.run_dir import config_key
 
     resolved = resolve(compose_config(spelling))
     default = resolve(compose_config())
@@ -279,8 +229,8 @@ def test_model_aliases_resolve_to_one_run(spelling):
 def test_run_keys_survive_the_model_renames():
     """Keys are made of the original code's model names, so runs stored before the renames
     (largemlp -> mlp3x256, cnn002 -> cnn, ...) are still found and skipped. Pinned keys from that version."""
-    from rarespur.config import resolve
-    from rarespur.store import config_key
+    from rarespur.config.resolve import resolve
+    from rarespur.store.run_dir import config_key
 
     pinned = {
         (): "707e11a95848fa76",
@@ -292,8 +242,8 @@ def test_run_keys_survive_the_model_renames():
 
 
 def test_int_and_float_spellings_are_one_run():
-    from rarespur.config import resolve
-    from rarespur.store import config_key
+    from rarespur.config.resolve import resolve
+    from rarespur.store.run_dir import config_key
 
     a = resolve(compose_config("train.grad_clip=0", "train.lr=1", "regularizer=l2", "regularizer.strength=1"))
     b = resolve(compose_config("train.grad_clip=0.0", "train.lr=1.0", "regularizer=l2", "regularizer.strength=1.0"))
@@ -301,9 +251,7 @@ def test_int_and_float_spellings_are_one_run():
 
 
 def test_help_is_the_projects_own():
-    out = subprocess.run(
-        [sys.executable, "run.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
-    )
+    out = run_py("--help", timeout=120)
     assert out.returncode == 0 and "powered by Hydra" not in out.stdout
     for text in (
         "One job = one experiment",
@@ -324,13 +272,7 @@ def test_help_is_the_projects_own():
 @pytest.mark.parametrize("command", ["collect", "report", "status"])
 def test_tools_on_a_missing_store_print_one_line(tmp_path, command):
     missing = tmp_path / "nowhere"
-    out = subprocess.run(
-        [sys.executable, "-m", "rarespur", command, str(missing)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = rarespur_cli(command, str(missing))
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [
         f"error: results directory {missing} does not exist; pass the run store (results_dir)"

@@ -1,8 +1,10 @@
-"""Model sensitivity (SPEC 1.10): pixel removal as the original notebook does it, weight maps, the experiment."""
+"""Model sensitivity (docs/science.md#sensitivity-and-weights): pixel removal as the original notebook does it, weight
+maps, the experiment."""
 
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -10,16 +12,12 @@ import pytest
 import torch
 from scipy.integrate import trapezoid
 
+from rarespur.methods.sensitivity import first_layer_weight_map, remove_pixels
 from rarespur.models import build_model
-from rarespur.runner import run_job
-from rarespur.sensitivity import first_layer_weight_map, remove_pixels
 
-from conftest import compose_config
+from conftest import job as shared_job
 
-
-def job(store, *overrides: str) -> dict:
-    cfg = compose_config(f"results_dir={store}", "device=cpu", "progress=false", *overrides)
-    return run_job(cfg)
+job = partial(shared_job, base=("device=cpu", "progress=false"))
 
 
 def original_occlusion(images: np.ndarray, fraction: float, rng: np.random.RandomState) -> np.ndarray:
@@ -85,7 +83,7 @@ def test_sensitivity_of_a_trained_model(store, monkeypatch):
     assert weight_map.shape == (28, 28)
 
     # A second measurement of the same model does not train again.
-    monkeypatch.setattr("rarespur.experiments.common.train_model", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr("rarespur.experiments.steps.train_model", lambda *a, **k: pytest.fail("retrained"))
     again = job(
         store, "experiment=sensitivity", "model=mlp", "epochs=15", "sensitivity.images=300", "sensitivity.levels=3"
     )

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from rarespur.collect import collect
-from rarespur.store import DONE, RECORD, TRAIN_STATE
+from rarespur.store.run_dir import DONE, RECORD, TRAIN_STATE
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, collect_runs, rarespur_cli
 
 PARTITION = "debug"
 REQUIRED = os.environ.get("RARESPUR_REQUIRE_SLURM") == "1"
@@ -120,15 +119,9 @@ def test_sweep_runs_on_slurm_and_lands_in_the_store(tmp_path):
     store, sweep = tmp_path / "store", tmp_path / "multirun"
 
     assert len(list(store.glob(f"*/{DONE}"))) == 3 and len(list(store.glob(f"*/{RECORD}"))) == 3
-    out = subprocess.run(
-        [sys.executable, "-m", "rarespur", "collect", str(store)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = rarespur_cli("collect", str(store))
     assert out.returncode == 0 and "3 runs" in out.stdout, out.stdout + out.stderr
-    table = collect(store)
+    table = collect_runs(store)
     assert sorted(table["pattern.name"]) == ["r3", "s1", "s3"] and (table["epochs"] == 2).all()
 
     logs = job_logs(sweep)
@@ -160,7 +153,7 @@ def test_packed_sweep_runs_on_slurm(tmp_path):
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "pack.size=3: 6 job(s) in 2 pack(s)" in done.stdout + done.stderr
-    table = collect(tmp_path / "store")
+    table = collect_runs(tmp_path / "store")
     assert len(table) == 6 and set(table["pattern.name"]) == {"s1", "s3", "r3"}
     assert table["packed_with.size"].notna().sum() == 4  # 1 clean model + 3 poisoned; 2 baselines reuse the clean
     logs = job_logs(tmp_path / "multirun")

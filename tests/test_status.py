@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from rarespur.status import FAILED, MISSING, RUNNING_STATE, STALE, delete_incomplete, report, run_state, survey
-from rarespur.store import CONFIG, DONE, ERROR, RECORD, RUNNING, RunDir
-from rarespur.sweep import expand
+from rarespur.launch.status import FAILED, MISSING, RUNNING_STATE, STALE, delete_incomplete, report, run_state, survey
+from rarespur.launch.sweep import expand
+from rarespur.store.run_dir import CONFIG, DONE, ERROR, RECORD, RUNNING, RunDir
 
-from conftest import REPO_ROOT
+from conftest import multirun, rarespur_cli
 
 TINY = ["epochs=1", "data.train_limit=300"]
 LAUNCHED = ["pattern=s1,s3", "poison.count=0,10", *TINY]  # what ran
@@ -54,16 +54,7 @@ def store(tmp_path_factory) -> Path:
     and s3/n=30 never started (missing)."""
     tmp = tmp_path_factory.mktemp("status")
     store = tmp / "store"
-    cmd = [
-        sys.executable,
-        "run.py",
-        "-m",
-        *LAUNCHED,
-        "device=cpu",
-        f"results_dir={store}",
-        f"hydra.sweep.dir={tmp / 'multirun'}",
-    ]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    done = multirun(store, tmp / "multirun", *LAUNCHED, "device=cpu")
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = {(j.config["pattern"]["name"], j.config["poison"]["count"]): j for j in expand(None, SWEEP, store)}
     failed, stale, running = jobs["s1", 20], jobs["s3", 20], jobs["s1", 30]
@@ -75,14 +66,14 @@ def store(tmp_path_factory) -> Path:
     return store
 
 
-def labelled(store: Path) -> dict[tuple[str, int], str]:
+def labeled(store: Path) -> dict[tuple[str, int], str]:
     """(pattern, n) -> state, for the sweep's jobs."""
     jobs = expand(None, SWEEP, store)
     return {(e.config["pattern"]["name"], e.config["poison"]["count"]): e.state for e in survey(store, jobs)}
 
 
 def test_counts_per_state(store):
-    states = labelled(store)
+    states = labeled(store)
     assert Counter(states.values()) == EXPECTED
     assert (states["s1", 20], states["s3", 20], states["s1", 30], states["s3", 30]) == (
         FAILED,
@@ -124,12 +115,11 @@ def test_cli_deletes_exactly_the_incomplete_runs(store, tmp_path):
     copy = tmp_path / "store"
     shutil.copytree(store, copy)
     before = {p.name for p in copy.iterdir() if p.is_dir()}
-    cli = [sys.executable, "-m", "rarespur", "status", str(copy), *SWEEP]
-    out = subprocess.run([*cli, "--delete-incomplete"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    out = rarespur_cli("status", str(copy), *SWEEP, "--delete-incomplete")
     assert out.returncode == 0, out.stderr
     assert re.search(r"all\s+8\s+4\s+1\s+1\s+1\s+1", out.stdout) and "ValueError: boom" in out.stdout
     after = {p.name for p in copy.iterdir() if p.is_dir()}
-    states = labelled(store)  # the untouched original says which directory was which
+    states = labeled(store)  # the untouched original says which directory was which
     gone = {
         RunDir(copy, j.config).key
         for j in expand(None, SWEEP, copy)
@@ -138,9 +128,7 @@ def test_cli_deletes_exactly_the_incomplete_runs(store, tmp_path):
     assert before - after == gone and len(gone) == 2
     assert "deleted 2 incomplete run directories" in out.stdout
     # options before the overrides work too
-    again = subprocess.run(
-        [*cli[:5], "--by", "pattern.name", *SWEEP], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
-    )
+    again = rarespur_cli("status", str(copy), "--by", "pattern.name", *SWEEP)
     rows = {line.split()[0]: line.split()[1:] for line in again.stdout.splitlines()[2:5]}
     assert rows == {
         "s1": ["4", "2", "1", "0", "0", "1"],

@@ -1,4 +1,5 @@
-"""The training engine follows SPEC 1.5: schedule, augmentation, noise, clipping, resume."""
+"""The training engine follows the paper's recipe (docs/science.md#training): schedule, augmentation, noise, clipping,
+resume."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rarespur.objective import Objective, StepOutput
-from rarespur.train import TrainSettings, augment_crop_flip, milestones, train_model
+from rarespur.engine.loop import TrainSettings, augment_crop_flip, milestones, train_model
+from rarespur.engine.objective import Objective, StepOutput
+
+from conftest import tiny_model, tiny_problem
 
 
 def test_milestone_table():
@@ -26,13 +29,6 @@ def test_milestone_table():
     assert milestones(201) == [60, 120]
 
 
-def tiny_problem(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 6, 6, generator=g)
-    y = (x[:, 0, 0, 0] > 0.5).long()
-    return x, y
-
-
 def stop_at(epoch: int):
     """An epoch callback that interrupts training after `epoch` (as a kill or requeue would)."""
 
@@ -41,11 +37,6 @@ def stop_at(epoch: int):
             raise KeyboardInterrupt
 
     return on_epoch
-
-
-def tiny_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 2))
 
 
 def test_lr_decays_at_milestones_and_learns():

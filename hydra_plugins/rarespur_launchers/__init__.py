@@ -106,7 +106,7 @@ class LocalCpuLauncher(RoundsLauncher):
 
     ``cpus_per_task`` (the launcher's stock submitit field, default 1 here) is how
     many cores one job may use: its torch thread count (through RARESPUR_THREADS,
-    read by rarespur.runner) and the divisor of the cores of this machine. Raise it
+    read by rarespur.launch.runner) and the divisor of the cores of this machine. Raise it
     to run fewer jobs at once, each with more threads.
     """
 

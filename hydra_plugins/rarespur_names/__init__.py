@@ -1,9 +1,9 @@
 """Hydra config source for the names that have no YAML file of their own.
 
 - ``dataset=mnistv8-3-0-0``: any original dataset string; the config comes from
-  :func:`rarespur.config.dataset_name_config` (dataset, pattern and poison settings).
+  :func:`rarespur.config.resolve.dataset_name_config` (dataset, pattern and poison settings).
 - ``model=largemlp``, ``model=paper_mlp``, ...: every alias of
-  :mod:`rarespur.model_names`, so that table is the only place model names are listed.
+  :mod:`rarespur.config.names`, so that table is the only place model names are listed.
 
 Neither kind is listed (``--help`` shows the canonical options only). The
 search-path plugin below puts ``rarespur-names://`` on every search path, so
@@ -22,9 +22,9 @@ from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSou
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
-from rarespur.config import dataset_name_config
+from rarespur.config.names import model_aliases
+from rarespur.config.resolve import dataset_name_config
 from rarespur.errors import ConfigError
-from rarespur.model_names import model_aliases
 
 
 def _split(config_path: str) -> tuple[str, str]:

@@ -1,7 +1,7 @@
 """rarespur's sweeper (``hydra/sweeper=rarespur``, the default of conf/config.yaml): Hydra's basic sweeper
 with packs and a fast start.
 
-- ``pack.size=K`` (K > 1): the sweep's jobs that may train together (:mod:`rarespur.packing`)
+- ``pack.size=K`` (K > 1): the sweep's jobs that may train together (:mod:`rarespur.launch.pack_plan`)
   are grouped into packs of at most K, each launched as one job; jobs already done are
   not launched. ``pack.size=1`` (the default) launches every job, as Hydra's basic sweeper does.
 - Before launching, the basic sweeper composes every job once to check that it composes
@@ -10,7 +10,7 @@ with packs and a fast start.
   only in values, which each job checks when it starts (as every job also does here).
 
 The job list is the basic sweeper's own (``split_arguments``), so ``rarespur status`` and
-``--delete-incomplete`` (:mod:`rarespur.sweep`) see the very jobs a launch runs.
+``--delete-incomplete`` (:mod:`rarespur.launch.sweep`) see the very jobs a launch runs.
 """
 
 import logging
@@ -41,8 +41,8 @@ class RarespurSweeper(BasicSweeper):
     """The basic sweeper's jobs, packed by ``pack.size`` and checked by one composition per kind of job."""
 
     def sweep(self, arguments: list[str]) -> Any:
-        from rarespur.packing import plan_packs  # here, not at import: Hydra imports every plugin at start-up
-        from rarespur.sweep import Sweep
+        from rarespur.launch.pack_plan import plan_packs  # here, not at import: Hydra imports every plugin at start-up
+        from rarespur.launch.sweep import Sweep
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         started = time.perf_counter()

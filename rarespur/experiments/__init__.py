@@ -23,10 +23,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from rarespur.config import resolve
+from rarespur.config.names import import_target
+from rarespur.config.resolve import resolve
+from rarespur.config.schema import check_fields
 from rarespur.errors import ConfigError
 from rarespur.experiments.experiment import Experiment
-from rarespur.schema import check_fields
+from rarespur.methods.regularizers import objective_class
 
 
 def _discover() -> dict[str, Experiment]:
@@ -41,15 +43,34 @@ def _discover() -> dict[str, Experiment]:
 EXPERIMENTS: dict[str, Experiment] = _discover()
 
 
-def get_experiment(name: str) -> Experiment:
-    if name not in EXPERIMENTS:
-        raise ConfigError(f"experiment={name} unknown; valid experiments: {', '.join(sorted(EXPERIMENTS))}")
-    return EXPERIMENTS[name]
+def get_experiment(node: dict[str, Any]) -> Experiment:
+    """The experiment a config's ``experiment`` node names: one of this package's, or the object its
+    ``_target_`` (``module.ATTRIBUTE``) points at, for experiments kept outside the package."""
+    name, target = node["name"], node.get("_target_")
+    if target is None:
+        if name not in EXPERIMENTS:
+            raise ConfigError(f"experiment={name} unknown; valid experiments: {', '.join(sorted(EXPERIMENTS))}")
+        return EXPERIMENTS[name]
+    experiment = import_target("experiment", node, "an Experiment object", "my_package.my_experiment.EXPERIMENT")
+    if not isinstance(experiment, Experiment):
+        raise ConfigError(f"experiment._target_={target!r} is not a rarespur.experiments.experiment.Experiment")
+    return experiment
+
+
+def clean_twin_baselined() -> frozenset[str]:
+    """The experiment types whose poisoned runs are compared with their clean twin (for ``collect``)."""
+    return frozenset(name for name, experiment in EXPERIMENTS.items() if experiment.clean_twin_baseline)
 
 
 def resolve_job(cfg: DictConfig | dict[str, Any]) -> tuple[dict[str, Any], Experiment]:
-    """The job's resolved config (:func:`rarespur.config.resolve`) with its experiment's own keys checked too."""
+    """The job's resolved config (:func:`rarespur.config.resolve.resolve`) with its plug-ins' own keys checked too.
+
+    The common keys are checked by ``resolve``, which imports no torch; the regularizer's keys and the
+    experiment's are declared by their classes, so they are checked here, where those are imported.
+    """
     resolved = resolve(cfg)
-    experiment = get_experiment(resolved["experiment"]["name"])
-    check_fields(resolved, experiment.fields(resolved) if callable(experiment.fields) else experiment.fields)
+    own = objective_class(resolved["regularizer"]).FIELDS
+    check_fields(resolved, {f"regularizer.{key}": field for key, field in own.items()})
+    experiment = get_experiment(resolved["experiment"])
+    check_fields(resolved, experiment.own_fields(resolved))
     return resolved, experiment

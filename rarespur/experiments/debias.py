@@ -1,11 +1,11 @@
 """``experiment=debias``: train with a debiasing method (``debias=vanilla|lff|sih``) and measure the bias.
 
-The same run answers both questions of SPEC 2: on Colored MNIST (``dataset=cmnist``), accuracy on the
-unbiased test set, split into bias-aligned and bias-conflicting images; on a poisoned dataset, the
+The same run answers both questions of docs/science.md#signal-is-harder: on Colored MNIST (``dataset=cmnist``), accuracy
+on the unbiased test set, split into bias-aligned and bias-conflicting images; on a poisoned dataset, the
 spurious score of the planted pattern, with the clean baseline (the debias run of poison.count=0) and
 its p-value exactly as train runs, so vanilla, LfF and SiH sit beside ordinary training in one table.
 The method's biased classifier is scored too (``bias_test_acc``), and a SiH run saves its bias
-visualisation (``bias_visualisation.png``).
+visualization (``bias_visualization.png``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from rarespur.atomic import atomic_path
-from rarespur.debias.common import Debiaser
-from rarespur.debias.sih import SignalIsHarder
-from rarespur.debias.visualise import bias_swap, pick_examples, save_grid
+from rarespur.config.schema import Field
+from rarespur.data.splits import validation_split
+from rarespur.engine.scoring import predict_proba, to_tensor
 from rarespur.errors import ConfigError
-from rarespur.evaluate import predict_proba, to_tensor
-from rarespur.experiments.common import (
+from rarespur.experiments.experiment import Experiment
+from rarespur.experiments.steps import (
     check_train_config,
     fit_and_store,
     load_data,
@@ -31,16 +30,19 @@ from rarespur.experiments.common import (
     pick_device,
     poisoned_data,
     score_poisoned,
+    training_record,
 )
-from rarespur.experiments.experiment import Experiment
-from rarespur.regularizers import build_objective, objective_class
-from rarespur.schema import Field
-from rarespur.splits import validation_split
-from rarespur.store import BIAS_VISUALISATION, RunDir, baseline_comparison, save_indicators
+from rarespur.methods.debias.debiaser import Debiaser
+from rarespur.methods.debias.visualize import save_grid
+from rarespur.methods.regularizers import build_objective, objective_class
+from rarespur.store.atomic import atomic_path
+from rarespur.store.comparison import baseline_comparison, save_indicators
+from rarespur.store.run_dir import MODEL, RunDir
 
 log = logging.getLogger(__name__)
 
 EXAMPLES_PER_CLASS = 2
+BIAS_VISUALIZATION = "bias_visualization.png"  # a method's drawing of its bias (SiH: DeepFool grid), for the report
 
 
 def method(cfg: dict[str, Any]) -> Debiaser:
@@ -48,7 +50,7 @@ def method(cfg: dict[str, Any]) -> Debiaser:
     if not isinstance(objective, Debiaser):
         raise ConfigError(
             f"debias._target_={cfg['debias'].get('_target_')} is not a debiasing method "
-            "(a rarespur.debias.common.Debiaser subclass)"
+            "(a rarespur.methods.debias.debiaser.Debiaser subclass)"
         )
     return objective
 
@@ -132,13 +134,10 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
         record.update(split_accuracies(biased, data.test_y, data.test_bias, "bias_test_"))
     if data.train_bias is not None:
         record["train_conflict_fraction"] = float((data.train_bias[train_idx] != data.train_y[train_idx]).mean())
-    if isinstance(objective, SignalIsHarder):
-        test_y = torch.from_numpy(data.test_y).to(device)
-        chosen = pick_examples(model, objective.bias_model, test_x, test_y, EXAMPLES_PER_CLASS)
-        swap = bias_swap(
-            model, objective.bias_model, objective.decoder, test_x[chosen], test_y[chosen], cfg["train"]["model_seed"]
-        )
-        with atomic_path(run_dir.file(BIAS_VISUALISATION)) as tmp:
+    test_y = torch.from_numpy(data.test_y).to(device)
+    swap = objective.bias_swap(model, test_x, test_y, EXAMPLES_PER_CLASS, cfg["train"]["model_seed"])
+    if swap is not None:
+        with atomic_path(run_dir.file(BIAS_VISUALIZATION)) as tmp:
             save_grid(swap, tmp, data.classes)
         record["bias_swap_flipped"] = float(swap.flipped.mean()) if len(swap.flipped) else float("nan")
     history = fit.history
@@ -148,15 +147,14 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     return {
         **record,
         **baseline_comparison(cfg, indicators, Path(cfg["results_dir"])),
-        "train_loss": history[-1]["loss"],
-        "train_acc": history[-1]["acc"],
         "epochs_trained": len(history),
         "n_train": len(train_idx),
         "n_val": len(val_idx),
         "n_test": int(len(data.test_y)),
-        "poisoned_indices": poisoned.indices.tolist(),
-        "device_used": str(device),
+        **training_record(history, poisoned.indices, device),
     }
 
 
-EXPERIMENT = Experiment(run, check=check, fields=fields)
+EXPERIMENT = Experiment(
+    run, check=check, fields=fields, clean_twin_baseline=True, artifacts=(MODEL, BIAS_VISUALIZATION)
+)

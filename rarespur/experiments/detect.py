@@ -1,11 +1,11 @@
-"""``experiment=detect`` (SPEC 3): find the shortcut of a trained model without being told it.
+"""``experiment=detect`` (docs/science.md#detection-and-xbl): find a trained model's shortcut without being told it.
 
 Builds on the finished ``train`` run of the same config. Scans the first ``detect.num_images`` test
-images (which carry no pattern) with the perturbation bank of :mod:`rarespur.detection.scan`, weighs
-each finding against the training data (:mod:`rarespur.detection.evidence`), ranks the training
+images (which carry no pattern) with the perturbation bank of :mod:`rarespur.methods.detection.scan`, weighs
+each finding against the training data (:mod:`rarespur.methods.detection.evidence`), ranks the training
 images that carry the top finding, and grades all of it against the planted truth, which the run
 knows from its config but the detector is never given. Tables ``findings`` and ``carriers``, the
-per-class ``sensitivity_map.png``, and ``detect.*`` fields in the record.
+per-class ``perturbation_map.png``, and ``detect.*`` fields in the record.
 """
 
 from __future__ import annotations
@@ -17,23 +17,32 @@ from typing import Any
 
 import torch
 
-from rarespur.atomic import atomic_path
-from rarespur.detection.carriers import rank_carriers
-from rarespur.detection.evidence import add_evidence
-from rarespur.detection.grading import grade
-from rarespur.detection.maps import save_sensitivity_maps
-from rarespur.detection.scan import ScanSettings, finding_mask, rank_findings, scan, sensitivity_maps
+from rarespur.config.schema import Field, count, non_negative, positive_int
+from rarespur.engine.scoring import to_tensor
 from rarespur.errors import ConfigError
-from rarespur.evaluate import to_tensor
-from rarespur.experiments.common import check_train_config, load_data, load_trained_parent, parent_train_config
 from rarespur.experiments.experiment import Experiment
-from rarespur.schema import Field, count, non_negative, positive_int
-from rarespur.store import SENSITIVITY_MAP, RunDir
+from rarespur.experiments.steps import (
+    PoisonedData,
+    TrainedParent,
+    check_train_config,
+    load_data,
+    load_trained_parent,
+    parent_config,
+    training_record,
+)
+from rarespur.methods.detection.carriers import rank_carriers
+from rarespur.methods.detection.evidence import add_evidence
+from rarespur.methods.detection.grading import grade
+from rarespur.methods.detection.maps import save_perturbation_maps
+from rarespur.methods.detection.scan import ScanSettings, finding_mask, perturbation_maps, rank_findings, scan
+from rarespur.store.atomic import atomic_path
+from rarespur.store.run_dir import TABLES, RunDir
 
 log = logging.getLogger(__name__)
 
 OWN_KEYS = ("detect",)
 FINDINGS_TABLE, CARRIERS_TABLE = "findings", "carriers"
+PERTURBATION_MAP = "perturbation_map.png"  # per class: where a white patch pulls the model
 FIELDS = {
     "detect.patch_sizes": Field(int, low=1, many=True, what="positive integers"),
     "detect.patch_values": Field(float, low=0, high=1, many=True),
@@ -88,58 +97,97 @@ def check(cfg: dict[str, Any]) -> None:
 
 def requires(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The train run of the same config: the model scanned."""
-    return [parent_train_config(cfg, OWN_KEYS)]
+    return [parent_config(cfg, OWN_KEYS)]
 
 
 def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, Any]:
-    """Scan, weigh against the training data, rank carriers, draw the map, grade."""
-    d = cfg["detect"]
+    """Scan, weigh against the training data, rank carriers, grade; store the tables and the map."""
     parent = load_trained_parent(cfg, parents[0])
-    poisoned, device, model = parent.poisoned, parent.device, parent.model
-    data = poisoned.data
-    settings = scan_settings(cfg)
-    x = to_tensor(data.test_x[: d["num_images"]], device)
-    y = torch.from_numpy(data.test_y[: d["num_images"]]).to(device)
-    train_x, train_y = to_tensor(poisoned.train_x, device), torch.from_numpy(data.train_y).to(device)
+    d, data = cfg["detect"], parent.poisoned.data
+    x = to_tensor(data.test_x[: d["num_images"]], parent.device)
+    y = torch.from_numpy(data.test_y[: d["num_images"]]).to(parent.device)
     log.info("scanning %s (parent run %s) on %d test images", cfg["model"]["name"], parents[0].name, len(x))
     started = time.perf_counter()
+    ranked, carriers = _findings(cfg, parent, x, y)
+    scan_seconds = time.perf_counter() - started
+    _store(cfg, run_dir, parent, ranked, carriers, x, y)
+    return {
+        **_graded(parent.poisoned, ranked, carriers),
+        "detect.num_scanned": int(len(x)),
+        "detect.num_perturbations": len({(r["family"], r["value"], r["top"], r["left"]) for r in ranked}),
+        "detect.scan_seconds": scan_seconds,
+        "parent.spurious_score": parent.record.get("spurious_score"),
+        "parent.test_acc": parent.record.get("test_acc"),
+        "parent.p_value": parent.record.get("p_value"),
+        "parent_run_id": parents[0].name,
+        **training_record(None, parent.poisoned.indices, parent.device),
+    }
+
+
+def _findings(
+    cfg: dict[str, Any], parent: TrainedParent, x: torch.Tensor, y: torch.Tensor
+) -> tuple[list[dict], list[dict]]:
+    """The ranked perturbations (flagged ones first) and the training images that carry the top finding."""
+    settings = scan_settings(cfg)
+    data, model, device = parent.poisoned.data, parent.model, parent.device
+    train_x, train_y = to_tensor(parent.poisoned.train_x, device), torch.from_numpy(data.train_y).to(device)
     rows = scan(model, x, y, data.num_classes, settings)
     add_evidence(rows, train_x, train_y, data.num_classes, settings.evidence_z)
     ranked = rank_findings(rows, settings)
-    scan_seconds = time.perf_counter() - started
-    flagged = [row for row in ranked if row["flagged"]]
-    top = flagged[0] if flagged else None
+    top = next((row for row in ranked if row["flagged"]), None)
     carriers = rank_carriers(model, train_x, train_y, top, x[y != top["class"]][:32]) if top else []
-    h, w, _ = data.image_shape
+    log.info(
+        "%d findings flagged; top: %s",
+        sum(row["flagged"] for row in ranked),
+        f"{top['family']} at ({top['top']}, {top['left']}) for class {top['class']}, delta {top['delta']:.3f}"
+        if top
+        else "none",
+    )
+    return ranked, carriers
+
+
+def _store(
+    cfg: dict[str, Any],
+    run_dir: RunDir,
+    parent: TrainedParent,
+    ranked: list[dict],
+    carriers: list[dict],
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> None:
+    """The findings and carriers tables, and the per-class perturbation map with the top finding drawn on."""
+    d, poisoned = cfg["detect"], parent.poisoned
+    flagged = [row for row in ranked if row["flagged"]]
+    run_dir.write_table(FINDINGS_TABLE, ranked[: len(flagged) + d["table_rows"]])
+    poisoned_set = set(poisoned.indices.tolist())
+    if carriers:
+        run_dir.write_table(
+            CARRIERS_TABLE, [{**c, "poisoned": c["index"] in poisoned_set} for c in carriers[: d["top_k"]]]
+        )
+    maps = perturbation_maps(parent.model, x, y, poisoned.data.num_classes, d["map_window"])
+    title = (
+        f"{cfg['model']['name']} on {cfg['dataset']['name']}: {poisoned.describe()} with {poisoned.pattern.name} "
+        f"(unknown to the scan); {len(flagged)} flagged"
+    )
+    with atomic_path(run_dir.file(PERTURBATION_MAP)) as tmp:
+        save_perturbation_maps(
+            maps, tmp, poisoned.data.classes, d["map_window"], flagged[0] if flagged else None, title
+        )
+
+
+def _graded(poisoned: PoisonedData, ranked: list[dict], carriers: list[dict]) -> dict[str, Any]:
+    """``detect.*`` metrics: the result against the planted truth, and what the top finding is."""
+    h, w, _ = poisoned.data.image_shape
     metrics = grade(
         ranked,
-        poisoned.pattern.support(data.image_shape),
+        poisoned.pattern.support(poisoned.data.image_shape),
         poisoned.targets,
         carriers,
         poisoned.indices,
         lambda row: finding_mask(ranked, row, h, w),
     )
-    poisoned_set = set(poisoned.indices.tolist())
-    run_dir.write_table(FINDINGS_TABLE, ranked[: len(flagged) + d["table_rows"]])
-    if carriers:
-        run_dir.write_table(
-            CARRIERS_TABLE, [{**c, "poisoned": c["index"] in poisoned_set} for c in carriers[: d["top_k"]]]
-        )
-    maps = sensitivity_maps(model, x, y, data.num_classes, d["map_window"])
-    title = (
-        f"{cfg['model']['name']} on {cfg['dataset']['name']}: {poisoned.describe()} with {poisoned.pattern.name} "
-        f"(unknown to the scan); {len(flagged)} flagged"
-    )
-    with atomic_path(run_dir.file(SENSITIVITY_MAP)) as tmp:
-        save_sensitivity_maps(maps, tmp, data.classes, d["map_window"], top, title)
-    log.info(
-        "%d findings flagged; top: %s",
-        len(flagged),
-        f"{top['family']} at ({top['top']}, {top['left']}) for class {top['class']}, delta {top['delta']:.3f}"
-        if top
-        else "none",
-    )
     record = {f"detect.{k}": v for k, v in metrics.items()}
+    top = next((row for row in ranked if row["flagged"]), None)
     if top is not None:
         record.update(
             {
@@ -155,18 +203,17 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
                 "detect.top_mask_pixels": int(finding_mask(ranked, top, h, w).sum()),
             }
         )
-    return {
-        **record,
-        "detect.num_scanned": int(len(x)),
-        "detect.num_perturbations": len({(r["family"], r["value"], r["top"], r["left"]) for r in ranked}),
-        "detect.scan_seconds": scan_seconds,
-        "parent.spurious_score": parent.record.get("spurious_score"),
-        "parent.test_acc": parent.record.get("test_acc"),
-        "parent.p_value": parent.record.get("p_value"),
-        "parent_run_id": parents[0].name,
-        "poisoned_indices": poisoned.indices.tolist(),
-        "device_used": str(device),
-    }
+    return record
 
 
-EXPERIMENT = Experiment(run, check, requires, FIELDS)
+SUMMARY_KEYS = tuple(
+    f"detect.{key}" for key in ("num_flagged", "top_family", "top_class", "top_delta", "hit_at_1", "precision_at_n")
+)
+EXPERIMENT = Experiment(
+    run,
+    check,
+    requires,
+    FIELDS,
+    summary_keys=SUMMARY_KEYS,
+    artifacts=(PERTURBATION_MAP, f"{TABLES}/{FINDINGS_TABLE}.csv", f"{TABLES}/{CARRIERS_TABLE}.csv"),
+)

@@ -1,9 +1,9 @@
-"""``experiment=group_influence`` (SPEC 1.9): make the poisoned model forget with one influence update.
+"""``experiment=group_influence`` (docs/science.md#deletion): make the poisoned model forget with one influence update.
 
 Starts from the finished ``train`` run of the same config (trained first if
 missing), estimates sum_z H^-1 grad L(z) over the poisoned images z with
 LiSSA (or solves it with CG) and applies theta + sum_z h_z / ((1 - p) N)
-(rarespur/deletion/influence.py has the math and how it reads the original).
+(rarespur/methods/deletion/influence.py has the math and how it reads the original).
 The updated weights are saved as model.pt; the record has the model after,
 ``before.*`` and, with ``influence.compare_exact``, ``exact.*`` side by side,
 plus the resolved ``influence.scale_used`` / ``influence.depth_used`` (the
@@ -20,21 +20,22 @@ from typing import Any
 
 import torch
 
-from rarespur.atomic import atomic_path
-from rarespur.config import targets_of
-from rarespur.deletion.influence import COMBINES, SOLVERS, InfluenceSettings, apply_update, group_influence
-from rarespur.evaluate import to_tensor
-from rarespur.experiments.common import check_deletion_start
-from rarespur.experiments.deletion import deletion_record, start_deletion
-from rarespur.experiments.deletion import requires as deletion_requires
+from rarespur.config.resolve import targets_of
+from rarespur.config.schema import Field, check_fields, count, non_negative, positive, positive_int
+from rarespur.engine.scoring import to_tensor
+from rarespur.experiments.deletion_steps import DELETION_SUMMARY, deletion_record, start_deletion
+from rarespur.experiments.deletion_steps import requires as deletion_requires
 from rarespur.experiments.experiment import Experiment
-from rarespur.schema import Field, check_fields, count, non_negative, positive, positive_int
-from rarespur.store import MODEL, RunDir
+from rarespur.experiments.steps import check_deletion_start
+from rarespur.methods.deletion.influence import COMBINES, SOLVERS, InfluenceSettings, apply_update, group_influence
+from rarespur.store.atomic import atomic_path
+from rarespur.store.run_dir import MODEL, RunDir
 
 log = logging.getLogger(__name__)
 
 OWN_KEYS = ("influence",)
-DEFAULT_SCALE = {"mnist": 25.0, "fashion": 100.0, "cifar10": 100.0}  # SPEC 1.9; any other dataset: 25
+# LiSSA's scale per dataset as the paper sets it (docs/science.md#deletion); any other dataset: 25
+DEFAULT_SCALE = {"mnist": 25.0, "fashion": 100.0, "cifar10": 100.0}
 HESSIAN_DATA = ("full", "clean")
 AUTO = "auto"
 # influence.scale=auto: at least the dataset's scale, raised to AUTO_MARGIN * (largest sampled single-example
@@ -145,4 +146,4 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     }
 
 
-EXPERIMENT = Experiment(run, check, requires, FIELDS)
+EXPERIMENT = Experiment(run, check, requires, FIELDS, summary_keys=DELETION_SUMMARY)

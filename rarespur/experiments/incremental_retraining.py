@@ -1,4 +1,4 @@
-"""``experiment=incremental_retraining`` (SPEC 1.9): make the poisoned model forget by training on.
+"""``experiment=incremental_retraining`` (docs/science.md#deletion): make the poisoned model forget by training on.
 
 Builds on the finished ``train`` run of the same config (its parent), removes the poisoned images and continues training with the
 parent's optimizer state (``deletion.mode``: ``paper`` at the final learning
@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 
-from rarespur.deletion.retraining import MODES, continuation_settings, final_lr
+from rarespur.config.schema import Field
 from rarespur.errors import MissingFileError
-from rarespur.experiments.common import check_deletion_start, fit_and_store, train_settings
-from rarespur.experiments.deletion import DeletionStart, deletion_record, start_deletion
-from rarespur.experiments.deletion import requires as deletion_requires
+from rarespur.experiments.deletion_steps import DELETION_SUMMARY, DeletionStart, deletion_record, start_deletion
+from rarespur.experiments.deletion_steps import requires as deletion_requires
 from rarespur.experiments.experiment import Experiment
-from rarespur.schema import Field
-from rarespur.store import FINAL_STATE, RunDir
+from rarespur.experiments.steps import check_deletion_start, fit_and_store, train_settings
+from rarespur.methods.deletion.retraining import MODES, continuation_settings, final_lr
+from rarespur.store.run_dir import FINAL_STATE, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -98,4 +98,4 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     }
 
 
-EXPERIMENT = Experiment(run, check, requires, FIELDS)
+EXPERIMENT = Experiment(run, check, requires, FIELDS, summary_keys=DELETION_SUMMARY)

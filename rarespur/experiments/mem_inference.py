@@ -1,15 +1,16 @@
-"""``experiment=mem_inference`` (SPEC 1.7): are the rare poisoned images easier to identify as training members?
+"""``experiment=mem_inference`` (docs/science.md#membership-inference): are the rare poisoned images easier to identify
+as training members?
 
 Pool train + test (after data.train_limit / test_limit), split it by the data
 seed into target-train / target-test / shadow-train / shadow-test
-(:func:`rarespur.membership.split_pool`), plant the pattern into
+(:func:`rarespur.methods.mem_inference.split_pool`), plant the pattern into
 ``poison.count`` target-train images of the target class, train a target
 model (poisoned target-train) and the paper's shadow model (clean
 shadow-train) with the configured recipe, plus ``mem.num_shadow`` LiRA shadows
 (random halves of target-train + target-test, model seeds
-``train.model_seed + 1 + k`` so they do not share the target's initialisation).
+``train.model_seed + 1 + k`` so they do not share the target's initialization).
 Then run the attacks of ``mem.attacks`` on target-train (members) vs
-target-test (non-members); see :mod:`rarespur.membership` for how each scores
+target-test (non-members); see :mod:`rarespur.methods.mem_inference` for how each scores
 and picks its threshold.
 
 Each model trains with its own resume checkpoint (``train_state_<model>.pt``)
@@ -31,20 +32,22 @@ against the finished n = 0 job of the same config); ``target_train_acc``,
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from rarespur.atomic import atomic_path
-from rarespur.config import targets_of
-from rarespur.damaged import load_or_set_aside
-from rarespur.data import ImageData
+from rarespur.config.resolve import targets_of
+from rarespur.config.schema import count
+from rarespur.data.loaders import ImageData
+from rarespur.data.patterns import Pattern, build_pattern
+from rarespur.engine.scoring import score_model, to_tensor
 from rarespur.errors import ConfigError
-from rarespur.evaluate import score_model, to_tensor
-from rarespur.experiments.common import (
+from rarespur.experiments.experiment import Experiment
+from rarespur.experiments.steps import (
     check_objective,
     check_poisoning,
     fit_and_store,
@@ -53,12 +56,13 @@ from rarespur.experiments.common import (
     pick_device,
     train_settings,
     trained_file,
+    training_record,
 )
-from rarespur.experiments.experiment import Experiment
-from rarespur.membership import (
+from rarespur.methods.mem_inference import (
     ATTACKS,
     LIRA_MIN_SHADOWS,
     LiraShadows,
+    MemberSplit,
     Outputs,
     attack_metrics,
     lira_assignment,
@@ -68,9 +72,10 @@ from rarespur.membership import (
     run_attacks,
     split_pool,
 )
-from rarespur.patterns import build_pattern
-from rarespur.schema import count
-from rarespur.store import RunDir, baseline_comparison, save_indicators
+from rarespur.store.atomic import atomic_path
+from rarespur.store.comparison import baseline_comparison, save_indicators
+from rarespur.store.damaged import load_or_set_aside
+from rarespur.store.run_dir import RunDir
 
 FIELDS = {"mem.num_shadow": count()}
 
@@ -162,9 +167,51 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     attacks = check_settings(cfg["mem"])
     device = pick_device(cfg["device"])
     data = load_data(cfg)
+    pool = _poisoned_pool(cfg, data)
+    models, target, shadow, lira = _train_models(cfg, run_dir, pool, attacks, data, device)
+    results = run_attacks(attacks, target, shadow, lira, cfg["poison"]["seed"])
+    record = _attack_record(run_dir, attacks, results, pool)
+    nonmembers = pool.split.target_test
+    metrics, indicators = score_model(
+        models["target"],
+        pool.x[nonmembers],
+        pool.y[nonmembers],
+        pool.pattern,
+        cfg["poison"]["seed"],
+        targets_of(cfg),
+        cfg["eval"]["eps"],
+        device,
+        cfg["eval"]["batch_size"],
+    )
+    save_indicators(run_dir, indicators)
+    for name in models:
+        run_dir.file(trained_file(name)).unlink(missing_ok=True)
+    return {
+        **metrics,
+        **baseline_comparison(cfg, indicators, Path(cfg["results_dir"])),
+        **record,
+        "target_train_acc": float((target.member_logits.argmax(1) == target.member_y).mean()),
+        "n_pool": int(len(pool.y)),
+        "n_target_train": int(len(pool.split.target_train)),
+        **training_record(None, pool.poisoned, device),
+    }
+
+
+@dataclass
+class _Pool:
+    """Train and test pooled, split in four by the seed, with target-train poisoned."""
+
+    x: np.ndarray
+    y: np.ndarray
+    split: MemberSplit
+    poisoned: np.ndarray  # pool indices of the poisoned images (all in target-train)
+    pattern: Pattern
+
+
+def _poisoned_pool(cfg: dict[str, Any], data: ImageData) -> _Pool:
     pattern = build_pattern(cfg["pattern"])
     pattern.check_shape(data.image_shape)
-    seed, targets, batch = cfg["poison"]["seed"], targets_of(cfg), cfg["eval"]["batch_size"]
+    seed, targets = cfg["poison"]["seed"], targets_of(cfg)
     pool_x = np.concatenate([data.train_x, data.test_x])
     pool_y = np.concatenate([data.train_y, data.test_y])
     split = split_pool(len(pool_y), seed)
@@ -178,40 +225,46 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
         targets,
         pattern.name,
     )
-    model_seed = cfg["train"]["model_seed"]
-    models = {
-        "target": train_one(
-            "target", cfg, run_dir, pool_x[split.target_train], pool_y[split.target_train], model_seed, data, device
-        ),
-    }
-    if {"shadow", "loss"} & set(attacks):
-        models["shadow"] = train_one(
-            "shadow", cfg, run_dir, pool_x[split.shadow_train], pool_y[split.shadow_train], model_seed, data, device
-        )
+    return _Pool(pool_x, pool_y, split, poisoned, pattern)
+
+
+def _train_models(
+    cfg: dict[str, Any], run_dir: RunDir, pool: _Pool, attacks: list[str], data: ImageData, device: torch.device
+) -> tuple[dict[str, nn.Module], Outputs, Outputs | None, LiraShadows | None]:
+    """The target model (stored), the shadow model the shadow and loss attacks need, and LiRA's shadows:
+    the models by name, and what each attack reads of them."""
+    split, batch, model_seed = pool.split, cfg["eval"]["batch_size"], cfg["train"]["model_seed"]
+
+    def train(name: str, part: np.ndarray, seed: int) -> nn.Module:
+        models[name] = train_one(name, cfg, run_dir, pool.x[part], pool.y[part], seed, data, device)
+        return models[name]
+
+    models: dict[str, nn.Module] = {}
+    train("target", split.target_train, model_seed)
     with atomic_path(run_dir.file(TARGET_MODEL)) as tmp:
         torch.save(models["target"].state_dict(), tmp)
-
-    target = outputs_of(models["target"], pool_x, pool_y, split.target_train, split.target_test, device, batch)
+    target = outputs_of(models["target"], pool.x, pool.y, split.target_train, split.target_test, device, batch)
     shadow = None
-    if "shadow" in models:
-        shadow = outputs_of(models["shadow"], pool_x, pool_y, split.shadow_train, split.shadow_test, device, batch)
+    if {"shadow", "loss"} & set(attacks):
+        train("shadow", split.shadow_train, model_seed)
+        shadow = outputs_of(models["shadow"], pool.x, pool.y, split.shadow_train, split.shadow_test, device, batch)
     lira = None
     if any(a.startswith("lira") for a in attacks):
         candidates = np.concatenate([split.target_train, split.target_test])
-        keep = lira_assignment(cfg["mem"]["num_shadow"], len(candidates), seed)
+        keep = lira_assignment(cfg["mem"]["num_shadow"], len(candidates), cfg["poison"]["seed"])
         phi = []
         for k, chosen in enumerate(keep):
-            part = candidates[chosen]
-            models[f"lira{k}"] = train_one(
-                f"lira{k}", cfg, run_dir, pool_x[part], pool_y[part], model_seed + 1 + k, data, device
+            logits = predict_logits(
+                train(f"lira{k}", candidates[chosen], model_seed + 1 + k), pool.x[candidates], device, batch
             )
-            logits = predict_logits(models[f"lira{k}"], pool_x[candidates], device, batch)
-            phi.append(logit_confidence(logits, pool_y[candidates]))
+            phi.append(logit_confidence(logits, pool.y[candidates]))
         lira = LiraShadows(np.stack(phi), keep)
-    results = run_attacks(attacks, target, shadow, lira, seed)
+    return models, target, shadow, lira
 
-    members, nonmembers = split.target_train, split.target_test
-    poisoned_pos = np.searchsorted(members, poisoned)  # members is sorted; poisoned indices lie in it
+
+def _attack_record(run_dir: RunDir, attacks: list[str], results: dict, pool: _Pool) -> dict[str, Any]:
+    """``attack.<name>.*`` metrics of every attack (the poisoned members' among them); the ROC table."""
+    poisoned_pos = np.searchsorted(pool.split.target_train, pool.poisoned)  # sorted; the poisoned lie in it
     record: dict[str, Any] = {}
     roc: list[dict[str, Any]] = []
     for name in attacks:
@@ -228,31 +281,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
             record[f"attack.{name}.poisoned_rank"],
         )
     run_dir.write_table("roc", roc)
-
-    metrics, indicators = score_model(
-        models["target"],
-        pool_x[nonmembers],
-        pool_y[nonmembers],
-        pattern,
-        seed,
-        targets,
-        cfg["eval"]["eps"],
-        device,
-        batch,
-    )
-    save_indicators(run_dir, indicators)
-    for name in models:
-        run_dir.file(trained_file(name)).unlink(missing_ok=True)
-    return {
-        **metrics,
-        **baseline_comparison(cfg, indicators, Path(cfg["results_dir"])),
-        **record,
-        "target_train_acc": float((target.member_logits.argmax(1) == target.member_y).mean()),
-        "n_pool": int(len(pool_y)),
-        "n_target_train": int(len(members)),
-        "poisoned_indices": poisoned.tolist(),
-        "device_used": str(device),
-    }
+    return record
 
 
 EXPERIMENT = Experiment(run, check, fields=FIELDS)

@@ -1,4 +1,4 @@
-"""``experiment=retrain_exact`` (SPEC 1.9): the gold standard of deletion.
+"""``experiment=retrain_exact`` (docs/science.md#deletion): the gold standard of deletion.
 
 The same model seed and recipe as ``experiment=train``, trained from scratch
 on the training set without its poisoned images. Deletion experiments compare
@@ -13,31 +13,29 @@ from typing import Any
 
 import torch
 
-from rarespur.deletion.common import kept_indices
-from rarespur.errors import ConfigError
-from rarespur.evaluate import to_tensor
-from rarespur.experiments.common import (
+from rarespur.engine.scoring import to_tensor
+from rarespur.experiments.experiment import Experiment
+from rarespur.experiments.steps import (
     check_train_config,
     fit_and_store,
     load_data,
     make_model,
-    parent_train_config,
+    parent_config,
     pick_device,
     poisoned_data,
+    require_poison,
     score_poisoned,
+    training_record,
 )
-from rarespur.experiments.experiment import Experiment
-from rarespur.store import RunDir, baseline_comparison, save_indicators
+from rarespur.methods.deletion.removal import kept_indices
+from rarespur.store.comparison import baseline_comparison, save_indicators
+from rarespur.store.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
 
 def check(cfg: dict[str, Any]) -> None:
-    if cfg["poison"]["count"] == 0:
-        raise ConfigError(
-            "experiment=retrain_exact trains without the poisoned images, but poison.count=0 has none; "
-            "set poison.count to a positive number (the clean model is experiment=train poison.count=0)"
-        )
+    require_poison(cfg, "trains without the poisoned images", " (the clean model is experiment=train poison.count=0)")
     check_train_config(cfg)
 
 
@@ -62,18 +60,15 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     history = fit.history
     metrics, indicators = score_poisoned(cfg, model, poisoned, device)
     save_indicators(run_dir, indicators)
-    train_cfg = parent_train_config(cfg, ())
+    train_cfg = parent_config(cfg, ())
     return {
         **metrics,
         **fit.summary,
         **baseline_comparison(train_cfg, indicators, Path(cfg["results_dir"])),
-        "train_loss": history[-1]["loss"],
-        "train_acc": history[-1]["acc"],
         "n_removed": int(len(poisoned.indices)),
         "n_train": int(len(keep)),
         "n_test": int(len(data.test_y)),
-        "poisoned_indices": poisoned.indices.tolist(),
-        "device_used": str(device),
+        **training_record(history, poisoned.indices, device),
     }
 
 

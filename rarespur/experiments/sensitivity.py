@@ -1,4 +1,5 @@
-"""``experiment=sensitivity``: pixel-removal curve and MLP weight map of a trained model (SPEC 1.10).
+"""``experiment=sensitivity``: pixel-removal curve and MLP weight map of a trained model
+(docs/science.md#sensitivity-and-weights).
 
 Works on the finished ``train`` run of the same config (the store trains it
 first when missing), so the sensitivity of the models of a whole sweep can be
@@ -15,21 +16,21 @@ import numpy as np
 import torch
 from scipy.integrate import trapezoid
 
-from rarespur.atomic import atomic_path
+from rarespur.config.schema import Field, count, positive_int
 from rarespur.errors import ConfigError
-from rarespur.experiments.common import (
+from rarespur.experiments.experiment import Experiment
+from rarespur.experiments.steps import (
     check_train_config,
     load_data,
     make_model,
-    parent_train_config,
+    parent_config,
     pick_device,
     poisoned_data,
 )
-from rarespur.experiments.experiment import Experiment
+from rarespur.methods.sensitivity import first_layer_weight_map, pixel_removal_curve
 from rarespur.models.mlp import MLP
-from rarespur.schema import Field, count, positive_int
-from rarespur.sensitivity import first_layer_weight_map, pixel_removal_curve
-from rarespur.store import MODEL, RunDir, read_record
+from rarespur.store.atomic import atomic_path
+from rarespur.store.run_dir import MODEL, RunDir, read_record
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def check(cfg: dict[str, Any]) -> None:
 
 def requires(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The train run of the same overrides: its model is what is measured."""
-    return [parent_train_config(cfg, OWN_KEYS)]
+    return [parent_config(cfg, OWN_KEYS)]
 
 
 def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, Any]:
@@ -100,4 +101,6 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     return record
 
 
-EXPERIMENT = Experiment(run, check, requires, FIELDS)
+EXPERIMENT = Experiment(
+    run, check, requires, FIELDS, summary_keys=("test_acc",), artifacts=(WEIGHT_MAP, "weight_map.png")
+)

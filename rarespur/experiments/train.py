@@ -5,8 +5,8 @@ seeds) has finished in the run store, its per-image indicators give the
 baseline score and the one-sided Welch t-test p-value.
 
 :func:`run_pack` trains several such configs at once (``pack.size``, see
-:mod:`rarespur.packing`): the same poisoning, models and scoring, one
-:func:`rarespur.packed_train.train_packed` call for the training.
+:mod:`rarespur.launch.pack_plan`): the same poisoning, models and scoring, one
+:func:`rarespur.engine.packed_loop.train_packed` call for the training.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from rarespur.evaluate import to_tensor
-from rarespur.experiments.common import (
+from rarespur.engine.packed_loop import PackMember, train_packed
+from rarespur.engine.scoring import to_tensor
+from rarespur.experiments.experiment import Experiment
+from rarespur.experiments.steps import (
     Poisoning,
     data_fingerprint_of,
     epoch_callback,
@@ -33,20 +35,19 @@ from rarespur.experiments.common import (
     score_poisoned,
     store_model,
     train_settings,
+    training_record,
 )
-from rarespur.experiments.experiment import Experiment
-from rarespur.packed_train import PackMember, train_packed
-from rarespur.regularizers import build_objective
-from rarespur.store import (
+from rarespur.methods.regularizers import build_objective
+from rarespur.store.comparison import baseline_comparison, save_indicators
+from rarespur.store.run_dir import (
     FINAL_STATE,
     HISTORY,
+    INDICATORS,
     MODEL,
     TRAIN_STATE,
     RunDir,
-    baseline_comparison,
     find_trained,
     read_record,
-    save_indicators,
 )
 
 log = logging.getLogger(__name__)
@@ -92,19 +93,17 @@ def scored(
     device: torch.device,
     trained_in: str,
 ) -> dict[str, Any]:
-    """The record's metrics of a trained model: SPEC 1.6 scores, the baseline comparison, the training's end."""
+    """The record's metrics of a trained model: spurious scores (docs/science.md#spurious-score), the baseline
+    comparison, the training's end."""
     metrics, indicators = score_poisoned(cfg, model, poisoned, device)
     save_indicators(run_dir, indicators)
     return {
         **metrics,
         **summary,
         **baseline_comparison(cfg, indicators, Path(cfg["results_dir"])),
-        "train_loss": history[-1]["loss"],
-        "train_acc": history[-1]["acc"],
         "n_train": int(len(poisoned.data.train_y)),
         "n_test": int(len(poisoned.data.test_y)),
-        "poisoned_indices": poisoned.indices.tolist(),
-        "device_used": str(device),
+        **training_record(history, poisoned.indices, device),
         "model_trained_in": trained_in,
     }
 
@@ -171,4 +170,4 @@ def run_pack(
         finish(i, metrics)
 
 
-EXPERIMENT = Experiment(run)
+EXPERIMENT = Experiment(run, clean_twin_baseline=True, run_pack=run_pack, artifacts=(MODEL, HISTORY, INDICATORS))

@@ -1,16 +1,15 @@
-"""``experiment=xbl`` (SPEC 3): correct a trained model by explanation-based learning.
+"""``experiment=xbl`` (docs/science.md#detection-and-xbl): correct a trained model by explanation-based learning.
 
 Builds on the finished ``train`` run of the same config (the model), on its ``detect`` run (the mask:
 the top flagged finding, grown over the flagged patches of its class) unless ``xbl.mask=truth`` (the
 planted pattern's support, to tell detection errors from correction errors), and, to compare with,
 its ``retrain_exact`` run. Fine-tunes on the same poisoned training set with
-:class:`~rarespur.detection.xbl.ExplanationPenalty` on the shared training loop, and reports the
+:class:`~rarespur.methods.detection.xbl.ExplanationPenalty` on the shared training loop, and reports the
 model after, ``before.*`` (the parent) and ``exact.*`` side by side, as the deletion experiments do.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from pathlib import Path
@@ -20,29 +19,32 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rarespur.detection.grading import iou
-from rarespur.detection.scan import PATCH, finding_mask
-from rarespur.detection.xbl import EXPLANATIONS, ExplanationPenalty, mean_explanation_loss
+from rarespur.config.schema import Field, non_negative, positive, positive_int
+from rarespur.data.patterns import build_pattern
+from rarespur.engine.scoring import to_tensor
 from rarespur.errors import ConfigError
-from rarespur.evaluate import to_tensor
-from rarespur.experiments.common import (
+from rarespur.experiments.deletion_steps import DELETION_SUMMARY, EXACT, before_and_exact
+from rarespur.experiments.detect import FIELDS as DETECT_FIELDS
+from rarespur.experiments.detect import FINDINGS_TABLE
+from rarespur.experiments.detect import check as check_detect
+from rarespur.experiments.experiment import Experiment
+from rarespur.experiments.steps import (
     check_train_config,
     fit_and_store,
     load_data,
     load_trained_parent,
     make_model,
-    parent_train_config,
+    parent_config,
+    require_poison,
     score_poisoned,
     train_settings,
+    training_record,
 )
-from rarespur.experiments.deletion import before_and_exact, exact_retrain_config
-from rarespur.experiments.detect import FIELDS as DETECT_FIELDS
-from rarespur.experiments.detect import FINDINGS_TABLE
-from rarespur.experiments.detect import check as check_detect
-from rarespur.experiments.experiment import Experiment
-from rarespur.patterns import build_pattern
-from rarespur.schema import Field, non_negative, positive, positive_int
-from rarespur.store import TABLES, RunDir, baseline_comparison, save_indicators
+from rarespur.methods.detection.grading import iou
+from rarespur.methods.detection.scan import PATCH, finding_mask
+from rarespur.methods.detection.xbl import EXPLANATIONS, ExplanationPenalty, mean_explanation_loss
+from rarespur.store.comparison import baseline_comparison, save_indicators
+from rarespur.store.run_dir import TABLES, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +62,8 @@ FIELDS = {
 }
 
 
-def detect_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The ``experiment=detect`` config whose findings give the mask: `cfg` without its ``xbl`` keys."""
-    out = copy.deepcopy(cfg)
-    out.pop("xbl", None)
-    out["experiment"] = {"name": "detect"}
-    return out
-
-
 def check(cfg: dict[str, Any]) -> None:
-    if cfg["poison"]["count"] == 0:
-        raise ConfigError(
-            "experiment=xbl corrects a model that learned a planted pattern, but poison.count=0 plants none; "
-            "set poison.count to a positive number"
-        )
+    require_poison(cfg, "corrects a model that learned a planted pattern")
     if cfg["xbl"]["mask"] == "detected":
         check_detect(cfg)
     else:
@@ -83,7 +73,7 @@ def check(cfg: dict[str, Any]) -> None:
     if cfg["xbl"]["mask"] == "truth" and build_pattern(cfg["pattern"]).support(data.image_shape).all():
         raise ConfigError(
             f"xbl.mask=truth: pattern {cfg['pattern']['name']} changes the whole image, so its mask would "
-            "penalise every pixel and the share inside it cannot fall; use a localised pattern, or "
+            "penalize every pixel and the share inside it cannot fall; use a localized pattern, or "
             "xbl.mask=detected to correct whatever region the detect run finds"
         )
     objective = ExplanationPenalty(torch.zeros(1, 1, h, w), cfg["xbl"]["strength"], cfg["xbl"]["explanation"])
@@ -91,11 +81,11 @@ def check(cfg: dict[str, Any]) -> None:
 
 
 def requires(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    parents = [parent_train_config(cfg, OWN_KEYS)]
+    parents = [parent_config(cfg, OWN_KEYS)]
     if cfg["xbl"]["mask"] == "detected":
-        parents.append(detect_config(cfg))
+        parents.append(parent_config(cfg, ("xbl",), "detect"))  # its findings give the mask
     if cfg["xbl"]["compare_exact"]:
-        parents.append(exact_retrain_config(cfg, OWN_KEYS))
+        parents.append(parent_config(cfg, OWN_KEYS, EXACT))
     return parents
 
 
@@ -113,7 +103,7 @@ def detected_mask(detect_path: Path, height: int, width: int) -> np.ndarray:
     if top["kind"] != PATCH:
         raise ConfigError(
             f"the detect run's top finding ({top['family']} for class {top['class']}) covers the whole image, "
-            "so no region can be penalised; give xbl.mask=truth to use the planted pattern's support"
+            "so no region can be penalized; give xbl.mask=truth to use the planted pattern's support"
         )
     return finding_mask(ranked, top, height, width)
 
@@ -152,7 +142,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     objective.end_training()
     after, indicators = score_poisoned(cfg, model, poisoned, device)
     save_indicators(run_dir, indicators)
-    train_cfg = parent_train_config(cfg, OWN_KEYS)
+    train_cfg = parent_config(cfg, OWN_KEYS)
     results_dir = Path(cfg["results_dir"])
     baseline = baseline_comparison(train_cfg, indicators, results_dir)
     record: dict[str, Any] = {
@@ -168,15 +158,12 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
             "xbl.mask_iou": iou(mask, support),
             "xbl.explanation_loss_before": loss_before,
             "xbl.explanation_loss_after": loss_after,
-            "train_loss": history[-1]["loss"],
-            "train_acc": history[-1]["acc"],
             "parent_run_id": parent.path.name,
             "detect_run_id": parents[1].name if x_cfg["mask"] == "detected" else None,
-            "poisoned_indices": poisoned.indices.tolist(),
-            "device_used": str(device),
+            **training_record(history, poisoned.indices, device),
         }
     )
     return record
 
 
-EXPERIMENT = Experiment(run, check, requires, FIELDS)
+EXPERIMENT = Experiment(run, check, requires, FIELDS, summary_keys=DELETION_SUMMARY)

@@ -15,15 +15,15 @@ canonical      also accepted                  paper name   parameters
 ``resnet32``   ``altResNet32Norm02``          ResNet32     464,154
 ``resnet110``  ``altResNet110Norm02``         ResNet110    1,727,962
 ``vgg16``      ``Vgg16Norm02``                Vgg16        134,301,514 (CIFAR)
-``vae_mlp``    ``sih_mlp``                    --           (SiH's MLP VAE encoder + head, SPEC 2)
+``vae_mlp``    ``sih_mlp``                    --           (SiH's MLP VAE encoder + head)
 ``vae_conv``   ``sih_conv``                   --           (a convolutional VAE encoder + head)
 =============  =============================  ===========  ==========================
 
-The names live in :mod:`rarespur.model_names` (one table, no torch), which
+The names live in :mod:`rarespur.config.names` (one table, no torch), which
 also keeps the run store's keys on the original names. All models take float
 tensors N x C x H x W with pixels in [0, 1].
 
-To add an architecture: an entry in ``rarespur.model_names.MODELS``, a builder
+To add an architecture: an entry in ``rarespur.config.names.MODELS``, a builder
 ``(input_shape, num_classes) -> nn.Module`` decorated with
 ``@register_model("name")`` in a module of this package (imported below), and
 ``conf/model/name.yaml``.
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from rarespur.model_names import resolve_model_name
+from rarespur.config.names import resolve_model_name
 
 # Importing the family modules registers their builders.
 from . import cnn, mlp, resnet, vae, vgg  # noqa: F401

@@ -8,7 +8,7 @@ features and the network has 312,202 parameters on MNIST.
 
 The original hard-codes 1024 features; here the size is computed from the
 input shape so the same architecture also runs on e.g. 3x32x32 (1600
-features). No input normalisation, as in the original.
+features). No input normalization, as in the original.
 
 Submodule names (``feature_extractor.conv1`` ... ``classifier.fc3``) follow
 the original so state dicts match.

@@ -1,8 +1,8 @@
-"""The model registry: the builders behind the canonical names of :mod:`rarespur.model_names`.
+"""The model registry: the builders behind the canonical names of :mod:`rarespur.config.names`.
 
 Each family module (``mlp.py``, ``cnn.py``, ...) registers its builders with
 :func:`register_model`; adding an architecture is one decorated function, one
-entry in ``rarespur.model_names.MODELS`` and one ``conf/model/*.yaml`` file.
+entry in ``rarespur.config.names.MODELS`` and one ``conf/model/*.yaml`` file.
 Any accepted spelling (``LargeMLP``, ``paper_mlp``, ``mlp3x256``) builds the same network.
 """
 
@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import nn
 
-from rarespur.model_names import MODELS, resolve_model_name
+from rarespur.config.names import MODELS, resolve_model_name
 
 #: A builder takes the image shape (C, H, W) and the number of classes.
 Builder = Callable[[tuple[int, int, int], int], nn.Module]
@@ -21,12 +21,12 @@ _BUILDERS: dict[str, Builder] = {}
 
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: register ``builder`` under the canonical ``name`` of :data:`rarespur.model_names.MODELS`.
+    """Decorator: register ``builder`` under the canonical ``name`` of :data:`rarespur.config.names.MODELS`.
 
     Aliases live in that table only, so there is one place that says what a model is called.
     """
     if name not in MODELS:
-        raise ValueError(f"model {name!r} has no entry in rarespur.model_names.MODELS; add one there first")
+        raise ValueError(f"model {name!r} has no entry in rarespur.config.names.MODELS; add one there first")
 
     def decorate(builder: Builder) -> Builder:
         if name in _BUILDERS:
@@ -59,9 +59,9 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) 
     """Build the network called ``name`` for images of ``input_shape`` = (C, H, W).
 
     Every model takes float tensors N x C x H x W with pixels in [0, 1]; any
-    normalisation happens inside ``forward`` so that patterns live in pixel
+    normalization happens inside ``forward`` so that patterns live in pixel
     space. The weights are drawn from torch's global generator, so seed it
-    (``torch.manual_seed``) before calling for a reproducible initialisation.
+    (``torch.manual_seed``) before calling for a reproducible initialization.
     """
     canonical = resolve_model_name(name)
     shape = _check_shape(input_shape, num_classes)

@@ -1,7 +1,7 @@
 """CIFAR ResNets (He et al. 2016, section 4.2): ResNet20/32/110.
 
 Original names ``altResNet{20,32,110}Norm02`` (Y. Idelbayev's implementation
-with in-network CIFAR normalisation). A 3x3 stem with 16 channels, three
+with in-network CIFAR normalization). A 3x3 stem with 16 channels, three
 stages of basic blocks with 16/32/64 channels (the 2nd and 3rd stages start
 with stride 2), global average pooling and one linear layer. Depth is
 6n + 2 with n blocks per stage: n = 3, 5, 18 for ResNet20/32/110.
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import CIFAR_MEAN, CIFAR_STD, Normalize, check_normalised_input
+from .normalization import CIFAR_MEAN, CIFAR_STD, Normalize, check_normalized_input
 from .registry import register_model
 
 
@@ -70,15 +70,15 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet for small images with built-in CIFAR input normalisation.
+    """ResNet for small images with built-in CIFAR input normalization.
 
     The stem always has 3 input channels as in the original; grayscale input
-    broadcasts to 3 channels in the normalisation (see ``common.Normalize``).
+    broadcasts to 3 channels in the normalization (see ``common.Normalize``).
     """
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, num_blocks: tuple[int, int, int]) -> None:
         super().__init__()
-        check_normalised_input(input_shape, f"resnet{6 * num_blocks[0] + 2}")
+        check_normalized_input(input_shape, f"resnet{6 * num_blocks[0] + 2}")
         self.normalize = Normalize(CIFAR_MEAN, CIFAR_STD)
         self.in_planes = 16
         self.conv1 = nn.Conv2d(3, 16, kernel_size=3, stride=1, padding=1, bias=False)
@@ -101,7 +101,7 @@ class CifarResNet(nn.Module):
 
     @property
     def gradcam_layer(self) -> nn.Module:
-        """Where XBL's Grad-CAM looks: the last stage, after its residual sums (SPEC 3)."""
+        """Where XBL's Grad-CAM looks: the last stage, after its residual sums (docs/science.md#detection-and-xbl)."""
         return self.layer3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

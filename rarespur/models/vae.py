@@ -1,4 +1,5 @@
-"""VAE encoders with a classifier head: the networks of Signal is Harder (SPEC 2) and its baselines.
+"""VAE encoders with a classifier head: the networks of Signal is Harder (docs/science.md#signal-is-harder) and its
+baselines.
 
 An :class:`EncoderClassifier` classifies from its encoder's mean, so as a plain classifier (what
 ``experiment=train`` or the vanilla baseline trains, and what every score reads) it is deterministic;
@@ -7,7 +8,7 @@ SiH samples the latent during training and adds a decoder built by :meth:`Encode
 - ``vae_mlp`` (SiH's MLP VAE, any image size, 1 or 3 channels): encoder d -> 100 -> 100 with ReLU, then
   mean and log-variance layers 100 -> 100; decoder (over concatenated latents) -> 512 -> 1024 -> d with
   a sigmoid. On Colored MNIST (d = 2352) these are the sizes of the authors' ``module/mlp_vae.py``.
-- ``vae_conv`` (colour images whose sides divide by 8, e.g. CIFAR-10's 32x32): three stride-2 4x4
+- ``vae_conv`` (color images whose sides divide by 8, e.g. CIFAR-10's 32x32): three stride-2 4x4
   convolutions (32, 64, 128 channels) and a 256-wide layer before mean and log-variance (latent 128);
   the decoder mirrors it with transposed convolutions and a sigmoid.
 
@@ -27,7 +28,7 @@ class EncoderClassifier(nn.Module):
     """A VAE encoder (mean, log-variance) and a classifier head on its latent."""
 
     # The reconstruction loss that suits the family's images: SiH's BCE for MNIST-like images, MSE for
-    # natural colour images (SPEC 2).
+    # natural color images (docs/science.md#signal-is-harder).
     reconstruction = "bce"
 
     def __init__(self, features: nn.Module, width: int, latent: int, num_classes: int, input_shape: tuple) -> None:
@@ -117,5 +118,5 @@ def build_vae_mlp(input_shape: tuple[int, int, int], num_classes: int) -> nn.Mod
 
 @register_model("vae_conv")
 def build_vae_conv(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """A convolutional VAE encoder + classifier head for colour images such as CIFAR-10."""
+    """A convolutional VAE encoder + classifier head for color images such as CIFAR-10."""
     return ConvEncoderClassifier(input_shape, num_classes)

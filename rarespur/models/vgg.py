@@ -1,4 +1,4 @@
-"""VGG16 (configuration D, no batch norm) with built-in CIFAR normalisation.
+"""VGG16 (configuration D, no batch norm) with built-in CIFAR normalization.
 
 Original name ``Vgg16Norm02``: torchvision's ImageNet VGG16 layout unchanged
 -- thirteen 3x3 convolutions with five 2x2 max pools, an adaptive average
@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import CIFAR_MEAN, CIFAR_STD, Normalize, check_normalised_input
+from .normalization import CIFAR_MEAN, CIFAR_STD, Normalize, check_normalized_input
 from .registry import register_model
 
 #: VGG configuration D: output channels of each conv, "M" for a 2x2 max pool.
@@ -65,7 +65,7 @@ class VGG(nn.Module):
         config: tuple[int | str, ...] = VGG16_CONFIG,
     ) -> None:
         super().__init__()
-        check_normalised_input(input_shape, "vgg16")
+        check_normalized_input(input_shape, "vgg16")
         _, h, w = input_shape
         n_pools = sum(1 for v in config if v == "M")
         ceil_mode = min(h, w) < 2**n_pools

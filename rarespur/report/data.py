@@ -19,9 +19,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from rarespur.collect import collect, collect_tables
-from rarespur.config import CONF_DIR
-from rarespur.store import flatten
+from rarespur.config.resolve import CONF_DIR
+from rarespur.experiments import clean_twin_baselined
+from rarespur.store.collect import collect, collect_tables
+from rarespur.store.run_dir import flatten
 
 TRAIN = "train"
 MEM_INFERENCE = "mem_inference"
@@ -95,13 +96,13 @@ class ReportData:
 def load(results_dir: str | Path) -> ReportData:
     """Collect the run store (as ``python -m rarespur collect`` does) into a :class:`ReportData`."""
     results_dir = Path(results_dir)
-    runs = collect(results_dir)
+    runs = collect(results_dir, clean_twin_baselined())
     if runs.empty:
         raise ValueError(f"no finished runs in {results_dir}; run some jobs first (python run.py results_dir=...)")
-    return ReportData(normalise(runs), collect_tables(results_dir), results_dir)
+    return ReportData(normalize(runs), collect_tables(results_dir), results_dir)
 
 
-def normalise(runs: pd.DataFrame) -> pd.DataFrame:
+def normalize(runs: pd.DataFrame) -> pd.DataFrame:
     """Hashable, comparable grouping columns: list settings (a two-class target [0, 1]) become JSON text."""
     runs = runs.copy()
     if "poison.target" in runs:

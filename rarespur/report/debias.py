@@ -1,13 +1,16 @@
-"""Debiasing figures and table (SPEC 2): Colored MNIST accuracy beside the published numbers, the rare
-planted pattern under vanilla vs SiH training, and a SiH run's bias visualisation."""
+"""Debiasing figures and table (docs/science.md#signal-is-harder): Colored MNIST accuracy beside the published numbers,
+the rare planted pattern under vanilla vs SiH training, and a SiH run's bias visualization."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rarespur.experiments.debias import BIAS_VISUALIZATION
 from rarespur.report.data import ReportData, common, mean_sem, over_seeds, split
 from rarespur.report.plot import (
     SCORE_LABEL,
@@ -21,13 +24,13 @@ from rarespur.report.plot import (
 )
 from rarespur.report.sections import FigureSpec, Section
 from rarespur.report.tables import group_keys
-from rarespur.store import BIAS_VISUALISATION
 
 DEBIAS = "debias"
 METHODS = ("vanilla", "lff", "sih")
 COLORS = {"vanilla": "C7", "lff": "C1", "sih": "C0"}
-# Unbiased Colored MNIST test accuracy (%) by conflict ratio: SiH and vanilla as SPEC 2 quotes the SiH paper;
-# LfF the mean over the 10 seeds of the SiH authors' results files (Results_and_Evaluation/results_*.txt).
+# Unbiased Colored MNIST test accuracy (%) by conflict ratio: SiH and vanilla as the SiH paper reports them
+# (docs/science.md#signal-is-harder); LfF the mean over the 10 seeds of the SiH authors' results files
+# (Results_and_Evaluation/results_*.txt).
 PUBLISHED = {
     "sih": {0.005: 71.6, 0.01: 80.0, 0.02: 83.8, 0.05: 86.1},
     "lff": {0.005: 60.4, 0.01: 68.9, 0.02: 77.0, 0.05: 81.2},
@@ -157,13 +160,21 @@ def rare_pattern(data: ReportData) -> Figure | None:
     )
 
 
-def visualised_run(data: ReportData) -> pd.DataFrame:
-    """The SiH run whose bias visualisation the report shows: Colored MNIST first, then the lowest seeds."""
+def _grid(run_path: Path) -> Path | None:
+    """A run's DeepFool grid, also under the name runs stored before the spelling was made one."""
+    for name in (BIAS_VISUALIZATION, "bias_visualisation.png"):
+        if (run_path / name).is_file():
+            return run_path / name
+    return None
+
+
+def visualized_run(data: ReportData) -> pd.DataFrame:
+    """The SiH run whose bias visualization the report shows: Colored MNIST first, then the lowest seeds."""
     runs = data.experiment(DEBIAS)
     if runs.empty or data.results_dir is None or "debias.name" not in runs:
         return pd.DataFrame()
     runs = runs[runs["debias.name"] == "sih"]
-    runs = runs[[(data.results_dir / run / BIAS_VISUALISATION).is_file() for run in runs["run_id"]]]
+    runs = runs[[_grid(data.results_dir / run) is not None for run in runs["run_id"]]]
     if runs.empty:
         return runs
     order = [c for c in ("train.model_seed", "poison.seed", "dataset.conflict_ratio") if c in runs]
@@ -171,12 +182,12 @@ def visualised_run(data: ReportData) -> pd.DataFrame:
     return runs.head(1).drop(columns="_cmnist")
 
 
-def bias_visualisation(data: ReportData) -> Figure | None:
+def bias_visualization(data: ReportData) -> Figure | None:
     """The stored DeepFool grid of one SiH run, with the run it comes from."""
-    run = visualised_run(data)
+    run = visualized_run(data)
     if run.empty:
         return None
-    image = mpimg.imread(data.results_dir / run["run_id"].iloc[0] / BIAS_VISUALISATION)
+    image = mpimg.imread(_grid(data.results_dir / run["run_id"].iloc[0]))
     height, width = image.shape[:2]
     fig = plt.figure(figsize=(max(width / 100, 6.4), height / 100 + 0.8), layout="constrained")
     ax = fig.add_subplot()
@@ -216,13 +227,13 @@ SECTION = Section(
             lambda data: debias_runs(data, colored=False),
         ),
         FigureSpec(
-            "bias_visualisation",
+            "bias_visualization",
             "What the bias model learned (SiH)",
             "Test images (top), their reconstructions (middle), and the reconstructions after DeepFool moved "
             "the bias latent until the bias head predicts another class (bottom): what changes is the bias.",
-            "SiH debias runs with a bias visualisation",
-            bias_visualisation,
-            visualised_run,
+            "SiH debias runs with a bias visualization",
+            bias_visualization,
+            visualized_run,
         ),
     ),
     tables={"debias_cmnist": cmnist_table},

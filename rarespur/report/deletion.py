@@ -1,4 +1,5 @@
-"""Deletion figure (SPEC 1.9): spurious score and accuracy before and after forgetting the poisoned examples."""
+"""Deletion figure (docs/science.md#deletion): spurious score and accuracy before and after forgetting the poisoned
+examples."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from rarespur.report.plot import (
     point_counts,
 )
 from rarespur.report.sections import FigureSpec, Section
-from rarespur.report.tables import group_keys, summarise
+from rarespur.report.tables import group_keys, summarize
 
 # (column stem, legend label): unprefixed = after deletion (for retrain_exact: the retrained model itself).
 STAGES = [("before.", "before deletion"), ("", "after deletion"), ("exact.", "retrained from scratch")]
@@ -92,7 +93,7 @@ def deletion_table(data: ReportData) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     columns = [prefix + m for m in ("spurious_score", "test_acc") for prefix in ("", "before.", "exact.")]
-    return summarise(
+    return summarize(
         runs,
         group_keys(runs, ("experiment.name", "poison.count")),
         [*columns, "baseline_score", "param_dist.before_after", "param_dist.after_exact"],

@@ -1,4 +1,5 @@
-"""Detection and correction (SPEC 3): how often the scan names the planted pattern, and what XBL removes.
+"""Detection and correction (docs/science.md#detection-and-xbl): how often the scan names the planted pattern, and what
+XBL removes.
 
 The detection table grades every ``experiment=detect`` run against the planted truth: hit@1, the rank
 of the first correct finding, precision@n of the carrier ranking, and the findings flagged (on clean
@@ -14,7 +15,7 @@ from matplotlib.figure import Figure
 from rarespur.report.data import ReportData
 from rarespur.report.deletion import before_after
 from rarespur.report.sections import FigureSpec, Section
-from rarespur.report.tables import group_keys, summarise
+from rarespur.report.tables import group_keys, summarize
 
 XBL_STAGES = [("before.", "before XBL"), ("", "after XBL"), ("exact.", "retrained from scratch")]
 XBL_COLORS = {"before XBL": "C3", "after XBL": "C0", "retrained from scratch": "C2", "clean baseline": "grey"}
@@ -45,7 +46,7 @@ def detection_table(data: ReportData) -> pd.DataFrame:
     runs = detect_runs(data)
     if runs.empty:
         return pd.DataFrame()
-    return summarise(runs, group_keys(runs, ("pattern.name", "poison.count")), DETECTION_COLUMNS)
+    return summarize(runs, group_keys(runs, ("pattern.name", "poison.count")), DETECTION_COLUMNS)
 
 
 def xbl(data: ReportData) -> Figure | None:
@@ -65,7 +66,7 @@ SECTION = Section(
         FigureSpec(
             "xbl",
             "Correcting the shortcut with explanation-based learning",
-            "Spurious score (top) and clean accuracy (bottom) vs n before XBL, after XBL (penalising the "
+            "Spurious score (top) and clean accuracy (bottom) vs n before XBL, after XBL (penalizing the "
             "attribution inside the detected or the true mask) and retrained from scratch without the "
             "poisoned examples, with the clean baseline score.",
             "xbl runs",

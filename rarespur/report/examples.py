@@ -1,4 +1,5 @@
-"""Example poisoned images (SPEC 1.3): one test image clean and with each pattern pasted on, as the runs saw it.
+"""Example poisoned images (docs/science.md#patterns): one test image clean and with each pattern pasted on, as the runs
+saw it.
 
 Each pattern is rebuilt from the config.json of a run that used it (so
 user-defined patterns show too) and applied with that run's data seed to a
@@ -17,9 +18,9 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from rarespur.config import CONF_DIR
-from rarespur.data import ImageData, dataset_options, load_dataset
-from rarespur.patterns import build_pattern
+from rarespur.config.resolve import CONF_DIR
+from rarespur.data.loaders import ImageData, dataset_options, load_dataset
+from rarespur.data.patterns import build_pattern
 from rarespur.report.data import ReportData, plural
 from rarespur.report.plot import TITLE_SIZE, grid, panel_title, wrap
 from rarespur.report.sections import FigureSpec, Section

@@ -1,5 +1,6 @@
-"""Figures from the ``train`` runs (SPEC 1.6, 1.8, 1.10): score vs n, architectures, optimizers,
-regularisation trade-off, pattern norm vs score. Each takes the tables and returns a figure or None.
+"""Figures from the ``train`` runs (docs/science.md#spurious-score, docs/science.md#mitigation,
+docs/science.md#sensitivity-and-weights): score vs n, architectures, optimizers, regularization trade-off, pattern norm
+vs score. Each takes the tables and returns a figure or None.
 
 Panels and series come from :func:`rarespur.report.data.split`: a point averages only runs that differ
 in their seeds."""
@@ -44,7 +45,7 @@ from rarespur.report.plot import (
     point_counts,
 )
 from rarespur.report.sections import FigureSpec, Section
-from rarespur.report.tables import group_keys, summarise
+from rarespur.report.tables import group_keys, summarize
 
 # What regularizer.strength means for each regularizer: the trade-off figure's x-axis label.
 STRENGTH_LABELS = {
@@ -204,10 +205,10 @@ def regularization(data: ReportData) -> Figure | None:
         panel_title(top, group.title)
     for _, label, style, marker in TRADEOFF:  # legend entries for the two accuracy line styles
         bottom.plot([], [], color="grey", linestyle=style, marker=marker, label=label)
-    legend_outside(fig, "colour: poisoned training examples; line style: accuracy (lower panels)", colors)
+    legend_outside(fig, "color: poisoned training examples; line style: accuracy (lower panels)", colors)
     return finish(
         fig,
-        "Regularisation trade-off: spurious score and test accuracy vs regularizer strength",
+        "Regularization trade-off: spurious score and test accuracy vs regularizer strength",
         common(reg),
         over_seeds(point_counts(points)),
         len(regularization_runs(data)),
@@ -398,7 +399,7 @@ def score_vs_n_table(data: ReportData) -> pd.DataFrame:
         return pd.DataFrame()
     if "learned" in runs:
         runs = runs.assign(learned=runs["learned"].astype(float))
-    return summarise(
+    return summarize(
         runs,
         group_keys(runs, ("pattern.name", "poison.count")),
         ["spurious_score", "baseline_score", "test_acc", "spurious_test_acc", "learned", "p_value"],
@@ -407,11 +408,11 @@ def score_vs_n_table(data: ReportData) -> pd.DataFrame:
 
 def regularization_table(data: ReportData) -> pd.DataFrame:
     """Score and accuracies per regularizer and strength, averaged over n and seeds as the paper reports them
-    (SPEC 1.8); every other setting that varies stays a column."""
+    (docs/science.md#mitigation); every other setting that varies stays a column."""
     runs = regularized_train(data)
     if runs.empty:
         return pd.DataFrame()
-    return summarise(
+    return summarize(
         runs,
         group_keys(runs, ("regularizer.name", "strength"), REGULARIZER_DRAWN),
         ["spurious_score", "test_acc", "spurious_test_acc"],
@@ -451,7 +452,7 @@ SECTION = Section(
         ),
         FigureSpec(
             "regularization",
-            "Regularisation trade-off",
+            "Regularization trade-off",
             "Per regularizer strength (log x): spurious score (top) and clean and spurious test accuracy "
             "(bottom), one series per n (clean model included), mean ± SEM over seeds; the 'none' tick is the "
             "unregularized run of the same settings.",

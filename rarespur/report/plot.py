@@ -98,7 +98,7 @@ def finish(fig: Figure, title: str, shared: str, averaged: str, runs: int) -> Fi
 def legend_outside(fig: Figure, title: str | None = None, order: Iterable[str] = ()) -> None:
     """One legend for the whole figure, below the panels; entries of the same label appear once.
 
-    Series keep their colour in every panel (see :func:`palette`), so one legend serves all panels and
+    Series keep their color in every panel (see :func:`palette`), so one legend serves all panels and
     covers none of them; below (not beside) the panels it can never meet the figure title either.
     Labels listed in `order` (a palette) come first, in that order.
     """
@@ -128,7 +128,7 @@ def legend_outside(fig: Figure, title: str | None = None, order: Iterable[str] =
 
 
 def palette(values: Iterable[object], name: Callable[[object], str] = str) -> dict[str, str]:
-    """A fixed colour per series (keyed by its `name`), so a series looks the same in every panel."""
+    """A fixed color per series (keyed by its `name`), so a series looks the same in every panel."""
     return {name(v): f"C{i % 10}" for i, v in enumerate(sorted(set(values)))}
 
 

@@ -1,4 +1,5 @@
-"""Model-sensitivity figures (SPEC 1.10): pixel-removal curves and MLP first-layer weight maps."""
+"""Model-sensitivity figures (docs/science.md#sensitivity-and-weights): pixel-removal curves and MLP first-layer weight
+maps."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from rarespur.report.data import (
 )
 from rarespur.report.plot import finish, grid, legend_outside, palette, panel_title, sem_band
 from rarespur.report.sections import FigureSpec, Section, distinct_runs
-from rarespur.report.tables import group_keys, summarise
+from rarespur.report.tables import group_keys, summarize
 
 MAX_WEIGHT_MAP_ROWS = 4
 # A clean model is the same training without poison: its pattern, target and data seed only set its scoring.
@@ -132,7 +133,7 @@ def sensitivity_table(data: ReportData) -> pd.DataFrame:
     runs = data.experiment(SENSITIVITY)
     if runs.empty:
         return pd.DataFrame()
-    return summarise(runs, group_keys(runs, ("poison.count",)), ["pixel_removal_auc", "half_removed_true_prob"])
+    return summarize(runs, group_keys(runs, ("poison.count",)), ["pixel_removal_auc", "half_removed_true_prob"])
 
 
 SECTION = Section(

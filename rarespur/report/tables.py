@@ -24,7 +24,7 @@ def group_keys(runs: pd.DataFrame, last: tuple[str, ...], drawn: tuple[str, ...]
     return [*lead, *varying, *[c for c in last if c in runs]]
 
 
-def summarise(runs: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
+def summarize(runs: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
     """Mean of each column per group; the first column also gets its SEM; plus the number of runs."""
     columns = [c for c in columns if c in runs and runs[c].notna().any()]
     if runs.empty or not columns:

@@ -1,4 +1,5 @@
-"""Closed-form curves for a linear model that meets a rare spurious feature (SPEC 1.8, the report's theory figure).
+"""Closed-form curves for a linear model that meets a rare spurious feature (docs/science.md#mitigation, the report's
+theory figure).
 
 We could not retrieve the theory section of the paper (arXiv 2202.05189), so
 this module derives a closed form for the setting it describes and states
@@ -36,7 +37,7 @@ f = w.x given y is N(y w_c mu, tau^2), tau^2 = w_c^2 sigma_core^2 + w_s^2 sigma_
 
 * clean accuracy = Phi(w_c mu / tau);
 * spurious accuracy (patched images of the non-target class) = Phi((w_c mu - w_s a) / tau);
-* spurious score (SPEC 1.6): the model's target probability is taken to be
+* spurious score (docs/science.md#spurious-score): the model's target probability is taken to be
   sigmoid(beta f), a logistic link of sharpness beta (``logit_scale``) on the
   linear output: the assumption that turns a regression output into a
   probability (regression targets are +-1, a trained network's logits are an
@@ -70,7 +71,7 @@ class LinearSetting:
     sigma_core: float = 1.0  # core feature standard deviation
     a: float = 1.0  # value the pattern adds to the spurious feature
     sigma_spur: float = 0.1  # spread of the spurious feature without the pattern
-    eps: float = 0.1  # spurious-score threshold on the probability rise (SPEC 1.6)
+    eps: float = 0.1  # spurious-score threshold on the probability rise (docs/science.md#spurious-score)
     logit_scale: float = 5.0  # beta: target probability = sigmoid(beta * w.x)
 
 

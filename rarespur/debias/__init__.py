@@ -1,7 +1,0 @@
-"""Debiasing methods (SPEC 2): training objectives that resist a bias the data carry.
-
-``debias=<name>`` selects one for ``experiment=debias``; ``conf/debias/<name>.yaml`` names its
-:class:`~rarespur.debias.common.Debiaser` subclass in ``_target_``, as regularizers do, so a method is one
-module and one YAML on the shared training loop (checkpoints, exact resume, early stopping):
-``vanilla`` (plain cross-entropy), ``lff`` (Learning from Failure) and ``sih`` (Signal is Harder).
-"""

@@ -1,1 +1,0 @@
-"""Making a trained model forget its poisoned examples (SPEC 1.9): retraining and group influence."""

@@ -1,0 +1,265 @@
+"""``python -m rarespur status``: how far a sweep has got, read from the run store's plain files.
+
+A run directory's state follows from what :mod:`rarespur.store.run_dir` leaves in it:
+the ``done`` marker means done (*corrupt* when a file it vouches for is missing
+or has changed size, :func:`rarespur.store.run_dir.run_damage`); a ``running.json`` whose owner is still at
+work means running; ``error.txt`` means failed; anything else was abandoned
+(killed, preempted, the machine rebooted) and is *stale*. A job of the sweep
+with no directory at all is missing. Relaunching the sweep reruns failed,
+stale and missing jobs (a stale one resumes from its checkpoint), so failed
+stale and corrupt are the "incomplete" ones that ``--delete-incomplete`` may remove
+(a relaunch also reruns a corrupt one).
+
+Whether the owner is at work: on the same host, its process must exist and
+must have started before the job did (a pid reused after a reboot is not the
+owner); on another host, which we cannot ask, the directory must have
+changed within ``stale_after`` seconds (training checkpoints every epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from rarespur.config.resolve import identity
+from rarespur.errors import MissingFileError
+from rarespur.launch.sweep import Job
+from rarespur.store.run_dir import CONFIG, DONE, ERROR, RUNNING, TRAIN_STATE, flatten, run_damage
+
+DONE_STATE, RUNNING_STATE, FAILED, STALE, CORRUPT, MISSING = "done", "running", "failed", "stale", "corrupt", "missing"
+STATES = (DONE_STATE, RUNNING_STATE, FAILED, STALE, CORRUPT, MISSING)
+INCOMPLETE = (FAILED, STALE, CORRUPT)
+STALE_AFTER_S = 1800.0  # longer than any epoch we run, so a live job elsewhere is never called stale
+ERROR_LINES = 3
+_MARKERS = (CONFIG, RUNNING, DONE, ERROR, TRAIN_STATE)
+_PID_SLACK_S = 2.0  # /proc start times are coarse (boot time in whole seconds)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One run directory (existing or not) and its state."""
+
+    path: Path
+    state: str
+    config: dict[str, Any] | None  # resolved config: the sweep's, or the directory's config.json
+
+
+def run_state(path: Path, stale_after: float = STALE_AFTER_S, now: float | None = None) -> str:
+    """The state of the run directory `path` (see the module docstring)."""
+    if not path.is_dir():
+        return MISSING
+    if (path / DONE).exists():
+        return DONE_STATE if run_damage(path) is None else CORRUPT
+    now = time.time() if now is None else now
+    owner = _read_json(path / RUNNING)
+    if owner is not None and _owner_alive(owner, path, stale_after, now):
+        return RUNNING_STATE
+    if (path / ERROR).exists():
+        return FAILED
+    if owner is None and now - _last_activity(path) < stale_after:
+        return RUNNING_STATE  # being set up: start() writes config.json just before running.json
+    return STALE
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _owner_alive(owner: dict[str, Any], path: Path, stale_after: float, now: float) -> bool:
+    if owner.get("host") == platform.node():
+        return _pid_alive(int(owner["pid"]), float(owner["started"]))
+    return now - _last_activity(path) < stale_after
+
+
+def _pid_alive(pid: int, started: float) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    born = _process_start(pid)
+    return born is None or born <= started + _PID_SLACK_S
+
+
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds), from Linux's /proc; None where that is unavailable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError):
+        return None
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after "pid (comm)"
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _last_activity(path: Path) -> float:
+    times = [path.stat().st_mtime]
+    for child in path.iterdir():
+        try:
+            times.append(child.stat().st_mtime)
+        except FileNotFoundError:  # renamed or removed by the job meanwhile
+            pass
+    return max(times)
+
+
+def survey(
+    results_dir: str | Path,
+    jobs: Sequence[Job] | None = None,
+    stale_after: float = STALE_AFTER_S,
+) -> list[Entry]:
+    """The state of every job of a sweep (`jobs`), or of every run directory found when `jobs` is None."""
+    now = time.time()
+    if jobs is not None:
+        return [Entry(job.run.path, run_state(job.run.path, stale_after, now), job.config) for job in jobs]
+    return [Entry(path, run_state(path, stale_after, now), _read_json(path / CONFIG)) for path in run_dirs(results_dir)]
+
+
+def run_dirs(results_dir: str | Path) -> list[Path]:
+    """Directories of `results_dir` that the run store made (they hold at least one of its files)."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise MissingFileError(f"results directory {results_dir} does not exist; pass the run store (results_dir)")
+    return [p for p in sorted(results_dir.iterdir()) if p.is_dir() and any((p / m).exists() for m in _MARKERS)]
+
+
+def delete_incomplete(entries: Sequence[Entry], stale_after: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the failed, stale and corrupt run directories; each is checked again just before, so a job
+    relaunched meanwhile (running now) or finished is kept."""
+    deleted = []
+    for entry in entries:
+        if entry.state in INCOMPLETE and run_state(entry.path, stale_after) in INCOMPLETE:
+            shutil.rmtree(entry.path)
+            deleted.append(entry.path)
+    return deleted
+
+
+def _flat(config: dict[str, Any] | None) -> dict[str, Any]:
+    return flatten(identity(config)) if config else {}
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
+
+
+def table(entries: Sequence[Entry], by: Sequence[str] = (), with_missing: bool = True) -> str:
+    """Counts per state, one row per combination of the `by` config keys (or one row, "all")."""
+    shown = {entry.state for entry in entries}
+    states = [s for s in STATES if (s != MISSING or with_missing) and (s != CORRUPT or CORRUPT in shown)]
+    rows: dict[tuple[str, ...], Counter] = {}
+    for entry in entries:
+        flat = _flat(entry.config)
+        group = tuple(_text(flat.get(key, "?")) for key in by) or ("all",)
+        rows.setdefault(group, Counter())[entry.state] += 1
+    header = [*(by or [""]), "total", *states]
+    body = [[*group, str(sum(c.values())), *(str(c[s]) for s in states)] for group, c in sorted(rows.items())]
+    if len(body) > 1:
+        total = Counter(entry.state for entry in entries)
+        body.append(["total", *[""] * (len(by) - 1), str(len(entries)), *(str(total[s]) for s in states)])
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    n_keys = max(len(by), 1)
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i < n_keys else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in [header, *body]
+    )
+
+
+def describe(entries: Sequence[Entry]) -> dict[Path, str]:
+    """A short label per entry: the config values that differ between the entries.
+
+    A group that differs by name (``pattern.name``) shows as ``pattern=s1``, without
+    the values its name implies (``pattern.height``...).
+    """
+    flats = {entry.path: _flat(entry.config) for entry in entries}
+    keys = sorted({k for flat in flats.values() for k in flat})
+    varying = [k for k in keys if len({_text(flat.get(k)) for flat in flats.values()}) > 1]
+    named = {k.removesuffix(".name") for k in varying if k.endswith(".name")}
+    shown = {}
+    for k in varying:
+        if k.endswith(".name"):
+            shown[k] = k.removesuffix(".name")
+        elif not any(k.startswith(f"{group}.") for group in named):
+            shown[k] = k
+    return {
+        path: " ".join(f"{label}={_text(flat[k])}" for k, label in shown.items() if k in flat)
+        for path, flat in flats.items()
+    }
+
+
+def problems(entries: Sequence[Entry], limit: int = 20) -> str:
+    """The failed runs with the last lines of their error.txt, then the stale ones."""
+    labels = describe(entries)
+    lines = []
+    for state in INCOMPLETE:
+        chosen = [e for e in entries if e.state == state]
+        if not chosen:
+            continue
+        lines.append(f"{state} ({len(chosen)}):")
+        for entry in chosen[: limit or None]:
+            lines.append(f"  {entry.path}  {labels[entry.path]}".rstrip())
+            if state == FAILED:
+                lines += [f"    | {line}" for line in _tail(entry.path / ERROR)]
+            elif state == CORRUPT:
+                lines.append(f"    | {run_damage(entry.path)}; a relaunch runs it again")
+            else:
+                lines.append(f"    | {_abandoned(entry.path)}")
+        if limit and len(chosen) > limit:
+            lines.append(f"  ... and {len(chosen) - limit} more")
+    return "\n".join(lines)
+
+
+def _tail(path: Path, n: int = ERROR_LINES) -> list[str]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ["(error.txt gone)"]
+    return [line for line in text.splitlines() if line.strip()][-n:]
+
+
+def _abandoned(path: Path) -> str:
+    owner = _read_json(path / RUNNING)
+    idle = time.time() - _last_activity(path)
+    who = f"host {owner.get('host')} pid {owner.get('pid')}, " if owner else "no running.json, "
+    return who + (f"last change {idle / 60:.0f} min ago" if idle < 3600 else f"last change {idle / 3600:.1f} h ago")
+
+
+def report(
+    results_dir: str | Path,
+    jobs: Sequence[Job] | None = None,
+    by: Sequence[str] = (),
+    stale_after: float = STALE_AFTER_S,
+    delete: bool = False,
+    limit: int = 20,
+    out: TextIO | None = None,
+) -> list[Entry]:
+    """Print the status table and the problems of a sweep (or of every run directory); optionally
+    delete the incomplete ones. Returns the entries as surveyed (before any deletion)."""
+    entries = survey(results_dir, jobs, stale_after)
+    write = partial(print, file=out)
+    scope = f"{len(entries)} jobs of the sweep" if jobs is not None else f"{len(entries)} run directories"
+    write(f"{results_dir}: {scope}")
+    write(table(entries, by, with_missing=jobs is not None))
+    if jobs is not None:
+        others = len(set(run_dirs(results_dir)) - {e.path for e in entries}) if Path(results_dir).is_dir() else 0
+        if others:
+            write(f"({others} other run directories in {results_dir} are not jobs of this sweep)")
+    listing = problems(entries, limit)
+    if listing:
+        write(listing)
+    if delete:
+        deleted = delete_incomplete(entries, stale_after)
+        write(f"deleted {len(deleted)} incomplete run directories" + "".join(f"\n  {p}" for p in deleted))
+    return entries
