@@ -83,6 +83,14 @@ def test_an_empty_results_dir_is_an_error_not_the_current_directory(tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_results_dir_that_is_a_file_is_an_error_naming_it(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(ConfigError, match=rf"results_dir={afile} is a file, not a folder"):
+        run_job(compose_config(f"results_dir={afile}", *FAST, *JOB))
+    assert afile.read_text() == "" and sorted(tmp_path.iterdir()) == [afile]
+
+
 def test_temporary_files_of_a_killed_writer_are_removed_when_the_run_starts_again(tmp_path):
     run = RunDir(tmp_path, resolve_job(compose_config(f"results_dir={tmp_path}", *FAST, *JOB))[0])
     (run.path / TABLES).mkdir(parents=True)

@@ -50,6 +50,11 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
             f"results_dir={out.get('results_dir')!r} is not a directory; give the run store's folder, "
             "e.g. results_dir=results (the default)"
         )
+    if Path(out["results_dir"]).expanduser().is_file():
+        raise ConfigError(
+            f"results_dir={out['results_dir']} is a file, not a folder; give the run store's folder, "
+            "e.g. results_dir=results (the default)"
+        )
     reg = out["regularizer"]
     if reg["name"] == "l2":
         if train["weight_decay"] not in (None, reg["strength"]):  # equal: an already resolved config
