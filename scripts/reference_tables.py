@@ -41,7 +41,7 @@ def cell(text: Any) -> str:
 
 
 def split_refs(text: str) -> tuple[str, str]:
-    """`text` without its parenthesised docs references, and those references (as `docs/<page>.md#<anchor>` text).
+    """`text` without its parenthesized docs references, and those references (as `docs/<page>.md#<anchor>` text).
 
     ``Deletion (docs/science.md#deletion): ...`` -> ``Deletion: ...`` and ``docs/science.md#deletion``; a
     parenthesis that also says something else keeps that: ``(docs/science.md#mitigation; the paper's notebook)``

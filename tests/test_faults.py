@@ -83,6 +83,22 @@ def test_an_empty_results_dir_is_an_error_not_the_current_directory(tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_claim_fails_on_an_error_and_keeps_the_owner_file_on_an_interruption(tmp_path):
+    """An error writes error.txt; an interruption (requeue, Ctrl-C) writes nothing and leaves running.json, so
+    `status` calls the run stale once its process is gone; a claim handed back unworked is not running."""
+    resolved = resolve_job(compose_config(f"results_dir={tmp_path}", *FAST, *JOB))[0]
+    run = RunDir(tmp_path, resolved)
+    with pytest.raises(RuntimeError), run.claim(resolved):
+        raise RuntimeError("boom")
+    assert "boom" in run.file("error.txt").read_text() and not run.file("running.json").exists()
+    with pytest.raises(KeyboardInterrupt), run.claim(resolved):
+        raise KeyboardInterrupt
+    assert not run.file("error.txt").exists() and run.file("running.json").exists() and not run.done
+    with run.claim(resolved) as claim:
+        assert claim.held and not claim.done
+    assert not run.file("running.json").exists() and not run.done
+
+
 def test_a_results_dir_that_is_a_file_is_an_error_naming_it(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("")

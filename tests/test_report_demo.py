@@ -50,6 +50,17 @@ def test_report_demo_runs_every_experiment_and_draws_the_report(tmp_path: Path) 
     train = runs[runs["experiment.name"] == "train"]
     assert (train["regularizer.name"] == "gaussian_noise").sum() >= 2
 
+    # every run holds the files its experiment type declares (Experiment.artifacts)
+    from rarespur.experiments import EXPERIMENTS
+
+    lacking = [
+        f"{run_id} ({name}): {artifact}"
+        for run_id, name in zip(runs["run_id"], runs["experiment.name"])
+        for artifact in EXPERIMENTS[name].artifacts
+        if not (results / run_id / artifact).is_file()
+    ]
+    assert not lacking, lacking
+
     pngs = {png.name for png in report.glob("*.png")}
     assert pngs, f"no PNG figures in {report}"
     assert "regularization.png" in pngs

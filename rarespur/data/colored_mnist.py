@@ -12,7 +12,7 @@ ones:
 
 - the ten colors are their ``colors.th`` (below, in [0, 1]);
 - the color is the class color plus one Gaussian RGB offset per image (std ``color_std``, their
-  severity 4 = 0.005), clipped to [0, 1], times the grey digit (0..255), truncated to uint8: the
+  severity 4 = 0.005), clipped to [0, 1], times the gray digit (0..255), truncated to uint8: the
   background stays black and strokes keep their shading;
 - colors are given in contiguous blocks in file order within each class, cut at
   ``round(n_class * cumsum(ratios))``: which images conflict is fixed by the ratio alone; the seed
@@ -63,7 +63,7 @@ def color_labels(labels: np.ndarray, aligned_ratio: float, num_classes: int = 10
 
 
 def colorize(gray: np.ndarray, colors: np.ndarray, color_std: float, rng: np.random.Generator) -> np.ndarray:
-    """N x H x W x 1 grey images in [0, 1] -> N x H x W x 3 colored ones in [0, 1], as the authors' uint8."""
+    """N x H x W x 1 gray images in [0, 1] -> N x H x W x 3 colored ones in [0, 1], as the authors' uint8."""
     shade = np.clip(COLORS[colors] + rng.standard_normal((len(colors), 3)).astype(np.float32) * color_std, 0, 1)
     raw = np.round(gray * 255)  # the idx file's bytes
     colored = np.floor(raw * shade[:, None, None, :]).astype(np.uint8)  # np.uint8 truncates, as theirs
@@ -78,7 +78,7 @@ def make_colored_mnist(
     `conflict_ratio` in [0, 1] and `color_std` >= 0 are checked with the config (``COMMON_FIELDS``); the
     defaults are conf/dataset/cmnist.yaml's."""
     if mnist.image_shape[2] != 1 or mnist.num_classes != len(COLORS):
-        raise ConfigError("dataset=cmnist is built from MNIST's 10 grey classes; its base data do not fit")
+        raise ConfigError("dataset=cmnist is built from MNIST's 10 gray classes; its base data do not fit")
     rng = np.random.default_rng(seed)
     train_bias = color_labels(mnist.train_y, 1.0 - conflict_ratio)
     test_bias = color_labels(mnist.test_y, TEST_ALIGNED_RATIO)

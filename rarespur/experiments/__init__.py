@@ -51,6 +51,11 @@ def get_experiment(node: dict[str, Any]) -> Experiment:
         if name not in EXPERIMENTS:
             raise ConfigError(f"experiment={name} unknown; valid experiments: {', '.join(sorted(EXPERIMENTS))}")
         return EXPERIMENTS[name]
+    if name in EXPERIMENTS:
+        raise ConfigError(
+            f"experiment={name} is a built-in experiment, and experiment._target_={target!r} names another one; "
+            "give your experiment a name of its own (its runs would be taken for the built-in's)"
+        )
     experiment = import_target("experiment", node, "an Experiment object", "my_package.my_experiment.EXPERIMENT")
     if not isinstance(experiment, Experiment):
         raise ConfigError(f"experiment._target_={target!r} is not a rarespur.experiments.experiment.Experiment")

@@ -37,7 +37,7 @@ from rarespur.methods.debias.visualize import save_grid
 from rarespur.methods.regularizers import build_objective, objective_class
 from rarespur.store.atomic import atomic_path
 from rarespur.store.comparison import baseline_comparison, save_indicators
-from rarespur.store.run_dir import MODEL, RunDir
+from rarespur.store.run_dir import HISTORY, INDICATORS, MODEL, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -156,5 +156,5 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
 
 
 EXPERIMENT = Experiment(
-    run, check=check, fields=fields, clean_twin_baseline=True, artifacts=(MODEL, BIAS_VISUALIZATION)
+    run, check=check, fields=fields, clean_twin_baseline=True, artifacts=(MODEL, HISTORY, INDICATORS)
 )

@@ -22,7 +22,13 @@ from torch import nn
 
 from rarespur.engine.scoring import to_tensor
 from rarespur.experiments.experiment import SCORES
-from rarespur.experiments.steps import PoisonedData, load_trained_parent, parent_config, score_poisoned
+from rarespur.experiments.steps import (
+    PoisonedData,
+    load_trained_parent,
+    parent_config,
+    score_poisoned,
+    training_record,
+)
 from rarespur.methods.deletion.removal import flat_parameters, kept_indices
 from rarespur.store.comparison import baseline_comparison, load_indicators
 from rarespur.store.run_dir import MODEL, read_record
@@ -160,8 +166,7 @@ def deletion_record(
     record.update(
         parent_run_id=start.parent_path.name,
         n_removed=int(len(start.removed)),
-        poisoned_indices=start.removed.tolist(),
         n_train_after=int(len(start.keep)),
-        device_used=str(start.device),
+        **training_record(None, start.removed, start.device),
     )
     return record

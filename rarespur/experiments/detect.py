@@ -108,8 +108,9 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     y = torch.from_numpy(data.test_y[: d["num_images"]]).to(parent.device)
     log.info("scanning %s (parent run %s) on %d test images", cfg["model"]["name"], parents[0].name, len(x))
     started = time.perf_counter()
-    ranked, carriers = _findings(cfg, parent, x, y)
+    ranked = _findings(cfg, parent, x, y)
     scan_seconds = time.perf_counter() - started
+    carriers = _carriers(parent, ranked, x, y)
     _store(cfg, run_dir, parent, ranked, carriers, x, y)
     return {
         **_graded(parent.poisoned, ranked, carriers),
@@ -124,10 +125,8 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     }
 
 
-def _findings(
-    cfg: dict[str, Any], parent: TrainedParent, x: torch.Tensor, y: torch.Tensor
-) -> tuple[list[dict], list[dict]]:
-    """The ranked perturbations (flagged ones first) and the training images that carry the top finding."""
+def _findings(cfg: dict[str, Any], parent: TrainedParent, x: torch.Tensor, y: torch.Tensor) -> list[dict]:
+    """The perturbations the model depends on, weighed against the training data, ranked (flagged first)."""
     settings = scan_settings(cfg)
     data, model, device = parent.poisoned.data, parent.model, parent.device
     train_x, train_y = to_tensor(parent.poisoned.train_x, device), torch.from_numpy(data.train_y).to(device)
@@ -135,7 +134,6 @@ def _findings(
     add_evidence(rows, train_x, train_y, data.num_classes, settings.evidence_z)
     ranked = rank_findings(rows, settings)
     top = next((row for row in ranked if row["flagged"]), None)
-    carriers = rank_carriers(model, train_x, train_y, top, x[y != top["class"]][:32]) if top else []
     log.info(
         "%d findings flagged; top: %s",
         sum(row["flagged"] for row in ranked),
@@ -143,7 +141,17 @@ def _findings(
         if top
         else "none",
     )
-    return ranked, carriers
+    return ranked
+
+
+def _carriers(parent: TrainedParent, ranked: list[dict], x: torch.Tensor, y: torch.Tensor) -> list[dict]:
+    """The training images that carry the top finding, most affected first (none without a finding)."""
+    top = next((row for row in ranked if row["flagged"]), None)
+    if top is None:
+        return []
+    train_x = to_tensor(parent.poisoned.train_x, parent.device)
+    train_y = torch.from_numpy(parent.poisoned.data.train_y).to(parent.device)
+    return rank_carriers(parent.model, train_x, train_y, top, x[y != top["class"]][:32])
 
 
 def _store(
@@ -215,5 +223,5 @@ EXPERIMENT = Experiment(
     requires,
     FIELDS,
     summary_keys=SUMMARY_KEYS,
-    artifacts=(PERTURBATION_MAP, f"{TABLES}/{FINDINGS_TABLE}.csv", f"{TABLES}/{CARRIERS_TABLE}.csv"),
+    artifacts=(PERTURBATION_MAP, f"{TABLES}/{FINDINGS_TABLE}.csv"),
 )

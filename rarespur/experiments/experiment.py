@@ -48,7 +48,8 @@ class Experiment:
     run_pack: RunPack | None = None
     # record keys the one-line summary after a run shows
     summary_keys: tuple[str, ...] = SCORES
-    # files of its run directory, besides the store's own, that the report and users read
+    # files every run of this type writes, besides the store's own (config, record, done): what a user or the
+    # report may count on finding in its directory
     artifacts: tuple[str, ...] = ()
 
     def own_fields(self, cfg: dict[str, Any]) -> dict[str, Field]:

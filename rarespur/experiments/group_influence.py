@@ -146,4 +146,4 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     }
 
 
-EXPERIMENT = Experiment(run, check, requires, FIELDS, summary_keys=DELETION_SUMMARY)
+EXPERIMENT = Experiment(run, check, requires, FIELDS, summary_keys=DELETION_SUMMARY, artifacts=(MODEL,))

@@ -20,9 +20,9 @@ from rarespur.errors import MissingFileError
 from rarespur.experiments.deletion_steps import DELETION_SUMMARY, DeletionStart, deletion_record, start_deletion
 from rarespur.experiments.deletion_steps import requires as deletion_requires
 from rarespur.experiments.experiment import Experiment
-from rarespur.experiments.steps import check_deletion_start, fit_and_store, train_settings
+from rarespur.experiments.steps import check_deletion_start, fit_and_store, train_settings, training_record
 from rarespur.methods.deletion.retraining import MODES, continuation_settings, final_lr
-from rarespur.store.run_dir import FINAL_STATE, RunDir
+from rarespur.store.run_dir import FINAL_STATE, HISTORY, MODEL, TABLES, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,15 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
         "continuation_epochs": epochs,
         "lr_first": history[0]["lr"],
         "lr_last": history[-1]["lr"],
-        "train_loss": history[-1]["loss"],
-        "train_acc": history[-1]["acc"],
+        **training_record(history, start.removed, start.device),
     }
 
 
-EXPERIMENT = Experiment(run, check, requires, FIELDS, summary_keys=DELETION_SUMMARY)
+EXPERIMENT = Experiment(
+    run,
+    check,
+    requires,
+    FIELDS,
+    summary_keys=DELETION_SUMMARY,
+    artifacts=(MODEL, HISTORY, f"{TABLES}/{HISTORY_TABLE}.csv"),
+)

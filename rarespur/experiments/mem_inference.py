@@ -75,7 +75,7 @@ from rarespur.methods.mem_inference import (
 from rarespur.store.atomic import atomic_path
 from rarespur.store.comparison import baseline_comparison, save_indicators
 from rarespur.store.damaged import load_or_set_aside
-from rarespur.store.run_dir import RunDir
+from rarespur.store.run_dir import INDICATORS, TABLES, RunDir
 
 FIELDS = {"mem.num_shadow": count()}
 
@@ -284,4 +284,4 @@ def _attack_record(run_dir: RunDir, attacks: list[str], results: dict, pool: _Po
     return record
 
 
-EXPERIMENT = Experiment(run, check, fields=FIELDS)
+EXPERIMENT = Experiment(run, check, fields=FIELDS, artifacts=(TARGET_MODEL, INDICATORS, f"{TABLES}/roc.csv"))

@@ -29,7 +29,7 @@ from rarespur.experiments.steps import (
 )
 from rarespur.methods.deletion.removal import kept_indices
 from rarespur.store.comparison import baseline_comparison, save_indicators
-from rarespur.store.run_dir import RunDir
+from rarespur.store.run_dir import FINAL_STATE, HISTORY, INDICATORS, MODEL, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -72,4 +72,4 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     }
 
 
-EXPERIMENT = Experiment(run, check)
+EXPERIMENT = Experiment(run, check, artifacts=(MODEL, HISTORY, INDICATORS, FINAL_STATE))

@@ -30,7 +30,7 @@ from rarespur.experiments.steps import (
 from rarespur.methods.sensitivity import first_layer_weight_map, pixel_removal_curve
 from rarespur.models.mlp import MLP
 from rarespur.store.atomic import atomic_path
-from rarespur.store.run_dir import MODEL, RunDir, read_record
+from rarespur.store.run_dir import MODEL, TABLES, RunDir, read_record
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,4 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     return record
 
 
-EXPERIMENT = Experiment(
-    run, check, requires, FIELDS, summary_keys=("test_acc",), artifacts=(WEIGHT_MAP, "weight_map.png")
-)
+EXPERIMENT = Experiment(run, check, requires, FIELDS, artifacts=(f"{TABLES}/pixel_removal.csv",))

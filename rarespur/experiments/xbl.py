@@ -44,7 +44,7 @@ from rarespur.methods.detection.grading import iou
 from rarespur.methods.detection.scan import PATCH, finding_mask
 from rarespur.methods.detection.xbl import EXPLANATIONS, ExplanationPenalty, mean_explanation_loss
 from rarespur.store.comparison import baseline_comparison, save_indicators
-from rarespur.store.run_dir import TABLES, RunDir
+from rarespur.store.run_dir import HISTORY, INDICATORS, MODEL, TABLES, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -166,4 +166,6 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     return record
 
 
-EXPERIMENT = Experiment(run, check, requires, FIELDS, summary_keys=DELETION_SUMMARY)
+EXPERIMENT = Experiment(
+    run, check, requires, FIELDS, summary_keys=DELETION_SUMMARY, artifacts=(MODEL, HISTORY, INDICATORS)
+)

@@ -37,7 +37,7 @@ def _cnn_feature_size(h: int, w: int) -> tuple[int, int]:
 class SmallCNN(nn.Module):
     """Conv(32)-Conv(32)-Pool-Conv(64)-Conv(64)-Pool-FC(200)-Dropout-FC(200)-FC(classes).
 
-    Initialisation as in the original: convolutions Kaiming-normal (fan-in)
+    Initialization as in the original: convolutions Kaiming-normal (fan-in)
     with zero bias, the first two linear layers PyTorch default, and the
     last linear layer all zeros, so every class starts with logit 0.
     """

@@ -7,7 +7,7 @@ flattening; that keeps input column ``(h*W + w)*C + c`` on pixel (h, w, c)
 and makes weights interchangeable with the original's.
 
 Layer attribute names (``hidden``, ``hidden2``, ``hidden3``, ``fc``) follow
-the original so state dicts carry the same keys. Initialisation is PyTorch's
+the original so state dicts carry the same keys. Initialization is PyTorch's
 default for ``nn.Linear``, as in the original.
 """
 

@@ -53,7 +53,7 @@ VGG16_CONFIG: tuple[int | str, ...] = (
 class VGG(nn.Module):
     """VGG feature stack + adaptive 7x7 pool + 3-layer classifier.
 
-    Initialisation as torchvision's (and the original's): convs Kaiming-normal
+    Initialization as torchvision's (and the original's): convs Kaiming-normal
     (fan-out, ReLU gain) with zero bias; linear weights N(0, 0.01) with zero
     bias.
     """

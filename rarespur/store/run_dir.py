@@ -301,9 +301,9 @@ class RunDir:
                 if not claim.settled:
                     claim.fail(traceback.format_exc())
                 raise
-            finally:
-                if not claim.settled:  # interrupted or handed back: not running here any more
-                    self.file(RUNNING).unlink(missing_ok=True)
+            # an interruption (BaseException) keeps running.json: `status` calls the run stale once its process is gone
+            if not claim.settled:  # handed back unworked: not running here
+                self.file(RUNNING).unlink(missing_ok=True)
 
     def heartbeat(self) -> None:
         """Touch running.json so `status` on another host sees the job is alive."""

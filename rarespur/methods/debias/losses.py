@@ -12,7 +12,7 @@ def true_class_probability(logits: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 
 
 def gce(logits: torch.Tensor, y: torch.Tensor, q: float, scale: float = 1.0) -> torch.Tensor:
-    """Generalised cross-entropy as the methods train it: CE * p(y|x)^q (detached) * `scale`.
+    """Generalized cross-entropy as the methods train it: CE * p(y|x)^q (detached) * `scale`.
 
     Its gradient is that of (1 - p^q) / q up to `scale`: easy (biased) samples weigh more, so the
     biased model latches on to the bias. SiH uses scale 1, LfF scale q (their code, ``module/loss.py``).

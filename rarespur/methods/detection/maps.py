@@ -1,4 +1,4 @@
-"""The per-class sensitivity map of a detect run, drawn for a reader: where does a white patch pull
+"""The per-class perturbation map of a detect run, drawn for a reader: where does a white patch pull
 the model towards each class, with the top finding outlined."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 def save_perturbation_maps(
     maps: np.ndarray, path: Path, classes: tuple[str, ...], window: int, top: dict | None, title: str
 ) -> None:
-    """A PNG with one panel per class on one color scale (centred at 0), the top flagged finding outlined."""
+    """A PNG with one panel per class on one color scale (centered at 0), the top flagged finding outlined."""
     import matplotlib
 
     matplotlib.use("Agg")
