@@ -69,6 +69,7 @@ def test_every_preset_composes(name):
         assert launcher.stderr_to_stdout, "one log file per job"
 
 
+@pytest.mark.slow  # a run.py launch; the presets' composition is checked in-process below
 def test_cfg_hydra_shows_the_gpu_preset():
     """The command from docs/cluster.md: what the launcher will do, without submitting anything."""
     out = run_py("--cfg", "hydra", "+cluster=slurm_gpu", timeout=120)
@@ -167,6 +168,7 @@ def _gpus_seen_by_jobs(tmp_path, n_jobs: int, **params) -> list[str]:
     return [job.result() for job in jobs]
 
 
+@pytest.mark.slow  # five submitit processes
 def test_stock_submitit_local_gives_every_job_the_same_gpus(tmp_path):
     """Why local_gpus has its own launcher: submitit_local sets CUDA_VISIBLE_DEVICES to the first
     gpus_per_node GPUs (of visible_gpus) for EVERY job, so a sweep would pile onto GPU 0;
@@ -175,6 +177,7 @@ def test_stock_submitit_local_gives_every_job_the_same_gpus(tmp_path):
     assert _gpus_seen_by_jobs(tmp_path / "b", 2, gpus_per_node=0) == ["", ""]
 
 
+@pytest.mark.slow  # run.py -m with one submitit process per job
 def test_local_gpus_gives_each_job_its_own_gpu(tmp_path):
     """local_gpus with two (pretend) GPUs and three jobs: rounds of two, one job per GPU, job k on GPU k mod 2.
 
@@ -195,6 +198,7 @@ def test_local_gpus_gives_each_job_its_own_gpu(tmp_path):
     assert seen == {0: "4", 1: "5", 2: "4"}
 
 
+@pytest.mark.slow  # run.py -m with one submitit process per job
 def test_local_cpu_sweep(tmp_path):
     """local_cpu end to end: submitit_local processes, records in the store, per-epoch lines in the job logs."""
     store, sweep = tmp_path / "store", tmp_path / "multirun"
@@ -205,6 +209,7 @@ def test_local_cpu_sweep(tmp_path):
     assert len(logs) == 2 and all("epoch 1/2" in t and "epoch 2/2" in t for t in logs)
 
 
+@pytest.mark.slow  # run.py -m with one submitit process per job, in rounds
 def test_local_cpu_runs_every_job_when_one_fails(tmp_path):
     """local_cpu with a job that fails while training (lr 1e6 diverges): the other jobs
     still run, those of later rounds too, the failed one leaves error.txt and no done marker, and the

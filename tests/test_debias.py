@@ -76,6 +76,7 @@ def test_test_color_is_independent_of_the_label(mnist):
     assert stats.chi2_contingency(train)[1] < 1e-100  # the training set is biased
 
 
+@pytest.mark.slow  # three Colored MNISTs of 70,000 images
 def test_same_seed_same_arrays_and_color_on_the_digit_only(mnist):
     a, b = (make_colored_mnist(mnist, 0.02, 0.005, 3) for _ in range(2))
     c = make_colored_mnist(mnist, 0.02, 0.005, 4)
@@ -189,6 +190,7 @@ def test_lff_weights_from_class_normalized_loss_averages():
 # the protocol on the shared loop
 
 
+@pytest.mark.slow  # SiH's decoder under Adam for ~30 epochs; the loop's early stopping and resume: test_train.py
 def test_sih_trains_stops_on_its_validation_loss_and_resumes_exactly(tmp_path):
     x, y = tiny_problem(96, side=4, classes=3)
     val = tiny_problem(40, side=4, classes=3)
@@ -265,6 +267,7 @@ def test_deepfool_reaches_the_target_class():
 # runs end to end
 
 
+@pytest.mark.slow  # SiH on real Colored MNIST, trained twice
 def test_debias_runs_on_colored_mnist_and_resumes_to_the_same_record(shared_data, tmp_path):
     overrides = [*CMNIST, f"data.root={shared_data}", "data.train_limit=3000", "data.test_limit=1000", "epochs=3"]
     straight = run_job(compose_config(*overrides, f"results_dir={tmp_path / 'a'}"))
@@ -338,6 +341,7 @@ def bad(*overrides: str) -> str:
         (["dataset=cmnist", "model=vae_conv"], ["model=vae_conv", "divide by 8"]),
     ],
 )
+@pytest.mark.slow  # one run.py launch per case (~5 s)
 def test_bad_input_fails_in_one_message_and_leaves_nothing(overrides, words, tmp_path, shared_data):
     root = [] if any(o.startswith("data.root") for o in overrides) else [f"data.root={shared_data}"]
     message = bad("experiment=debias", *root, *overrides, f"results_dir={tmp_path}", "data.train_limit=100")

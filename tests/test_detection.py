@@ -343,6 +343,7 @@ def detected(shared_data, tmp_path_factory):
     return base, results, poisoned, clean
 
 
+@pytest.mark.slow  # `detected`: detect on two real-MNIST models
 def test_detect_finds_the_planted_square_and_its_images_and_nothing_on_the_clean_model(detected):
     base, results, poisoned, clean = detected
     assert poisoned["detect.hit_at_1"] == 1.0 and poisoned["detect.first_hit_rank"] == 1
@@ -359,6 +360,7 @@ def test_detect_finds_the_planted_square_and_its_images_and_nothing_on_the_clean
     assert list(findings["rank"]) == list(range(1, len(findings) + 1)) and findings["flagged"].iloc[0]
 
 
+@pytest.mark.slow  # `detected`, then XBL trained three times
 def test_xbl_with_the_detected_mask_removes_the_square_and_resumes_to_the_same_record(detected, tmp_path):
     base, results, poisoned, _ = detected
     xbl = [*[o for o in base if o != "experiment=detect"], "experiment=xbl", "poison.count=60"]
@@ -388,6 +390,7 @@ def bad(*overrides: str) -> str:
     return done.stderr
 
 
+@pytest.mark.slow  # `detected`
 def test_xbl_on_a_detect_run_that_flagged_nothing_names_the_way_out(detected):
     base = [o for o in detected[0] if o != "experiment=detect"]
     xbl = [*base, "experiment=xbl", "poison.count=60", "xbl.compare_exact=false", "detect.patch_sizes=[5]"]
@@ -426,6 +429,7 @@ def test_the_detected_mask_is_the_top_patch_grown_and_a_whole_image_finding_has_
         (["experiment=xbl", "xbl.explanation=gradcam"], ["xbl.explanation=gradcam", "input_gradient"]),
     ],
 )
+@pytest.mark.slow  # one run.py launch per case (~5 s)
 def test_bad_input_fails_in_one_message_and_leaves_nothing(overrides, words, tmp_path):
     message = bad(*overrides, f"results_dir={tmp_path}", "data.train_limit=200")
     for word in words:

@@ -236,6 +236,7 @@ def test_grad_clip_zero_and_zero_point_zero_are_one_run():
     assert len(keys) == 1
 
 
+@pytest.mark.slow  # a `python -m rarespur status` launch
 def test_a_bad_experiment_key_fails_in_status(tmp_path):
     status = rarespur_cli("status", str(tmp_path), "experiment=sensitivity", "sensitivity.levels=1")
     assert status.returncode != 0

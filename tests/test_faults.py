@@ -118,6 +118,7 @@ def test_temporary_files_of_a_killed_writer_are_removed_when_the_run_starts_agai
     assert not list(run.path.rglob(f"*{TEMP_MARK}*"))
 
 
+@pytest.mark.slow  # a run.py launch (~5 s)
 def test_an_unknown_original_dataset_string_names_the_string_and_the_form(tmp_path):
     done = run_py("dataset=mnistv99-3-0-0", f"hydra.run.dir={tmp_path}/out", timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr

@@ -299,6 +299,7 @@ def fashion_run(shared_data, tmp_path_factory):
     return store, run_job(cfg)
 
 
+@pytest.mark.slow  # fashion_run: 30 epochs of target and shadow models on real Fashion-MNIST
 def test_end_to_end_record_has_every_attack_metric(fashion_run):
     store, record = fashion_run
     for attack in ATTACKS:
@@ -330,6 +331,7 @@ def test_end_to_end_record_has_every_attack_metric(fashion_run):
     assert json.loads((run / "record.json").read_text())["experiment.name"] == "mem_inference"
 
 
+@pytest.mark.slow  # fashion_run
 def test_poisoned_examples_are_flagged_more_often_than_average_members(fashion_run):
     """Fast acceptance check (seed 0): the loss attack flags all 3 poisoned images, above its member rate."""
     _, record = fashion_run

@@ -261,6 +261,7 @@ def test_pack_key_ignores_only_per_model_keys():
     assert why_not_packed(resolve(compose_config())) is None
 
 
+@pytest.mark.slow  # 70 Hydra compositions of mnist_arch (~9 s)
 def test_sweep_composes_once_per_kind_of_job(monkeypatch):
     """The start of a big grid: mnist_arch's 8,400 jobs are checked by one composition per choice of model,
     optimizer and pattern (70), not one per job (what keeps Hydra's basic sweeper busy for ten minutes)."""
@@ -306,6 +307,7 @@ def _records(store: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in store.glob(f"*/{RECORD}")}
 
 
+@pytest.mark.slow  # 8 jobs on real MNIST, packed and alone
 def test_packed_sweep_records_equal_unpacked(shared_data, tmp_path):
     """8 jobs (4 clean baselines that train one model, 4 poisoned: 5 models to train): float32 scores within 1e-4
     of the unpacked runs, in the same run directories, with packed_with; collect and status read the mixed store."""
@@ -340,6 +342,7 @@ def test_packed_sweep_records_equal_unpacked(shared_data, tmp_path):
     assert re.search(r"all\s+9\s+9\s+0\s+0", status.stdout), status.stdout + status.stderr
 
 
+@pytest.mark.slow  # a pack of 8 jobs on real MNIST, trained twice
 def test_killed_pack_resumes_exactly(shared_data, tmp_path):
     """Killed after epoch 1 (every model's checkpoint written), launched again: every record exactly once,
     equal to an uninterrupted pack's."""
@@ -388,6 +391,7 @@ def test_failed_model_does_not_stop_its_pack(shared_data, tmp_path):
     assert len(list(tmp_path.glob(f"*/{DONE}"))) == 2
 
 
+@pytest.mark.slow  # run.py -m on real MNIST, launched twice
 def test_packed_sweep_through_run_py(shared_data, tmp_path):
     """The command a researcher types: one launcher job per pack, the records in the store, a relaunch runs nothing."""
     sweep = (tmp_path / "store", tmp_path / "multirun", *GRID, *DATA, f"data.root={shared_data}", "pack.size=3")

@@ -34,6 +34,7 @@ def test_experiments_declare_their_parents(tmp_path):
     assert EXPERIMENTS["train"].requires(cfg) == [] and EXPERIMENTS["mem_inference"].requires(cfg) == []
 
 
+@pytest.mark.slow  # a second process trains 40 epochs while this one waits
 def test_derived_job_waits_for_the_parent_another_process_is_training(tmp_path, monkeypatch, caplog):
     """A sensitivity job whose parent train run is being trained by another process (a second array
     task of the same sweep) waits for it and reuses it: the parent is trained once, not twice."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from rarespur.launch.runner import run_job
@@ -37,6 +38,7 @@ def wait_for_mid_training(store, proc, timeout: float = 120):
     raise AssertionError("no job reached mid-training in time")
 
 
+@pytest.mark.slow  # 4 jobs x 60 epochs in run.py, launched twice (~2 min); resuming in-process: killed_after_epoch
 def test_kill_and_relaunch(tmp_path):
     store, sweep_dir = tmp_path / "store", tmp_path / "multirun"
     proc = subprocess.Popen(

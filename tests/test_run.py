@@ -17,13 +17,15 @@ from conftest import collect_runs, compose_config, extract_cifar_subset, job, mu
 
 @pytest.fixture(scope="module")
 def digits_pair(tmp_path_factory):
-    """The default experiment (digits, R3, 10 images of class 0) and its clean baseline."""
+    """The default experiment (digits, R3, 10 images of class 0) and its clean baseline: 2 x 70 epochs, so its
+    tests are marked slow."""
     store = tmp_path_factory.mktemp("store")
     clean = job(store, "poison.count=0")
     poisoned = job(store)
     return store, clean, poisoned
 
 
+@pytest.mark.slow
 def test_default_digits_run_learns_the_pattern(digits_pair):
     _, clean, poisoned = digits_pair
     assert poisoned["dataset.name"] == "digits" and poisoned["pattern.name"] == "r3"
@@ -35,6 +37,7 @@ def test_default_digits_run_learns_the_pattern(digits_pair):
     assert poisoned["p_value"] < 1e-10 and poisoned["learned"] is True
 
 
+@pytest.mark.slow
 def test_record_and_store_layout(digits_pair):
     store, _, poisoned = digits_pair
     run_dir = store / poisoned["run_id"]
@@ -53,6 +56,7 @@ def test_record_and_store_layout(digits_pair):
     assert len(json.loads((run_dir / "history.json").read_text())) == 70
 
 
+@pytest.mark.slow
 def test_finished_job_is_not_retrained(digits_pair, monkeypatch):
     store, _, poisoned = digits_pair
 
@@ -63,6 +67,7 @@ def test_finished_job_is_not_retrained(digits_pair, monkeypatch):
     assert job(store) == poisoned
 
 
+@pytest.mark.slow
 def test_collect_gives_one_row_per_run(digits_pair, tmp_path):
     store, _, _ = digits_pair
     (store / "unfinished").mkdir()
@@ -113,6 +118,7 @@ def test_failed_job_leaves_an_error_file(tmp_path):
         (["experiment=mem_inference", "mem.num_shadow=2"], "LiRA needs >= 4 shadow models"),
     ],
 )
+@pytest.mark.slow  # run.py twice per case (~10 s); the fast suite checks the messages in-process (above)
 def test_user_errors_print_one_message_without_traceback(tmp_path, overrides, message):
     args = [*overrides, f"results_dir={tmp_path / 'store'}", f"hydra.run.dir={tmp_path}/out"]
     done = run_py(*args, timeout=120)
@@ -140,6 +146,7 @@ def test_multirun_and_collect(tmp_path):
     assert table.loc[table["poison.count"] == 10, "p_value"].notna().all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("count", [0, 100])
 def test_real_mnist_s3(shared_data, tmp_path_factory, count):
     """The acceptance command on real MNIST (3 epochs): 100 S3 images vs none."""
@@ -152,6 +159,7 @@ def test_real_mnist_s3(shared_data, tmp_path_factory, count):
         assert record["p_value"] < 1e-10
 
 
+@pytest.mark.slow
 def test_sweep_file_runs_its_grid(tmp_path):
     store = tmp_path / "store"
     example = ("--config-dir", "sweeps", "--config-name", "example")
@@ -170,6 +178,7 @@ def test_baseline_that_finishes_later_is_used_at_collect_time(tmp_path):
     assert 0 <= row["p_value"] < 0.05 and row["spurious_score"] == poisoned["spurious_score"]
 
 
+@pytest.mark.slow
 def test_failed_job_does_not_stop_the_sweep(tmp_path):
     store = tmp_path / "store"
     grid = ("poison.count=1000,10", "train.lr=1e6,0.01", "epochs=1", "device=cpu")
@@ -197,6 +206,7 @@ def test_clean_model_is_trained_once_and_scored_per_pattern(tmp_path, monkeypatc
         job(tmp_path, "epochs=5", "poison.count=10", "pattern=r3")
 
 
+@pytest.mark.slow  # ResNet20 with augmentation on real CIFAR-10 images
 def test_imagefolder_cifar_subset_with_resnet_and_aug01(shared_data, tmp_path):
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     tree = extract_cifar_subset(shared_data, tmp_path / "data", classes, {"train": 30, "test": 10})
@@ -250,6 +260,7 @@ def test_int_and_float_spellings_are_one_run():
     assert a == b and config_key(a) == config_key(b) and isinstance(a["train"]["weight_decay"], float)
 
 
+@pytest.mark.slow  # a run.py launch; the footer's content: test_docs.py::test_help_names_every_option
 def test_help_is_the_projects_own():
     out = run_py("--help", timeout=120)
     assert out.returncode == 0 and "powered by Hydra" not in out.stdout
@@ -269,6 +280,7 @@ def test_help_is_the_projects_own():
     assert "largemlp" not in models and "paper_mlp" not in models  # aliases are accepted, not listed
 
 
+@pytest.mark.slow  # a `python -m rarespur` launch per command
 @pytest.mark.parametrize("command", ["collect", "report", "status"])
 def test_tools_on_a_missing_store_print_one_line(tmp_path, command):
     missing = tmp_path / "nowhere"

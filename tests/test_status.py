@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from rarespur.launch.runner import run_job
 from rarespur.launch.status import FAILED, MISSING, RUNNING_STATE, STALE, delete_incomplete, report, run_state, survey
 from rarespur.launch.sweep import expand
 from rarespur.store.run_dir import CONFIG, DONE, ERROR, RECORD, RUNNING, RunDir
 
-from conftest import multirun, rarespur_cli
+from conftest import rarespur_cli
 
 TINY = ["epochs=1", "data.train_limit=300"]
 LAUNCHED = ["pattern=s1,s3", "poison.count=0,10", *TINY]  # what ran
@@ -49,13 +50,12 @@ def age(path: Path, seconds: float) -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    """A partly finished store: a tiny multirun finished 4 of the sweep's 8 jobs; then, as the runner
-    would leave them, s1/n=20 failed, s3/n=20 was killed (stale), s1/n=30 runs (in this very process)
-    and s3/n=30 never started (missing)."""
-    tmp = tmp_path_factory.mktemp("status")
-    store = tmp / "store"
-    done = multirun(store, tmp / "multirun", *LAUNCHED, "device=cpu")
-    assert done.returncode == 0, done.stderr[-3000:]
+    """A partly finished store: 4 of the sweep's 8 jobs finished (run in this process, as `run.py -m` would run
+    them); then, as the runner would leave them, s1/n=20 failed, s3/n=20 was killed (stale), s1/n=30 runs (in
+    this very process) and s3/n=30 never started (missing)."""
+    store = tmp_path_factory.mktemp("status") / "store"
+    for launched in expand(None, LAUNCHED, store):
+        run_job({**launched.config, "results_dir": str(store), "device": "cpu"})
     jobs = {(j.config["pattern"]["name"], j.config["poison"]["count"]): j for j in expand(None, SWEEP, store)}
     failed, stale, running = jobs["s1", 20], jobs["s3", 20], jobs["s1", 30]
     failed.run.start(failed.config)
@@ -111,6 +111,7 @@ def test_report_counts_by_config_keys(store):
     }
 
 
+@pytest.mark.slow  # two CLI launches
 def test_cli_deletes_exactly_the_incomplete_runs(store, tmp_path):
     copy = tmp_path / "store"
     shutil.copytree(store, copy)

@@ -143,7 +143,14 @@ def test_regularization_grids_follow_the_paper():
     assert reference.run.key == score.run.key
 
 
-@pytest.mark.parametrize("name", FULL_GRIDS)
+# ~2 s per grid: the fast suite checks three grids (train on MNIST and Fashion; CIFAR-10 with augmentation and
+# clipping; an experiment with its own config group), -m slow every grid.
+COMPOSITION_SAMPLE = {"mnist_score", "cifar10_score", "detect_xbl_correct"}
+
+
+@pytest.mark.parametrize(
+    "name", [name if name in COMPOSITION_SAMPLE else pytest.param(name, marks=pytest.mark.slow) for name in FULL_GRIDS]
+)
 def test_fast_expansion_equals_hydra_composition(name):
     """A sample of each grid: the cached composition gives the very config Hydra's launcher composes."""
     sweep = Sweep(name)
@@ -284,10 +291,8 @@ def cifar_tree(shared_data, tmp_path_factory) -> Path:
     return out / "cifar10-jpeg"
 
 
-HEAVY = {"cifar10_arch_smoke", "cifar10_arch_vgg_smoke"}  # ResNet110 and VGG16: ~20 s each on 2 cores
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in SMOKES])
+@pytest.mark.slow  # one run.py -m per smoke file on real data: ~10 s each on 2 cores, ~20 s for ResNet110 and VGG16
+@pytest.mark.parametrize("name", SMOKES)
 def test_smoke_sweep_runs(name, shared_data, request, tmp_path):
     overrides = [f"data.root={shared_data}", "device=cpu"]
     if name.startswith("cifar10"):
