@@ -16,14 +16,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rarespur.errors import UserError
-from rarespur.launch.pack_job import run_pack_file
-from rarespur.launch.runner import run_job
 
 FULL_ERROR_HINT = "(HYDRA_FULL_ERROR=1 shows the traceback)"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    # Imported here, not above: they load torch and every experiment (seconds), which --help, --cfg,
+    # --info, tab completion and Hydra's plugin discovery never need.
+    from rarespur.launch.pack_job import run_pack_file
+    from rarespur.launch.runner import run_job
+
     members = OmegaConf.select(cfg, "pack.members")
     try:
         if members:  # a pack of the sweep's jobs (pack.size > 1), trained together

@@ -6,21 +6,21 @@ import argparse
 import logging
 import sys
 
-from hydra.errors import HydraException
-
 from rarespur.errors import UserError
-from rarespur.experiments import clean_twin_baselined
-from rarespur.launch.status import STALE_AFTER_S, report
-from rarespur.launch.sweep import expand
-from rarespur.store.collect import collect, collect_tables, write_table
+from rarespur.launch.status import STALE_AFTER_S, WATCH_EVERY_S
+
+# Each command imports what it needs when it runs: the experiments (and with them torch), pandas and Hydra
+# take seconds to load, which --help and a mistyped command should not wait for.
 
 STATUS_EPILOG = """\
 Give the sweep exactly as it was launched: the same --sweep file(s) and the same overrides
 (python run.py -m --config-dir sweeps --config-name NAME OVERRIDES  ->  --sweep NAME OVERRIDES).
 Without --sweep and overrides, every run directory in RESULTS_DIR is reported.
 States: done; running (its process is alive, or on another host its directory changed within
---stale-after seconds); failed (error.txt); stale (abandoned: killed, preempted); corrupt (done, but a
-file it vouches for is missing or damaged: a relaunch runs it again); missing (no directory)."""
+--stale-after seconds, or SLURM runs its array task); queued (its SLURM array task waits in the
+queue: a relaunch does not submit it again); failed (error.txt); stale (abandoned: killed, preempted);
+corrupt (done, but a file it vouches for is missing or damaged: a relaunch runs it again); missing
+(no directory). --watch also shows models per hour and the ETA since the sweep was submitted."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"a job on another host is stale after this long without a change (default {STALE_AFTER_S:.0f})",
     )
     p_status.add_argument(
+        "--watch",
+        nargs="?",
+        const=WATCH_EVERY_S,
+        type=float,
+        metavar="SECONDS",
+        help=f"refresh every SECONDS (default {WATCH_EVERY_S:.0f}) until nothing is queued or running",
+    )
+    p_status.add_argument(
         "--limit", type=int, default=20, help="list at most this many failed / stale runs each (0 = all)"
     )
     p_status.add_argument(
@@ -72,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace, extras: list[str]) -> int:
     if args.command == "collect":
+        from rarespur.experiments import clean_twin_baselined
+        from rarespur.store.collect import collect, collect_tables, write_table
+
         table = collect(args.results_dir, clean_twin_baselined())
         if table.empty:
             print(f"no finished runs in {args.results_dir}", file=sys.stderr)
@@ -87,10 +98,18 @@ def _run(args: argparse.Namespace, extras: list[str]) -> int:
 
         print(f"report -> {write_report(args.results_dir, args.out)}")
     elif args.command == "status":
+        from rarespur.launch.status import report, watch
+        from rarespur.launch.sweep import expand
+
+        if args.watch is not None and args.delete_incomplete:
+            raise UserError("--watch and --delete-incomplete do not go together: delete once the sweep has ended")
         overrides = [*args.overrides, *extras]
         by = [key for key in args.by.split(",") if key]
         jobs = expand(args.sweep, overrides, args.results_dir) if args.sweep or overrides else None
-        report(args.results_dir, jobs, by, args.stale_after, args.delete_incomplete, args.limit)
+        if args.watch is not None:
+            watch(args.results_dir, jobs, by, args.stale_after, args.limit, args.watch)
+        else:
+            report(args.results_dir, jobs, by, args.stale_after, args.delete_incomplete, args.limit)
     return 0
 
 
@@ -101,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if (args.command != "status" and extras) or any(e.startswith("-") for e in extras):
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from hydra.errors import HydraException  # all of Hydra: not for --help
+
     try:
         return _run(args, extras)
     except (UserError, HydraException, FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as err:

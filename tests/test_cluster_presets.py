@@ -16,13 +16,14 @@ import submitit
 from omegaconf import OmegaConf
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.rarespur_launchers.slurm import OWN_KEYS
 from rarespur.config.resolve import CONF_DIR, resolve
 from rarespur.store.run_dir import config_key
 
 from conftest import compose_config, multirun, run_py
 
 PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "cluster").glob("*.yaml"))
-SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+SLURM = "hydra_plugins.rarespur_launchers.slurm.SlurmArrayLauncher"
 LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
 LOCAL_GPUS = "hydra_plugins.rarespur_launchers.LocalGpuLauncher"
 LOCAL_CPU = "hydra_plugins.rarespur_launchers.LocalCpuLauncher"
@@ -42,7 +43,7 @@ def srun_on_path(monkeypatch):
 def sbatch_script(launcher, folder: Path) -> str:
     """The batch script submitit writes for these launcher settings, mapped as hydra-submitit-launcher does."""
     params = OmegaConf.to_container(launcher, resolve=False)
-    for key in ("_target_", "submitit_folder"):
+    for key in ("_target_", "submitit_folder", *OWN_KEYS):  # the launcher's own keys are not sbatch's
         params.pop(key)
     params["name"] = "run"
     base = set(OmegaConf.structured(BaseQueueConf).keys())
@@ -93,7 +94,7 @@ def test_gpu_and_cpu_presets():
     local = compose_with_hydra("+cluster=local_cpu")
     assert local.hydra.launcher._target_ == LOCAL_CPU and local.hydra.launcher.gpus_per_node == 0
     assert local.hydra.launcher.cpus_per_task == 1 and local.device == "cpu"
-    # the launcher runs the jobs in rounds; sweeper batches would stop the sweep at the first failed job
+    # the launcher runs the jobs as a pool; sweeper batches would stop the sweep at the first failed job
     assert local.hydra.sweeper.max_batch_size is None
     gpus = compose_with_hydra("+cluster=local_gpus")
     assert gpus.hydra.launcher._target_ == LOCAL_GPUS and gpus.hydra.launcher.gpus_per_node == 1
@@ -179,7 +180,8 @@ def test_stock_submitit_local_gives_every_job_the_same_gpus(tmp_path):
 
 @pytest.mark.slow  # run.py -m with one submitit process per job
 def test_local_gpus_gives_each_job_its_own_gpu(tmp_path):
-    """local_gpus with two (pretend) GPUs and three jobs: rounds of two, one job per GPU, job k on GPU k mod 2.
+    """local_gpus with two (pretend) GPUs and three jobs: one job per GPU at a time, job 2 on the GPU of
+    whichever of jobs 0 and 1 gave it back first, and only once that job had finished.
 
     No GPU here: the jobs train on CPU (device=cpu); what is checked is the CUDA_VISIBLE_DEVICES each job got.
     """
@@ -188,14 +190,19 @@ def test_local_gpus_gives_each_job_its_own_gpu(tmp_path):
     done = multirun(store, sweep, *grid, env={**os.environ, "CUDA_VISIBLE_DEVICES": "4,5"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list(store.glob("*/done"))) == 3
-    seen = {}
+    seen, started, ended = {}, {}, {}
     for log in (sweep / ".submitit").glob("*/*_log.out"):
         text = log.read_text()
         match = re.search(r"job (\d+) runs on GPU (\S+)", text)
         assert match, text[-2000:]
         assert "epoch 1/1" in text  # per-epoch progress reaches the job's log file
-        seen[int(match.group(1))] = match.group(2)
-    assert seen == {0: "4", 1: "5", 2: "4"}
+        num = int(match.group(1))
+        seen[num] = match.group(2)
+        stamps = re.findall(r"^submitit INFO \((.+?)\)", text, flags=re.M)  # first: starting, last: exiting
+        started[num], ended[num] = stamps[0], stamps[-1]
+    assert (seen[0], seen[1]) == ("4", "5") and seen[2] in ("4", "5")
+    before = 0 if seen[2] == "4" else 1  # the job that had job 2's GPU
+    assert started[2] > ended[before], (started, ended)
 
 
 @pytest.mark.slow  # run.py -m with one submitit process per job
@@ -209,14 +216,14 @@ def test_local_cpu_sweep(tmp_path):
     assert len(logs) == 2 and all("epoch 1/2" in t and "epoch 2/2" in t for t in logs)
 
 
-@pytest.mark.slow  # run.py -m with one submitit process per job, in rounds
+@pytest.mark.slow  # run.py -m with one submitit process per job, in a pool of slots
 def test_local_cpu_runs_every_job_when_one_fails(tmp_path):
     """local_cpu with a job that fails while training (lr 1e6 diverges): the other jobs
-    still run, those of later rounds too, the failed one leaves error.txt and no done marker, and the
-    sweep exits non-zero at the end.
+    still run, those started after it too, the failed one leaves error.txt and no done marker, and the
+    sweep exits non-zero at the end, naming the failed job.
 
     cpus_per_task is half the cores (rounded up), so at most 2 jobs run at once on any machine: the
-    failing job 0 is in the first round and job 2 in a later one (what max_batch_size used to lose).
+    failing job 0 starts first and job 2 only when a slot is free (what max_batch_size used to lose).
     """
     store, sweep = tmp_path / "store", tmp_path / "multirun"
     threads = -(-(os.cpu_count() or 1) // 2)
@@ -227,6 +234,11 @@ def test_local_cpu_runs_every_job_when_one_fails(tmp_path):
     errors, dones = list(store.glob("*/error.txt")), list(store.glob("*/done"))
     assert len(errors) == 1 and not (errors[0].parent / "done").exists(), done.stderr[-3000:]
     assert len(dones) == 2 and errors[0].parent not in {d.parent for d in dones}, done.stderr[-3000:]
+    # the launcher names the failed job and its log; Hydra then its error
+    assert "local_cpu: 1 of 3 job(s) failed:" in done.stdout, done.stdout[-3000:]
+    summary = done.stdout.split("local_cpu: 1 of 3 job(s) failed:")[-1]
+    assert "train.lr=1000000.0" in summary and "_log.out)" in summary, done.stdout[-3000:]
+    assert "training diverged" in done.stderr, done.stderr[-3000:]
     logs = [p.read_text() for p in (sweep / ".submitit").glob("*/*_log.out")]
     assert len(logs) == 3
     for text in logs:  # the thread count reached torch in every job, the failed one included

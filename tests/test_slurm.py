@@ -243,3 +243,122 @@ def test_timed_out_job_is_requeued_and_resumes(tmp_path, packed):
         return states if states[-1:] == ["COMPLETED"] else None
 
     assert _wait_for(attempts, 30, "sacct to list the finished job", poll=1) == ["REQUEUED", "COMPLETED"]
+
+
+def _our_tasks(name: str) -> dict[str, str]:
+    """Array task id -> squeue state, for the jobs named `name` (each pending task on its own line)."""
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "--name", name, "-o", "%i|%T"], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    return dict(line.split("|") for line in out.stdout.split())
+
+
+def test_a_sweep_larger_than_max_array_size_is_accepted_whole_and_detached(tmp_path):
+    """1,200 jobs on a cluster with SLURM's default MaxArraySize (1001): two arrays, every task in the queue,
+    the launcher returns at once (wait=false), status calls them queued, a relaunch submits nothing."""
+    name = f"rarespur-big-{uuid.uuid4().hex[:8]}"
+    hold = "+hydra.launcher.additional_parameters={begin:now+1hour}"  # they wait in the queue, never run
+    cmd = [*sweep_command(tmp_path, name, "poison.seed=range(1200)", "epochs=1"), "hydra.launcher.wait=false", hold]
+    try:
+        started = time.monotonic()
+        done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        took = time.monotonic() - started
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out[-3000:]
+        assert "1200 launcher job(s) in 2 array(s) of 600 task(s) (MaxArraySize 1001)" in out, out[-3000:]
+        assert "... and 1195 more job(s)" in out and out.count(" : ") <= 6  # a summary, not 1,200 lines
+        assert "status" in out and "--watch" in out  # the command to follow it
+        tasks = _our_tasks(name)
+        assert len(tasks) == 1200 and set(tasks.values()) == {"PENDING"}, len(tasks)
+        assert took < 120, f"launch took {took:.0f} s"
+
+        records = list((tmp_path / "store" / ".slurm").glob("*.json"))
+        assert len(records) == 2 and len(list((tmp_path / "multirun" / ".slurm").glob("*.json"))) == 2
+        keys = [key for r in records for task in json.loads(r.read_text())["keys"] for key in task]
+        assert len(set(keys)) == 1200
+
+        status = rarespur_cli("status", str(tmp_path / "store"), "+cluster=slurm_ci", "poison.seed=range(1200)",
+                              "epochs=1", f"results_dir={tmp_path / 'store'}")  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        header, row = status.stdout.splitlines()[1:3]
+        counts = dict(zip(header.split(), row.split()[1:]))
+        assert counts["queued"] == "1200" and counts["done"] == "0" and counts["missing"] == "0", status.stdout
+
+        again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "1200 job(s) already queued or running on the cluster: not submitted again" in again.stdout
+        assert len(_our_tasks(name)) == 1200
+    finally:
+        subprocess.run(["scancel", "--name", name], timeout=30)
+
+
+@pytest.mark.slow
+def test_array_parallelism_bounds_the_whole_sweep_across_arrays(tmp_path):
+    """7 jobs in arrays of at most 3 with array_parallelism=2: 3 arrays (one waits for another), and
+    sacct's start and end times never have more than 2 tasks running at once; every run is done."""
+    name = f"rarespur-lanes-{uuid.uuid4().hex[:8]}"
+    cmd = sweep_command(
+        tmp_path, name, "poison.seed=range(7)", "epochs=1", "data.train_limit=400",
+        "hydra.launcher.max_array_size=3", "hydra.launcher.array_parallelism=2",
+    )  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "7 launcher job(s) in 3 array(s)" in out and "wait for an earlier one (afterany)" in out, out[-3000:]
+    assert "7/7 done" in out  # the progress line's last word
+    assert len(list((tmp_path / "store").glob(f"*/{DONE}"))) == 7
+    logs = job_logs(tmp_path / "multirun")
+    assert sacct_states(sorted(logs), name) == {j: "COMPLETED" for j in logs}
+
+    def intervals() -> list[tuple[str, str]] | None:
+        ids = sorted({j.split("_")[0] for j in logs})
+        got = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "JobID,Start,End", "-j", ",".join(ids)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        rows = [line.split("|")[1:] for line in got.stdout.split() if line.split("|")[0] in logs]
+        return rows if len(rows) == 7 and all("Unknown" not in r for r in rows) else None
+
+    rows = _wait_for(intervals, 30, "sacct's start and end times", poll=1)
+    events = sorted([(start, 1) for start, _ in rows] + [(end, -1) for _, end in rows])  # an end before a start
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak <= 2, rows
+
+
+def test_a_relaunch_of_a_detached_sweep_submits_only_what_the_scheduler_does_not_hold(tmp_path):
+    """3 jobs submitted and held in the queue; a relaunch of the 5-job sweep submits only the 2 new ones, and
+    status then shows 5 queued; a failed one (cancelled in the queue) points to its SLURM task and log."""
+    name = f"rarespur-again-{uuid.uuid4().hex[:8]}"
+    hold = "+hydra.launcher.additional_parameters={begin:now+1hour}"
+    base = [*sweep_command(tmp_path, name, "epochs=1"), "hydra.launcher.wait=false", hold]
+    try:
+        first = subprocess.run([*base, "poison.seed=0,1,2"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert first.returncode == 0, first.stderr[-3000:]
+        second = subprocess.run(
+            [*base, "poison.seed=0,1,2,3,4"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert "3 job(s) already queued or running on the cluster: not submitted again" in second.stdout
+        assert "2 launcher job(s) in 1 array(s)" in second.stdout
+        assert len(_our_tasks(name)) == 5
+
+        store = str(tmp_path / "store")
+        status = rarespur_cli(
+            "status", store, "+cluster=slurm_ci", "epochs=1", f"results_dir={store}", "poison.seed=0,1,2,3,4"
+        )
+        assert "5 jobs of the sweep" in status.stdout and re.search(r"all\s+5\s+0\s+0\s+5\b", status.stdout), (
+            status.stdout
+        )
+        subprocess.run(["scancel", "--name", name], timeout=30)
+        _wait_for(lambda: not _our_tasks(name), 30, "the cancelled tasks to leave the queue")
+        status = rarespur_cli(
+            "status", store, "+cluster=slurm_ci", "epochs=1", f"results_dir={store}", "poison.seed=0,1,2,3,4"
+        )
+        assert "missing, submitted to SLURM (5):" in status.stdout, status.stdout
+        assert re.search(r"SLURM task \d+_\d \((CANCELLED|no longer known to sacct)\), log \S+_log\.out", status.stdout)
+    finally:
+        subprocess.run(["scancel", "--name", name], timeout=30)

@@ -41,7 +41,9 @@ class RarespurSweeper(BasicSweeper):
     """The basic sweeper's jobs, packed by ``pack.size`` and checked by one composition per kind of job."""
 
     def sweep(self, arguments: list[str]) -> Any:
-        from rarespur.launch.pack_plan import plan_packs  # here, not at import: Hydra imports every plugin at start-up
+        # here, not at import: Hydra imports every plugin at start-up
+        from rarespur.launch.arrays import Scheduled, held_by, unsubmitted
+        from rarespur.launch.pack_plan import plan_packs
         from rarespur.launch.sweep import Sweep
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
@@ -54,14 +56,30 @@ class RarespurSweeper(BasicSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         expansion = Sweep.of_loaded(self.hydra_context.config_loader, self.config)
         size = int(OmegaConf.select(self.config, "pack.size", default=1) or 1)
+        # a launcher that submits to a scheduler (SLURM arrays) is told each launch's run keys, and is
+        # not handed what is done or what the scheduler already holds from an earlier launch
+        submits = hasattr(self.launcher, "launch_runs")
+        scheduled = Scheduled() if submits else None
+        runs: list = []
         if size > 1:
-            plan = plan_packs(jobs, expansion.resolved_here, size, sweep_dir / "packs")
+            plan = plan_packs(
+                jobs, expansion.resolved_here, size, sweep_dir / "packs", scheduled and held_by(scheduled)
+            )
             log.info(plan.describe(size))
-            launches = plan.launches
+            launches, runs = plan.launches, plan.runs
         else:
             expansion.check_composes(jobs)
             launches = jobs
+            if scheduled is not None:
+                launches, runs, left_out = unsubmitted(jobs, expansion.resolved_here, scheduled)
+                for why, count in left_out.items():
+                    log.info("%d job(s) %s: not submitted again", count, why)
         log.info("%d job(s) planned in %.1f s", len(launches), time.perf_counter() - started)
+        if submits:
+            results = self.launcher.launch_runs(launches, runs) if launches else []
+            for result in results:
+                _ = result.return_value  # raises for a failed job, once every array has ended
+            return [results]
         self.overrides = list(self.split_overrides_to_chunks(launches, self.max_batch_size)) if launches else []
         returns = []
         initial_job_idx = 0

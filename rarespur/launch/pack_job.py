@@ -24,6 +24,7 @@ from rarespur.experiments import resolve_job
 from rarespur.experiments.experiment import Experiment
 from rarespur.experiments.steps import data_fingerprint_of
 from rarespur.launch.pack_plan import read_pack_file
+from rarespur.launch.provenance import where_it_ran
 from rarespur.launch.runner import commit, match_threads_to_allocation, run_job, stored
 from rarespur.store.run_dir import Claim, RunDir, find_trained, training_key
 
@@ -38,6 +39,7 @@ def run_pack_file(path: str | Path) -> list[dict[str, Any]]:
     """Run the pack of `path` (written by :func:`rarespur.launch.pack_plan.plan_packs`); returns the records."""
     name, members = read_pack_file(path)
     match_threads_to_allocation()
+    where_it_ran()  # git runs now, as the pack starts (cached), so ran_on.commit is the code that runs
     records: list[dict[str, Any]] = []
     failed: list[str] = []
     to_train: list[tuple[dict[str, Any], RunDir]] = []

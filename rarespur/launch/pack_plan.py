@@ -97,9 +97,11 @@ class Plan:
     """The launcher jobs of a packed sweep, and what became of the sweep's jobs."""
 
     launches: list[list[str]] = field(default_factory=list)
+    runs: list[list[tuple[str, str]]] = field(default_factory=list)  # per launch: (results_dir, run key) of each job
     packs: int = 0  # launcher jobs that train several models
     packed_jobs: int = 0  # sweep jobs inside those packs
     done: int = 0  # sweep jobs left out because their run is already done
+    held: int = 0  # sweep jobs left out because the scheduler already holds them (queued or running)
     alone: Counter = field(default_factory=Counter)  # why jobs run one per launcher job -> how many
 
     def describe(self, size: int) -> str:
@@ -108,6 +110,8 @@ class Plan:
             f"{sum(self.alone.values())} alone, {self.done} already done (not launched): "
             f"{len(self.launches)} launcher job(s)"
         ]
+        if self.held:
+            lines.append(f"  {self.held} job(s) already queued or running on the cluster: not submitted again")
         lines += [f"  {count} job(s) run alone: {why}" for why, count in self.alone.items()]
         return "\n".join(lines)
 
@@ -117,6 +121,7 @@ def plan_packs(
     resolve: Callable[[Sequence[str]], dict[str, Any]],
     size: int,
     pack_dir: Path,
+    held: Callable[[dict[str, Any]], bool] | None = None,
 ) -> Plan:
     """Group `jobs` (override lists, in launch order) into packs of at most `size`; write the pack files.
 
@@ -125,18 +130,21 @@ def plan_packs(
     """
     plan = Plan()
     groups: dict[str, list[Member]] = {}
-    order: list[tuple[str, Sequence[str] | str]] = []  # launch order: ("alone", overrides) or ("pack", key)
+    order: list[tuple] = []  # launch order: ("alone", overrides[, resolved]) or ("pack", key)
     for job in jobs:
         try:
             resolved = resolve(job)
         except (UserError, ValueError):
             plan.alone["its config does not resolve (the job reports why)"] += 1
-            order.append(("alone", job))
+            order.append(("alone", job, None))
+            continue
+        if held is not None and held(resolved):
+            plan.held += 1
             continue
         why = why_not_packed(resolved)
         if why is not None:
             plan.alone[why] += 1
-            order.append(("alone", job))
+            order.append(("alone", job, resolved))
             continue
         if RunDir(resolved["results_dir"], resolved).done:
             plan.done += 1
@@ -146,11 +154,13 @@ def plan_packs(
             groups[key] = []
             order.append(("pack", key))
         groups[key].append((job, resolved))
-    for kind, item in order:
+    for kind, item, *resolved in order:
         if kind == "alone":
             plan.launches.append(list(item))
+            plan.runs.append(_runs(resolved))
             continue
         for chunk in _chunks(groups[item], size):
+            plan.runs.append(_runs([member for _, member in chunk]))
             if len(chunk) == 1:
                 plan.alone["the only job of its recipe left to run"] += 1
                 plan.launches.append(list(chunk[0][0]))
@@ -161,6 +171,10 @@ def plan_packs(
             plan.packs += 1
             plan.packed_jobs += len(chunk)
     return plan
+
+
+def _runs(resolved: Sequence[dict[str, Any] | None]) -> list[tuple[str, str]]:
+    return [(config["results_dir"], RunDir(config["results_dir"], config).key) for config in resolved if config]
 
 
 def _chunks(members: list[Member], size: int) -> list[list[Member]]:

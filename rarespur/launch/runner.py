@@ -23,6 +23,7 @@ from rarespur.config.resolve import identity
 from rarespur.errors import DataError
 from rarespur.experiments import Experiment, resolve_job
 from rarespur.experiments.steps import data_fingerprint_of
+from rarespur.launch.provenance import where_it_ran
 from rarespur.store.run_dir import DATA_FINGERPRINT, FINAL_STATE, MODEL, Claim, RunDir, flatten
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def run_job(cfg: DictConfig | dict[str, Any], verify: tuple[str, ...] = ()) -> d
         if claim.done:  # finished by another process while this one waited
             return stored(run, resolved, experiment)
         match_threads_to_allocation()
+        where_it_ran()  # git runs now, as the job starts (cached), so ran_on.commit is the code that runs
         started = time.perf_counter()
         fingerprint = data_fingerprint_of(resolved)
         metrics = experiment.run(resolved, run, parents)
@@ -134,7 +136,8 @@ def _same_data(run: RunDir, resolved: dict[str, Any]) -> dict[str, Any]:
 def commit(
     claim: Claim, experiment: Experiment, metrics: dict[str, Any], fingerprint: str, wall_time_s: float
 ) -> dict[str, Any]:
-    """Commit the claimed run's record (config, metrics, timing, versions) and done marker; print its summary."""
+    """Commit the claimed run's record (config, metrics, timing, where it ran, versions) and done marker; print
+    its summary."""
     run = claim.run
     record = {
         "run_id": run.key,
@@ -143,7 +146,7 @@ def commit(
         DATA_FINGERPRINT: fingerprint,
         "wall_time_s": wall_time_s,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
+        **flatten({"ran_on": where_it_ran()}),
         **{f"version.{k}": v for k, v in versions().items()},
         "argv": " ".join(sys.argv[1:]),
     }

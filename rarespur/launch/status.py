@@ -14,6 +14,12 @@ Whether the owner is at work: on the same host, its process must exist and
 must have started before the job did (a pid reused after a reboot is not the
 owner); on another host, which we cannot ask, the directory must have
 changed within ``stale_after`` seconds (training checkpoints every epoch).
+
+A sweep submitted to SLURM (:mod:`rarespur.launch.arrays`) also has the scheduler's view: a
+job whose array task squeue still lists is *queued* (waiting for resources) or *running*,
+whatever its directory says, unless the store says it is done. Once the scheduler has
+forgotten a task, the store alone decides, as above. A failed or stale job that ran on SLURM
+points to its task's log file.
 """
 
 from __future__ import annotations
@@ -22,21 +28,31 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 from rarespur.config.resolve import identity
 from rarespur.errors import MissingFileError
-from rarespur.launch.sweep import Job
+from rarespur.launch import scheduler
+from rarespur.launch.arrays import Placement, Scheduled
+from rarespur.launch.progress import format_duration
+
+if TYPE_CHECKING:
+    from rarespur.launch.sweep import Job
 from rarespur.store.run_dir import CONFIG, DONE, ERROR, RUNNING, TRAIN_STATE, flatten, run_damage
 
-DONE_STATE, RUNNING_STATE, FAILED, STALE, CORRUPT, MISSING = "done", "running", "failed", "stale", "corrupt", "missing"
-STATES = (DONE_STATE, RUNNING_STATE, FAILED, STALE, CORRUPT, MISSING)
+DONE_STATE, RUNNING_STATE, QUEUED, FAILED, STALE, CORRUPT, MISSING = (
+    "done", "running", "queued", "failed", "stale", "corrupt", "missing"
+)  # fmt: skip
+STATES = (DONE_STATE, RUNNING_STATE, QUEUED, FAILED, STALE, CORRUPT, MISSING)
+ACTIVE = (RUNNING_STATE, QUEUED)
 INCOMPLETE = (FAILED, STALE, CORRUPT)
+WATCH_EVERY_S = 30.0
 STALE_AFTER_S = 1800.0  # longer than any epoch we run, so a live job elsewhere is never called stale
 ERROR_LINES = 3
 _MARKERS = (CONFIG, RUNNING, DONE, ERROR, TRAIN_STATE)
@@ -50,6 +66,7 @@ class Entry:
     path: Path
     state: str
     config: dict[str, Any] | None  # resolved config: the sweep's, or the directory's config.json
+    placement: Placement | None = None  # the SLURM array task it was last submitted as
 
 
 def run_state(path: Path, stale_after: float = STALE_AFTER_S, now: float | None = None) -> str:
@@ -121,11 +138,22 @@ def survey(
     jobs: Sequence[Job] | None = None,
     stale_after: float = STALE_AFTER_S,
 ) -> list[Entry]:
-    """The state of every job of a sweep (`jobs`), or of every run directory found when `jobs` is None."""
+    """The state of every job of a sweep (`jobs`), or of every run directory found when `jobs` is None;
+    a job the SLURM scheduler still holds is queued or running, unless it is done."""
     now = time.time()
     if jobs is not None:
-        return [Entry(job.run.path, run_state(job.run.path, stale_after, now), job.config) for job in jobs]
-    return [Entry(path, run_state(path, stale_after, now), _read_json(path / CONFIG)) for path in run_dirs(results_dir)]
+        found = [(job.run.path, job.config) for job in jobs]
+    else:
+        found = [(path, _read_json(path / CONFIG)) for path in run_dirs(results_dir)]
+    scheduled = Scheduled()
+    entries = []
+    for path, config in found:
+        state = run_state(path, stale_after, now)
+        on_cluster, placement = scheduled.lookup(path.parent, path.name)
+        if on_cluster is not None and state not in (DONE_STATE, CORRUPT):
+            state = on_cluster
+        entries.append(Entry(path, state, config, placement))
+    return entries
 
 
 def run_dirs(results_dir: str | Path) -> list[Path]:
@@ -158,7 +186,12 @@ def _text(value: Any) -> str:
 def table(entries: Sequence[Entry], by: Sequence[str] = (), with_missing: bool = True) -> str:
     """Counts per state, one row per combination of the `by` config keys (or one row, "all")."""
     shown = {entry.state for entry in entries}
-    states = [s for s in STATES if (s != MISSING or with_missing) and (s != CORRUPT or CORRUPT in shown)]
+    on_slurm = any(entry.placement is not None for entry in entries)
+    states = [
+        s
+        for s in STATES
+        if (s != MISSING or with_missing) and (s != CORRUPT or CORRUPT in shown) and (s != QUEUED or on_slurm)
+    ]
     rows: dict[tuple[str, ...], Counter] = {}
     for entry in entries:
         flat = _flat(entry.config)
@@ -200,25 +233,61 @@ def describe(entries: Sequence[Entry]) -> dict[Path, str]:
 
 
 def problems(entries: Sequence[Entry], limit: int = 20) -> str:
-    """The failed runs with the last lines of their error.txt, then the stale ones."""
+    """The failed runs with the last lines of their error.txt, then the stale and corrupt ones, then the
+    missing ones that SLURM was asked to run and no longer holds; each that ran on SLURM with its task and log."""
     labels = describe(entries)
+    ended = [e for e in entries if e.placement is not None and e.state in (*INCOMPLETE, MISSING)]
+    final = scheduler.final_states(e.placement.task_id for e in ended if e.placement is not None)
     lines = []
-    for state in INCOMPLETE:
-        chosen = [e for e in entries if e.state == state]
+    for state in (*INCOMPLETE, MISSING):
+        chosen = [e for e in entries if e.state == state and (state != MISSING or e.placement is not None)]
         if not chosen:
             continue
-        lines.append(f"{state} ({len(chosen)}):")
+        lines.append(
+            f"{state} ({len(chosen)}):" if state != MISSING else f"missing, submitted to SLURM ({len(chosen)}):"
+        )
         for entry in chosen[: limit or None]:
             lines.append(f"  {entry.path}  {labels[entry.path]}".rstrip())
             if state == FAILED:
                 lines += [f"    | {line}" for line in _tail(entry.path / ERROR)]
             elif state == CORRUPT:
                 lines.append(f"    | {run_damage(entry.path)}; a relaunch runs it again")
-            else:
+            elif state == STALE:
                 lines.append(f"    | {_abandoned(entry.path)}")
+            if entry.placement is not None:
+                how = final.get(entry.placement.task_id) or "no longer known to sacct"
+                lines.append(f"    | SLURM task {entry.placement.task_id} ({how}), log {entry.placement.log}")
         if limit and len(chosen) > limit:
             lines.append(f"  ... and {len(chosen) - limit} more")
     return "\n".join(lines)
+
+
+def pace(entries: Sequence[Entry], now: float | None = None) -> str:
+    """Models per hour since the sweep was (last) submitted to SLURM, and the ETA of what is left; "" when the
+    sweep has no submission record or nothing has finished since."""
+    submitted = [e.placement.submitted for e in entries if e.placement is not None]
+    if not submitted:
+        return ""
+    now = time.time() if now is None else now
+    start = min(submitted)
+    finished = sum(1 for e in entries if e.state == DONE_STATE and _done_at(e.path) >= start)
+    left = sum(1 for e in entries if e.state in (*ACTIVE, MISSING, STALE))
+    if not finished or now <= start:
+        return f"submitted {format_duration(now - start)} ago, none finished since | ETA ?"
+    if not left:  # over: the pace it went at, not one that falls as time passes
+        now = max(_done_at(e.path) for e in entries if e.state == DONE_STATE)
+    rate = finished / max(now - start, 1.0) * 3600.0
+    eta = format_duration(left / rate * 3600.0) if left else "0 s"
+    return (
+        f"{finished} finished in the {format_duration(now - start)} since submission | {rate:.1f} models/h | ETA {eta}"
+    )
+
+
+def _done_at(path: Path) -> float:
+    try:
+        return (path / DONE).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _tail(path: Path, n: int = ERROR_LINES) -> list[str]:
@@ -256,6 +325,9 @@ def report(
         others = len(set(run_dirs(results_dir)) - {e.path for e in entries}) if Path(results_dir).is_dir() else 0
         if others:
             write(f"({others} other run directories in {results_dir} are not jobs of this sweep)")
+    speed = pace(entries)
+    if speed:
+        write(speed)
     listing = problems(entries, limit)
     if listing:
         write(listing)
@@ -263,3 +335,28 @@ def report(
         deleted = delete_incomplete(entries, stale_after)
         write(f"deleted {len(deleted)} incomplete run directories" + "".join(f"\n  {p}" for p in deleted))
     return entries
+
+
+def watch(
+    results_dir: str | Path,
+    jobs: Sequence[Job] | None = None,
+    by: Sequence[str] = (),
+    stale_after: float = STALE_AFTER_S,
+    limit: int = 20,
+    every_s: float = WATCH_EVERY_S,
+    out: TextIO | None = None,
+) -> list[Entry]:
+    """:func:`report` again every `every_s` seconds (the screen cleared on a terminal) until no job of the
+    sweep is queued or running; returns the last entries."""
+    stream = out if out is not None else sys.stdout
+    while True:
+        if stream.isatty():
+            stream.write("\033[H\033[2J")
+        stream.write(
+            time.strftime("%H:%M:%S ") + f"(refreshed every {every_s:.0f} s until nothing is queued or running)\n"
+        )
+        entries = report(results_dir, jobs, by, stale_after, False, limit, stream)
+        stream.flush()
+        if not any(e.state in ACTIVE for e in entries):
+            return entries
+        time.sleep(every_s)

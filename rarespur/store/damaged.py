@@ -14,9 +14,10 @@ import pickle
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def load_or_set_aside(path: Path, map_location: str | torch.device = "cpu") -> A
     """``torch.load(path, weights_only=True)``, or None (and the file set aside) when it cannot be read."""
     if not path.exists():
         return None
+    import torch  # here: the store's readers (status, collect, a relaunch's planning) need no torch
+
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except torch.OutOfMemoryError:

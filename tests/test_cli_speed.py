@@ -1,0 +1,68 @@
+"""The command line answers without loading torch or the experiments (seconds): run.py --help, --cfg job,
+--info, tab completion and Hydra's plugin discovery, and python -m rarespur --help."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+HEAVY = ("torch", "rarespur.experiments")  # and their submodules
+
+COMMANDS = {
+    "help": (["run.py", "--help"], {}),
+    "cfg job": (["run.py", "--cfg", "job", "pattern=s3", "model=largemlp", "dataset=mnistv8-3-0-0"], {}),
+    "info": (["run.py", "--info"], {}),
+    "completion": (["run.py", "--shell-completion", "query=bash"], {"COMP_LINE": "python run.py dataset="}),
+    "rarespur help": (["-m", "rarespur", "--help"], {}),
+    "rarespur collect help": (["-m", "rarespur", "collect", "--help"], {}),
+}
+
+
+def imported_modules(importtime: str) -> list[str]:
+    """The modules named by ``python -X importtime`` output (lines ``import time: self | cumulative | name``,
+    the name indented by its depth); the header line and any other output are skipped.
+
+    Hydra loads the hydra_plugins modules themselves in a way importtime does not name, but everything
+    they import is named, so a plugin that imports torch shows here."""
+    names = []
+    for line in importtime.splitlines():
+        if not line.startswith("import time:"):
+            continue
+        name = line.rsplit("|", 1)[-1].strip()
+        if name != "imported package":  # the header
+            names.append(name)
+    return names
+
+
+def test_imported_modules_reads_importtime_lines():
+    out = (
+        "import time: self [us] | cumulative | imported package\n"
+        "import time:       100 |        100 |   torch._C\n"
+        "import time:      2000 |       2100 | torch\n"
+        "some other line | torch\n"
+    )
+    assert imported_modules(out) == ["torch._C", "torch"]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_the_command_line_loads_no_torch_and_no_experiment(name):
+    args, env = COMMANDS[name]
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip()  # it answered
+    modules = imported_modules(done.stderr)
+    assert "rarespur.errors" in modules or "rarespur" in modules  # the output was read: not vacuous
+    heavy = [m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+    assert not heavy, f"{' '.join(args)} imports {heavy[:5]}: import them where the job runs, not at the top"
