@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,7 @@ class FakeJob:
     def __init__(self, folder: Path, job_num: int, runs_for: int, exits_after: int, fails: str | None) -> None:
         self.job_num, self.runs_for, self.exits_after, self.fails = job_num, runs_for, exits_after, fails
         self.polls = 0
+        self.job_id = str(job_num)
         self.paths = type("Paths", (), {})()
         self.paths.stdout = folder / f"{job_num}_log.out"
         self.paths.result_pickle = folder / f"{job_num}_result.pkl"
@@ -197,8 +199,10 @@ class FakeExecutor:
 def pool(launcher, tmp_path: Path, executor: FakeExecutor, n_jobs: int) -> list[JobReturn]:
     launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
     launcher.poll_s = 0.0
-    launcher._executor = lambda: executor
-    return list(launcher.launch([[f"job={i}"] for i in range(n_jobs)], initial_job_idx=0))
+    module = sys.modules[type(launcher).__module__]  # the launcher's own module (Hydra's scan may re-execute it)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "make_executor", lambda name, params: executor)
+        return list(launcher.launch([[f"job={i}"] for i in range(n_jobs)], initial_job_idx=0))
 
 
 def test_pool_starts_a_job_on_the_first_free_gpu(tmp_path, monkeypatch):
@@ -234,7 +238,7 @@ def test_pool_runs_every_job_when_some_fail(tmp_path, caplog, capsys):
         returns = pool(launcher, tmp_path, executor, 5)
     assert [num for num, _, _ in executor.submitted] == [0, 1, 2, 3, 4]
     assert [r.status for r in returns] == [JobStatus.COMPLETED, JobStatus.FAILED] * 2 + [JobStatus.COMPLETED]
-    with pytest.raises(RuntimeError, match="job 3 was killed"):
+    with pytest.raises(RuntimeError, match=r"job 3 ended without a result \(job 3 was killed\); log .*3_log\.out"):
         _ = returns[3].return_value
     assert returns[3].overrides == ["job=3"]
     assert "local_cpu: 2 of 5 job(s) failed:" in caplog.text

@@ -36,10 +36,9 @@ from typing import Any, Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from omegaconf import OmegaConf
 
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
+from hydra_plugins.rarespur_launchers.submitit_jobs import job_return, make_executor, show_jobs
 
 log = logging.getLogger(__name__)
 
@@ -105,19 +104,6 @@ class PoolLauncher(LocalLauncher):
     def enter_slot(self, slot: int, job_num: int) -> None:
         """Runs in the job process, before the job: take slot `slot` (e.g. its GPUs). Default: nothing."""
 
-    def _executor(self) -> Any:
-        """submitit's local executor with this launcher's parameters, as BaseSubmititLauncher.launch builds it."""
-        import submitit
-
-        init_keys = {"max_num_timeout", "submitit_folder"}
-        init = {f"{self._EXECUTOR}_max_num_timeout": v for k, v in self.params.items() if k == "max_num_timeout"}
-        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=self.params["submitit_folder"], **init)
-        base = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(
-            **{k if k in base else f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k not in init_keys}
-        )
-        return executor
-
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """Run the jobs, each as soon as a slot is free; a failed job (a FAILED JobReturn) does not stop the others."""
         from rarespur.launch.progress import Progress  # here: Hydra imports every plugin at start-up
@@ -125,15 +111,14 @@ class PoolLauncher(LocalLauncher):
         assert self.config is not None
         n_jobs, n_slots = len(job_overrides), max(1, len(self.slots))
         assert n_jobs > 0
-        executor = self._executor()
+        executor = make_executor(self._EXECUTOR, self.params)
         log.info("%s: %d job(s) at a time%s, each as soon as one is free", self.name, n_slots, self.pool_note())
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {self.config.hydra.sweep.dir}")
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
-        for i, overrides in enumerate(job_overrides):
-            log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
+        show_jobs(log, job_overrides, initial_job_idx)
 
         singleton_state = Singleton.get_state()
         returns: list[JobReturn | None] = [None] * n_jobs
@@ -169,7 +154,7 @@ class PoolLauncher(LocalLauncher):
                         free.append(slot)
                 for idx, job in list(exiting.items()):
                     if job.done():
-                        returns[idx] = self._result(job, job_overrides[idx])
+                        returns[idx] = job_return(job, job_overrides[idx])
                         del exiting[idx]
                 if queued < n_jobs or running or exiting:
                     progress.update(counts())
@@ -185,14 +170,6 @@ class PoolLauncher(LocalLauncher):
                 overrides = " ".join(filter_overrides(job_overrides[i]))
                 log.error("\t#%d : %s (log: %s)", initial_job_idx + i, overrides, logs[i])
         return [r for r in returns if r is not None]
-
-    @staticmethod
-    def _result(job: Any, overrides: Sequence[str]) -> JobReturn:
-        """The job's JobReturn; a job that died before returning one (killed, timed out) gives a FAILED one."""
-        try:
-            return job.results()[0]
-        except Exception as err:  # any way the job process failed is this job's failure
-            return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=err)
 
 
 class LocalGpuLauncher(PoolLauncher):

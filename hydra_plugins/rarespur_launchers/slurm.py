@@ -24,16 +24,15 @@ from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from omegaconf import OmegaConf
+from hydra.core.utils import JobReturn, JobStatus
 
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
+from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from hydra_plugins.rarespur_launchers.submitit_jobs import job_return, make_executor, show_jobs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default, used when scontrol does not answer
-JOBS_SHOWN = 5  # launcher jobs listed at submission; the rest are counted
 POLL_S = 10.0  # how often a waiting launcher asks the store and the scheduler
 
 
@@ -113,9 +112,9 @@ class SlurmArrayLauncher(SlurmLauncher):
         parallelism = self.params.get("array_parallelism")
         plans = split_arrays(len(job_overrides), int(cap), parallelism)
         log.info("SLURM sweep in %s: %s", sweep_dir, describe_split(plans, parallelism, int(cap)))
-        self._show(job_overrides, initial_job_idx)
+        show_jobs(log, job_overrides, initial_job_idx)
 
-        executor = self._executor()
+        executor = make_executor(self._EXECUTOR, self.params)
         task = self._shared_task(sweep_dir)
         jobs: list[Any] = []
         array_ids: list[str] = []
@@ -149,7 +148,7 @@ class SlurmArrayLauncher(SlurmLauncher):
             log.info("not waiting (hydra.launcher.wait=false): the jobs run on without this process")
             return [self._submitted_return(o, j.job_id) for o, j in zip(job_overrides, jobs)]
         self._watch(jobs, runs)
-        return [self._result(job, overrides) for job, overrides in zip(jobs, job_overrides)]
+        return [job_return(job, overrides) for job, overrides in zip(jobs, job_overrides)]
 
     def _room(self, wanted: int) -> int:
         """How many jobs the queue takes now: all, unless the user's MaxSubmitJobs caps it."""
@@ -159,26 +158,6 @@ class SlurmArrayLauncher(SlurmLauncher):
         if not cap:
             return wanted
         return max(0, min(wanted, int(cap) - scheduler.jobs_in_queue()))
-
-    def _show(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> None:
-        for idx, overrides in enumerate(job_overrides[:JOBS_SHOWN]):
-            log.info("\t#%d : %s", initial_job_idx + idx, " ".join(filter_overrides(overrides)))
-        if len(job_overrides) > JOBS_SHOWN:
-            log.info("\t... and %d more job(s)", len(job_overrides) - JOBS_SHOWN)
-
-    def _executor(self) -> Any:
-        """The submitit executor of the stock launcher, with this sweep's parameters."""
-        import submitit
-
-        params = {k: v for k, v in self.params.items() if k not in ("submitit_folder", "max_num_timeout")}
-        executor = submitit.AutoExecutor(
-            cluster=self._EXECUTOR,
-            folder=self.params["submitit_folder"],
-            slurm_max_num_timeout=self.params.get("max_num_timeout", 0),
-        )
-        base = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v for k, v in params.items()})
-        return executor
 
     def _shared_task(self, sweep_dir: Path) -> SharedLauncherTask:
         """Pickle this launcher and Hydra's state once, for every task of this launch."""
@@ -276,11 +255,3 @@ class SlurmArrayLauncher(SlurmLauncher):
 
     def _submitted_return(self, overrides: Sequence[str], task_id: str) -> JobReturn:
         return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=f"SLURM task {task_id}")
-
-    def _result(self, job: Any, overrides: Sequence[str]) -> JobReturn:
-        """The job's JobReturn; a task killed before it could write one (scancel, OOM, node failure) is a failed one."""
-        try:
-            return job.results()[0]
-        except Exception as err:  # submitit's UncompletedJobError and anything its result file raises
-            why = RuntimeError(f"SLURM task {job.job_id} ended without a result ({err}); log {job.paths.stdout}")
-            return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=why)
