@@ -362,3 +362,30 @@ def test_a_relaunch_of_a_detached_sweep_submits_only_what_the_scheduler_does_not
         assert re.search(r"SLURM task \d+_\d \((CANCELLED|no longer known to sacct)\), log \S+_log\.out", status.stdout)
     finally:
         subprocess.run(["scancel", "--name", name], timeout=30)
+
+
+def test_a_queue_cap_is_respected_and_the_rest_named(tmp_path):
+    """With MaxSubmitJobs=3 on the user's association (sacctmgr), a 5-job sweep submits 3 and says in one line
+    that 2 are held back and how to submit them; a relaunch while the 3 wait submits nothing."""
+    name = f"rarespur-cap-{uuid.uuid4().hex[:8]}"
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    hold = "+hydra.launcher.additional_parameters={begin:now+1hour}"
+    cmd = [*sweep_command(tmp_path, name, "poison.seed=range(5)", "epochs=1"), "hydra.launcher.wait=false", hold]
+    capped = subprocess.run(
+        ["sacctmgr", "-i", "modify", "user", user, "set", "MaxSubmitJobs=3"], capture_output=True, text=True
+    )
+    if capped.returncode != 0:
+        pytest.skip(f"cannot set MaxSubmitJobs on this cluster (no accounting?): {capped.stderr.strip()[:200]}")
+    try:
+        first = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert first.returncode == 0, first.stdout[-3000:]
+        assert "2 job(s) held back: the queue takes 3 more of yours (MaxSubmitJobs)" in first.stdout, first.stdout
+        assert "Run the same command again when it has room" in first.stdout
+        assert len(_our_tasks(name)) == 3
+        again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert "3 job(s) already queued or running on the cluster: not submitted again" in again.stdout
+        assert "2 job(s) held back: the queue takes 0 more of yours" in again.stdout, again.stdout[-3000:]
+        assert len(_our_tasks(name)) == 3
+    finally:
+        subprocess.run(["sacctmgr", "-i", "modify", "user", user, "set", "MaxSubmitJobs=-1"], capture_output=True)
+        subprocess.run(["scancel", "--name", name], timeout=30)

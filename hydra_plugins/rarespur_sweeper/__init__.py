@@ -8,6 +8,10 @@ with packs and a fast start.
   (about 70 ms a job: ten minutes for an 8,400-job grid before the first job starts). Here a
   job is composed once per distinct set of config-group choices and keys; the others differ
   only in values, which each job checks when it starts (as every job also does here).
+- A launcher that submits to a scheduler (``launch_runs``: the SLURM presets' arrays,
+  ``hydra_plugins.rarespur_launchers.slurm``) gets every launch with the run keys it runs, and is not
+  handed jobs that are done or that the scheduler already holds from an earlier launch
+  (:mod:`rarespur.launch.arrays`), so a relaunch submits nothing twice.
 
 The job list is the basic sweeper's own (``split_arguments``), so ``rarespur status`` and
 ``--delete-incomplete`` (:mod:`rarespur.launch.sweep`) see the very jobs a launch runs.
