@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SUBMITTED = "array(s) submitted"
+SUBMITTED = " submitted in "  # "all N array(s) submitted in" before the pool rewrite, "N job(s) submitted in" now
 REFUSED = ("Invalid job array specification", "Batch job submission failed")
 
 

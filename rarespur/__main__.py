@@ -60,12 +60,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"a job on another host is stale after this long without a change (default {STALE_AFTER_S:.0f})",
     )
     p_status.add_argument(
-        "--watch",
-        nargs="?",
-        const=WATCH_EVERY_S,
+        "--watch", action="store_true", help="refresh (every --every seconds) until nothing is queued or running"
+    )
+    p_status.add_argument(
+        "--every",
         type=float,
+        default=WATCH_EVERY_S,
         metavar="SECONDS",
-        help=f"refresh every SECONDS (default {WATCH_EVERY_S:.0f}) until nothing is queued or running",
+        help=f"with --watch (default {WATCH_EVERY_S:.0f})",
     )
     p_status.add_argument(
         "--limit", type=int, default=20, help="list at most this many failed / stale runs each (0 = all)"
@@ -101,13 +103,15 @@ def _run(args: argparse.Namespace, extras: list[str]) -> int:
         from rarespur.launch.status import report, watch
         from rarespur.launch.sweep import expand
 
-        if args.watch is not None and args.delete_incomplete:
+        if args.watch and args.delete_incomplete:
             raise UserError("--watch and --delete-incomplete do not go together: delete once the sweep has ended")
+        if args.every <= 0:
+            raise UserError(f"--every {args.every:g}: give a positive number of seconds between refreshes")
         overrides = [*args.overrides, *extras]
         by = [key for key in args.by.split(",") if key]
         jobs = expand(args.sweep, overrides, args.results_dir) if args.sweep or overrides else None
-        if args.watch is not None:
-            watch(args.results_dir, jobs, by, args.stale_after, args.limit, args.watch)
+        if args.watch:
+            watch(args.results_dir, jobs, by, args.stale_after, args.limit, args.every)
         else:
             report(args.results_dir, jobs, by, args.stale_after, args.delete_incomplete, args.limit)
     return 0

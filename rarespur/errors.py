@@ -26,3 +26,7 @@ class TrainingDiverged(UserError, RuntimeError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder named in the config or on the command line does not exist."""
+
+
+class SchedulerError(UserError):
+    """The cluster's scheduler did not answer or refused a submission: the message says what to check."""

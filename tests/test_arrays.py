@@ -9,9 +9,10 @@ import itertools
 
 import pytest
 
+from rarespur.errors import SchedulerError
 from rarespur.launch import scheduler
 from rarespur.launch.arrays import (
-    Scheduled,
+    QueueView,
     Submission,
     describe_split,
     placements,
@@ -20,6 +21,7 @@ from rarespur.launch.arrays import (
     unsubmitted,
     write_submission,
 )
+from rarespur.launch.runner import run_job
 from rarespur.launch.status import report, survey
 from rarespur.launch.sweep import Sweep, expand
 from rarespur.store.run_dir import DONE
@@ -27,10 +29,10 @@ from rarespur.store.run_dir import DONE
 
 def simulate(plans, duration=lambda job: 1 + job % 3):
     """Run the plans as SLURM would (each array at most `throttle` at once, a chained array after its
-    predecessor ends); return the peak number of tasks running at once and every job's start."""
+    predecessor ends); return the peak number of tasks running at once, every job's start and the makespan."""
     clock, running, peak, starts = 0, [], 0, {}
     ended = {a: False for a in range(len(plans))}
-    waiting = {a: list(range(p.start, p.stop)) for a, p in enumerate(plans)}
+    waiting = {a: list(p.jobs) for a, p in enumerate(plans)}
     while any(waiting.values()) or running:
         for a, plan in enumerate(plans):
             if plan.after is not None and not ended[plan.after]:
@@ -44,33 +46,41 @@ def simulate(plans, duration=lambda job: 1 + job % 3):
         running = [(end, a) for end, a in running if end > clock]
         for a in ended:
             ended[a] = not waiting[a] and all(arr != a for _, arr in running)
-    return peak, starts
+    return peak, starts, clock
 
 
 @pytest.mark.parametrize(
-    ("n", "cap", "parallelism"), [(2500, 1001, 64), (8400, 1001, 8), (7, 3, 2), (1001, 1001, 256), (40, 3, 5)]
+    ("n", "cap", "parallelism"),
+    [(2500, 1001, 64), (8400, 1001, 8), (8400, 1001, 64), (7, 3, 2), (1001, 1001, 256), (40, 3, 5), (3, 1, 64)],
 )
 def test_arrays_fit_the_cluster_cover_every_job_once_and_never_run_more_than_the_bound(n, cap, parallelism):
     plans = split_arrays(n, cap, parallelism)
     assert all(1 <= p.size <= cap for p in plans)
-    assert [p.start for p in plans] == [0, *(p.stop for p in plans[:-1])] and plans[-1].stop == n
-    assert len(plans) == -(-n // cap)  # as few arrays as fit
+    assert sorted(j for p in plans for j in p.jobs) == list(range(n))
     assert max(p.size for p in plans) - min(p.size for p in plans) <= 1  # even sizes
     assert sum(p.throttle for p in plans if p.after is None) <= parallelism
-    peak, starts = simulate(plans)
+    peak, starts, makespan = simulate(plans)
     assert peak == min(parallelism, n) and sorted(starts) == list(range(n))
+    ideal = sum(1 + j % 3 for j in range(n)) / min(parallelism, n)
+    assert makespan <= ideal * 1.1 + 3, (makespan, ideal)  # no slot left idle for long
 
 
-def test_more_arrays_than_the_bound_wait_for_each_other():
+def test_more_arrays_than_the_bound_wait_for_each_other_in_even_lanes():
     plans = split_arrays(7, 3, 2)
-    assert [(p.size, p.throttle, p.after) for p in plans] == [(2, 1, None), (2, 1, None), (3, 1, 0)]
+    assert [(list(p.jobs), p.throttle, p.after) for p in plans] == [
+        ([0, 4], 1, None), ([1, 5], 1, None), ([2, 6], 1, 0), ([3], 1, 1)
+    ]  # fmt: skip
     text = describe_split(plans, 2, 3)
-    assert text.startswith("7 launcher job(s) in 3 array(s) of 2/3 task(s) (MaxArraySize 3)")
-    assert "at most 2 running at once" in text and "1 array(s) wait for an earlier one (afterany)" in text
+    assert text.startswith("7 launcher job(s) in 4 array(s) of 1/2 task(s) (MaxArraySize 3)")
+    assert "at most 2 running at once" in text and "2 array(s) wait for an earlier one (afterany)" in text
+    # the paper's largest grid on SLURM's default limits: every lane holds the same number of jobs
+    lanes = split_arrays(8400, 1001, 8)
+    assert len(lanes) == 16 and {p.size for p in lanes} == {525} and {p.throttle for p in lanes} == {1}
 
 
 def test_no_bound_means_every_task_may_run():
     assert [(p.size, p.throttle) for p in split_arrays(5, 1001, None)] == [(5, 5)]
+    assert [(p.size, p.throttle) for p in split_arrays(2003, 1001, None)] == [(668, 668), (668, 668), (667, 667)]
     assert split_arrays(0, 1001, 8) == []
     with pytest.raises(ValueError, match="max_array_size must be at least 1"):
         split_arrays(5, 0, 8)
@@ -103,18 +113,19 @@ def fake_queue(monkeypatch):
 SWEEP = ["pattern=s1,s3", "poison.count=0,10", "epochs=1"]
 
 
-def test_a_relaunch_leaves_out_what_is_done_or_held_by_the_scheduler(tmp_path, fake_queue):
+def test_a_relaunch_leaves_out_what_is_done_or_held_by_the_scheduler_and_reruns_a_corrupt_run(tmp_path, fake_queue):
     queue, _ = fake_queue
     store = tmp_path / "store"
     sweep = Sweep(None, [*SWEEP, f"results_dir={store}"])
     jobs = list(sweep.jobs())
     keys = [job.run.key for job in jobs]
     write_submission(submission("20", [[k] for k in keys], 1.0), [store])
-    queue.update({"20_0": "PENDING", "20_1": "RUNNING"})  # 20_2 and 20_3 have left the queue
-    jobs[2].run.path.mkdir(parents=True)
-    (jobs[2].run.path / DONE).write_text("")
+    queue.update({"20_0": "PENDING", "20_1": "REQUEUE_HOLD"})  # any state squeue lists holds the job
+    run_job({**jobs[2].config, "device": "cpu"})  # done for real
+    jobs[3].run.path.mkdir(parents=True)
+    (jobs[3].run.path / DONE).write_text("")  # a done marker that vouches for nothing: corrupt, run again
 
-    launches, runs, left_out = unsubmitted(sweep.job_overrides, sweep.resolved_here, Scheduled())
+    launches, runs, left_out = unsubmitted(sweep.job_overrides, sweep.resolved_here, QueueView(strict=True))
     assert launches == [list(jobs[3].overrides)] and runs == [[(str(store), keys[3])]]
     assert left_out == {"already queued or running on the cluster": 2, "already done": 1}
 
@@ -144,7 +155,22 @@ def test_status_without_submissions_has_no_queued_column(tmp_path, fake_queue):
     assert "queued" not in out.getvalue() and "ETA" not in out.getvalue()
 
 
-def test_every_split_keeps_job_order():
+def test_every_split_deals_every_job_once():
     for n, cap, parallelism in itertools.product([1, 5, 1002], [1, 4, 1001], [1, 3, None]):
         plans = split_arrays(n, cap, parallelism)
-        assert list(itertools.chain.from_iterable(range(p.start, p.stop) for p in plans)) == list(range(n))
+        assert sorted(itertools.chain.from_iterable(p.jobs for p in plans)) == list(range(n))
+        assert all(p.size <= cap for p in plans)
+
+
+def test_a_relaunch_refuses_to_guess_when_squeue_does_not_answer(tmp_path, monkeypatch):
+    """Guessing "nothing queued" would submit every waiting job twice: the relaunch stops with one message;
+    status shows the store's view and says squeue did not answer."""
+    monkeypatch.setattr(scheduler, "queue_states", lambda ids: None)
+    store = tmp_path / "store"
+    jobs = expand(None, SWEEP, store)
+    write_submission(submission("40", [[j.run.key] for j in jobs], 1.0), [store])
+    with pytest.raises(SchedulerError, match="squeue did not answer.*records 4 run.*nothing is submitted"):
+        QueueView(strict=True).holds(store, jobs[0].run.key)
+    out = io.StringIO()
+    report(store, jobs, out=out)
+    assert "squeue did not answer" in out.getvalue() and [e.state for e in survey(store, jobs)] == ["missing"] * 4

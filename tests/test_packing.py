@@ -226,7 +226,7 @@ def test_grouping_packs_only_what_may_differ(tmp_path):
     # a relaunch packs only what is not done
     done = RunDir(tmp_path, sweep.resolved_here(sweep.job_overrides[0]))
     done.path.mkdir(parents=True)
-    done.file(DONE).write_text("{}")
+    done.file(DONE).write_text(json.dumps({"files": {}}))  # a done marker that vouches for no file: undamaged
     again = plan_packs(sweep.job_overrides, sweep.resolved_here, 5, tmp_path / "packs")
     assert again.done == 1 and again.packed_jobs == 47
 

@@ -1,4 +1,4 @@
-"""Sweeps through a REAL SLURM cluster: Hydra's submitit_slurm launcher with +cluster=slurm_ci.
+"""Sweeps through a REAL SLURM cluster: rarespur's SLURM array launcher (submitit underneath) with +cluster=slurm_ci.
 
 Needs the single-node CI cluster (partition ``debug``) of ../shared/slurm:
 ``bash ../shared/slurm/slurm-ci-up.sh`` (root, ~30 s the first time); .ci/run starts it.
@@ -295,7 +295,7 @@ def test_a_sweep_larger_than_max_array_size_is_accepted_whole_and_detached(tmp_p
 
 @pytest.mark.slow
 def test_array_parallelism_bounds_the_whole_sweep_across_arrays(tmp_path):
-    """7 jobs in arrays of at most 3 with array_parallelism=2: 3 arrays (one waits for another), and
+    """7 jobs in arrays of at most 3 with array_parallelism=2: 4 arrays in 2 lanes (two wait for another), and
     sacct's start and end times never have more than 2 tasks running at once; every run is done."""
     name = f"rarespur-lanes-{uuid.uuid4().hex[:8]}"
     cmd = sweep_command(
@@ -305,7 +305,9 @@ def test_array_parallelism_bounds_the_whole_sweep_across_arrays(tmp_path):
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
-    assert "7 launcher job(s) in 3 array(s)" in out and "wait for an earlier one (afterany)" in out, out[-3000:]
+    assert "7 launcher job(s) in 4 array(s)" in out and "2 array(s) wait for an earlier one (afterany)" in out, out[
+        -3000:
+    ]
     assert "7/7 done" in out  # the progress line's last word
     assert len(list((tmp_path / "store").glob(f"*/{DONE}"))) == 7
     logs = job_logs(tmp_path / "multirun")
@@ -379,12 +381,12 @@ def test_a_queue_cap_is_respected_and_the_rest_named(tmp_path):
     try:
         first = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
         assert first.returncode == 0, first.stdout[-3000:]
-        assert "2 job(s) held back: the queue takes 3 more of yours (MaxSubmitJobs)" in first.stdout, first.stdout
+        assert "2 job(s) held back: your queue is full (MaxSubmitJobs)" in first.stdout, first.stdout
         assert "Run the same command again when it has room" in first.stdout
         assert len(_our_tasks(name)) == 3
         again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
         assert "3 job(s) already queued or running on the cluster: not submitted again" in again.stdout
-        assert "2 job(s) held back: the queue takes 0 more of yours" in again.stdout, again.stdout[-3000:]
+        assert "2 job(s) held back: your queue is full" in again.stdout and "0 job(s) submitted" in again.stdout
         assert len(_our_tasks(name)) == 3
     finally:
         subprocess.run(["sacctmgr", "-i", "modify", "user", user, "set", "MaxSubmitJobs=-1"], capture_output=True)

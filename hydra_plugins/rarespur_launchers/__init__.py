@@ -96,6 +96,7 @@ class PoolLauncher(LocalLauncher):
     name = "local"
     slots: list[Any] = [None]
     poll_s = 0.2
+    free_on_result = True  # give a slot back when its job's result is written, before its process has exited
 
     def pool_note(self) -> str:
         """What a slot is, for the log line at the start of the sweep."""
@@ -113,7 +114,7 @@ class PoolLauncher(LocalLauncher):
         assert n_jobs > 0
         executor = make_executor(self._EXECUTOR, self.params)
         log.info("%s: %d job(s) at a time%s, each as soon as one is free", self.name, n_slots, self.pool_note())
-        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {self.config.hydra.sweep.dir}")
+        log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, self.config.hydra.sweep.dir)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
@@ -148,8 +149,9 @@ class PoolLauncher(LocalLauncher):
                     running[idx], logs[idx] = (job, slot), Path(job.paths.stdout)
                     queued += 1
                 for idx, (job, slot) in list(running.items()):
-                    # the slot is free once the job has written its result: only its process's exit is left
-                    if job.paths.result_pickle.exists() or job.done():
+                    # a CPU slot is free once the job has written its result (only its process's exit is left);
+                    # a GPU slot once the process is gone, since until then it holds its GPU memory
+                    if (self.free_on_result and job.paths.result_pickle.exists()) or job.done():
                         exiting[idx] = running.pop(idx)[0]
                         free.append(slot)
                 for idx, job in list(exiting.items()):
@@ -176,6 +178,7 @@ class LocalGpuLauncher(PoolLauncher):
     """``submitit_local`` that gives every job its own GPU(s): one job per GPU slot at a time, on the slot it found free."""
 
     name = "local_gpus"
+    free_on_result = False  # the old process keeps its GPU memory until it exits
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

@@ -1,6 +1,7 @@
 """What rarespur's launchers (the local pool and the SLURM arrays) share: the submitit executor built as
 hydra-submitit-launcher builds it, a short job list for the log, and a job's JobReturn even when it died."""
 
+import logging
 from typing import Any, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
@@ -26,7 +27,7 @@ def make_executor(executor_name: str, params: dict[str, Any]) -> Any:
     return executor
 
 
-def show_jobs(log: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> None:
+def show_jobs(log: logging.Logger, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> None:
     """The first few jobs, one line each, then how many more: a 10,000-job grid does not fill the log."""
     for i, overrides in enumerate(job_overrides[:JOBS_SHOWN]):
         log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(overrides)))
@@ -34,10 +35,14 @@ def show_jobs(log: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx:
         log.info("\t... and %d more job(s)", len(job_overrides) - JOBS_SHOWN)
 
 
-def job_return(job: Any, overrides: Sequence[str]) -> JobReturn:
+def job_return(job: Any, overrides: Sequence[str], wait: bool = True) -> JobReturn:
     """The job's JobReturn; a job that died before writing one (killed, timed out, out of memory, scancel) gives
-    a FAILED one that names its log, so the sweep reports it with the others instead of stopping."""
+    a FAILED one that names its log, so the sweep reports it with the others instead of stopping. With
+    `wait` false the job is known to have ended: a missing result is a failure at once (submitit would wait
+    for it forever where sacct cannot tell it ended)."""
     try:
+        if not wait and not job.paths.result_pickle.exists():
+            raise RuntimeError("no result file")
         return job.results()[0]
     except Exception as err:  # submitit's UncompletedJobError, FailedJobError, an unreadable result file
         why = RuntimeError(f"job {job.job_id} ended without a result ({err}); log {job.paths.stdout}")

@@ -46,7 +46,7 @@ class RarespurSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         # here, not at import: Hydra imports every plugin at start-up
-        from rarespur.launch.arrays import Scheduled, held_by, unsubmitted
+        from rarespur.launch.arrays import QueueView, held_by, unsubmitted
         from rarespur.launch.pack_plan import plan_packs
         from rarespur.launch.sweep import Sweep
 
@@ -63,19 +63,17 @@ class RarespurSweeper(BasicSweeper):
         # a launcher that submits to a scheduler (SLURM arrays) is told each launch's run keys, and is
         # not handed what is done or what the scheduler already holds from an earlier launch
         submits = hasattr(self.launcher, "launch_runs")
-        scheduled = Scheduled() if submits else None
+        queue = QueueView(strict=True) if submits else None
         runs: list = []
         if size > 1:
-            plan = plan_packs(
-                jobs, expansion.resolved_here, size, sweep_dir / "packs", scheduled and held_by(scheduled)
-            )
+            plan = plan_packs(jobs, expansion.resolved_here, size, sweep_dir / "packs", queue and held_by(queue))
             log.info(plan.describe(size))
             launches, runs = plan.launches, plan.runs
         else:
             expansion.check_composes(jobs)
             launches = jobs
-            if scheduled is not None:
-                launches, runs, left_out = unsubmitted(jobs, expansion.resolved_here, scheduled)
+            if queue is not None:
+                launches, runs, left_out = unsubmitted(jobs, expansion.resolved_here, queue)
                 for why, count in left_out.items():
                     log.info("%d job(s) %s: not submitted again", count, why)
         log.info("%d job(s) planned in %.1f s", len(launches), time.perf_counter() - started)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from rarespur.errors import UserError
+from rarespur.errors import SchedulerError, UserError
 from rarespur.launch import scheduler
 from rarespur.store.atomic import write_atomic
 from rarespur.store.run_dir import RunDir
@@ -31,44 +31,54 @@ SUBMISSIONS = ".slurm"  # folder of a results (or sweep) directory holding one <
 
 @dataclass(frozen=True)
 class ArrayPlan:
-    """One array of a sweep: launcher jobs ``start`` to ``stop - 1``, ``throttle`` at once, after array ``after``."""
+    """One array of a sweep: the launcher jobs it runs, ``throttle`` at once, after array ``after`` has ended."""
 
-    start: int
-    stop: int
+    jobs: range  # indices into the sweep's launcher jobs
     throttle: int
     after: int | None = None  # index of the array it waits for (afterany), None: starts at once
 
     @property
     def size(self) -> int:
-        return self.stop - self.start
+        return len(self.jobs)
 
 
 def split_arrays(n_jobs: int, max_array_size: int, parallelism: int | None) -> list[ArrayPlan]:
-    """`n_jobs` in as few arrays of at most `max_array_size` as fit, of even sizes, at most `parallelism` at once.
+    """`n_jobs` in arrays of at most `max_array_size` tasks, at most `parallelism` (None: any number) running at once.
+
+    The arrays share the bound evenly, so none of them holds slots the others could use:
+    their number is a divisor of `parallelism` (each array then runs ``parallelism / arrays``
+    at once) or, when even ``parallelism`` arrays of one running task each are too few to
+    hold the jobs, a multiple of it (each lane of chained arrays then runs one task at a time).
+    Jobs are dealt to the arrays in turn (job i to array i mod arrays), so each array gets a
+    like share of the grid's long and short jobs and they end at about the same time.
 
     >>> [(a.size, a.throttle, a.after) for a in split_arrays(2500, 1001, 64)]
-    [(833, 22, None), (833, 21, None), (834, 21, None)]
+    [(625, 16, None), (625, 16, None), (625, 16, None), (625, 16, None)]
     >>> [(a.size, a.throttle, a.after) for a in split_arrays(7, 3, 2)]
-    [(2, 1, None), (2, 1, None), (3, 1, 0)]
+    [(2, 1, None), (2, 1, None), (2, 1, 0), (1, 1, 1)]
     """
     if max_array_size < 1:
         raise ValueError(f"max_array_size must be at least 1, got {max_array_size}")
+    if parallelism is not None and parallelism < 1:
+        raise ValueError(f"parallelism must be at least 1 (or None: no bound), got {parallelism}")
     if n_jobs <= 0:
         return []
-    n_arrays = -(-n_jobs // max_array_size)
-    bounds = [a * n_jobs // n_arrays for a in range(n_arrays + 1)]
-    bound = parallelism if parallelism and parallelism > 0 else n_jobs
-    lanes = min(n_arrays, bound)
-    lane_throttle = [bound // lanes + (lane < bound % lanes) for lane in range(lanes)]
-    return [
-        ArrayPlan(
-            start=bounds[a],
-            stop=bounds[a + 1],
-            throttle=max(1, min(lane_throttle[a % lanes], bounds[a + 1] - bounds[a])),
-            after=a - lanes if a >= lanes else None,
-        )
-        for a in range(n_arrays)
-    ]
+    fewest = -(-n_jobs // max_array_size)
+    if parallelism is None:
+        n_arrays, lanes = fewest, fewest
+    elif fewest <= parallelism:
+        n_arrays = next(k for k in range(fewest, parallelism + 1) if parallelism % k == 0)
+        n_arrays = n_arrays if n_arrays <= n_jobs else fewest
+        lanes = n_arrays
+    else:
+        n_arrays = min(-(-fewest // parallelism) * parallelism, n_jobs)
+        lanes = parallelism
+    plans = []
+    for a in range(n_arrays):
+        jobs = range(a, n_jobs, n_arrays)
+        throttle = len(jobs) if parallelism is None else max(1, parallelism // lanes)
+        plans.append(ArrayPlan(jobs, min(throttle, len(jobs)), a - lanes if a >= lanes else None))
+    return plans
 
 
 def describe_split(plans: Sequence[ArrayPlan], parallelism: int | None, max_array_size: int) -> str:
@@ -146,14 +156,18 @@ def placements(folders: Sequence[str | Path]) -> dict[str, Placement]:
     return latest
 
 
-class Scheduled:
-    """Which run keys the scheduler still holds (queued or running), per results directory, asked once each.
+class QueueView:
+    """The scheduler's view of the run keys of one or more results directories: which are queued or running.
 
-    Built from the submission records of the results directory and one squeue call, so a
-    relaunch can leave out what is already waiting or running instead of submitting it twice.
+    Built from the directories' submission records and one squeue call each, asked once.
+    `strict` (a relaunch) refuses to guess when squeue does not answer, since guessing "nothing
+    is queued" would submit every waiting job a second time; otherwise (status) the view is
+    empty and :attr:`unanswered` names the directories it could not ask about.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        self.unanswered: list[str] = []
         self._known: dict[str, tuple[dict[str, Placement], dict[str, str]]] = {}
 
     def lookup(self, results_dir: str | Path, key: str) -> tuple[str | None, Placement | None]:
@@ -161,20 +175,33 @@ class Scheduled:
         folder = str(results_dir)
         if folder not in self._known:
             placed = placements([folder])
-            self._known[folder] = placed, scheduler.queue_states(p.task_id for p in placed.values())
+            states = scheduler.queue_states(p.task_id for p in placed.values())
+            if states is None:
+                if self.strict:
+                    raise SchedulerError(
+                        f"squeue did not answer, and {folder}/{SUBMISSIONS} records {len(placed)} run(s) submitted "
+                        "earlier: cannot tell which still wait in the queue, so nothing is submitted (it could run "
+                        "twice). Retry when squeue answers (check: squeue -u $USER)"
+                    )
+                self.unanswered.append(folder)
+            self._known[folder] = placed, states or {}
         placed, states = self._known[folder]
         placement = placed.get(key)
         if placement is None:
             return None, None
         return scheduler.scheduled(states.get(placement.task_id)), placement
 
+    def holds(self, results_dir: str | Path, key: str) -> bool:
+        """Whether the scheduler still has this run key queued or running."""
+        return self.lookup(results_dir, key)[0] is not None
+
 
 def unsubmitted(
-    jobs: Sequence[Sequence[str]], resolve: Callable[[Sequence[str]], dict[str, Any]], scheduled: Scheduled
+    jobs: Sequence[Sequence[str]], resolve: Callable[[Sequence[str]], dict[str, Any]], queue: QueueView
 ) -> tuple[list[list[str]], list[list[tuple[str, str]]], Counter]:
     """The jobs a (re)launch must submit, with their (results_dir, run key), and a count of those it leaves out:
-    done runs and runs the scheduler already holds. A job that does not resolve is submitted, to fail with its
-    own message."""
+    done runs (not corrupt ones: a relaunch runs those again) and runs the scheduler already holds. A job that
+    does not resolve is submitted, to fail with its own message."""
     launches, runs, left_out = [], [], Counter()
     for job in jobs:
         try:
@@ -184,10 +211,10 @@ def unsubmitted(
             runs.append([])
             continue
         run = RunDir(resolved["results_dir"], resolved)
-        if run.done:
+        if finished(run):
             left_out["already done"] += 1
             continue
-        if scheduled.lookup(resolved["results_dir"], run.key)[0] is not None:
+        if queue.holds(resolved["results_dir"], run.key):
             left_out["already queued or running on the cluster"] += 1
             continue
         launches.append(list(job))
@@ -195,10 +222,15 @@ def unsubmitted(
     return launches, runs, left_out
 
 
-def held_by(scheduled: Scheduled) -> Callable[[dict[str, Any]], bool]:
+def finished(run: RunDir) -> bool:
+    """Done and undamaged: nothing for a launch to do (a corrupt run is run again)."""
+    return run.done and run.damage() is None
+
+
+def held_by(queue: QueueView) -> Callable[[dict[str, Any]], bool]:
     """For :func:`rarespur.launch.pack_plan.plan_packs`: whether the scheduler already holds a resolved job."""
 
     def held(resolved: dict[str, Any]) -> bool:
-        return scheduled.lookup(resolved["results_dir"], RunDir(resolved["results_dir"], resolved).key)[0] is not None
+        return queue.holds(resolved["results_dir"], RunDir(resolved["results_dir"], resolved).key)
 
     return held

@@ -7,7 +7,7 @@ training objective can be packed (:func:`why_not_packed`). A plan is a list of
 launcher jobs: each job that cannot pack keeps its own overrides, and each pack
 becomes one job, the overrides of its first member plus ``pack.members=<file>``,
 a JSON file with every member's resolved config (see :mod:`rarespur.launch.pack_job`).
-Members whose run is already done are left out, so a relaunch packs only the rest. ``pack.size``
+Jobs whose run is already done (and not corrupt) are left out, so a relaunch packs only the rest. ``pack.size``
 counts the models a pack trains: clean baselines that differ only in how they are scored train one.
 """
 
@@ -30,6 +30,7 @@ from rarespur.engine.packed_loop import PER_MODEL_SETTINGS
 from rarespur.errors import MissingFileError, UserError
 from rarespur.experiments import EXPERIMENTS, get_experiment
 from rarespur.experiments.steps import train_settings
+from rarespur.launch.arrays import finished
 from rarespur.methods.regularizers import build_objective, objective_class
 from rarespur.models import build_model
 from rarespur.store.atomic import write_atomic
@@ -138,6 +139,9 @@ def plan_packs(
             plan.alone["its config does not resolve (the job reports why)"] += 1
             order.append(("alone", job, None))
             continue
+        if finished(RunDir(resolved["results_dir"], resolved)):
+            plan.done += 1
+            continue
         if held is not None and held(resolved):
             plan.held += 1
             continue
@@ -145,9 +149,6 @@ def plan_packs(
         if why is not None:
             plan.alone[why] += 1
             order.append(("alone", job, resolved))
-            continue
-        if RunDir(resolved["results_dir"], resolved).done:
-            plan.done += 1
             continue
         key = pack_key(resolved)
         if key not in groups:

@@ -3,7 +3,7 @@
     local_cpu: 12/40 done, 2 running, 26 queued, 0 failed | 43.2 models/h | ETA 38 min
 
 Used by the local pool launchers while they wait for their jobs (hydra_plugins.rarespur_launchers),
-and meant for any other watcher of a sweep (a SLURM launcher, ``python -m rarespur status --watch``).
+and by the SLURM launcher while it waits (hydra_plugins.rarespur_launchers.slurm).
 Plain text on purpose: no dependency, readable in a log file.
 
 :func:`progress_line` formats one line from counts; :class:`Progress` decides when to write it:

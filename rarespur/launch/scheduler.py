@@ -1,9 +1,9 @@
 """What the SLURM scheduler says: its limits, and the state of the tasks a sweep submitted.
 
-Every query degrades to "unknown" (None or an empty mapping) when SLURM is absent
-or does not answer, because the run store, not the scheduler, is the authority on
-what is done: the scheduler only adds what the store cannot know (a task waiting
-in the queue, a task that died before it could write a file).
+Every query answers None ("unknown") when SLURM is absent or does not answer, never
+an empty answer that would read as "nothing queued": the run store, not the scheduler,
+is the authority on what is done, and the scheduler only adds what the store cannot
+know (a task waiting in the queue, a task that died before it could write a file).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import subprocess
 from typing import Iterable
 
 QUERY_TIMEOUT_S = 30.0
-# squeue's states of a task that has not ended, split by whether it holds resources yet
-QUEUED_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "RESV_DEL_HOLD"})
+# squeue's states of a task that holds resources; any other state squeue lists is waiting (queued)
 RUNNING_STATES = frozenset({"RUNNING", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"})
 
 
@@ -29,11 +28,6 @@ def _run(command: list[str]) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None
-
-
-def available() -> bool:
-    """Whether a SLURM controller answers here."""
-    return _run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i"]) is not None
 
 
 def max_array_size() -> int | None:
@@ -57,20 +51,22 @@ def _numbers(out: str | None) -> list[int]:
     return [int(line) for line in (out or "").split() if line.strip().isdigit()]
 
 
-def jobs_in_queue() -> int:
-    """How many of the user's jobs (array tasks counted one by one) wait or run now."""
+def jobs_in_queue() -> int | None:
+    """How many of the user's jobs (array tasks counted one by one) wait or run now; None: squeue did not answer."""
     out = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"])
-    return len((out or "").split())
+    return None if out is None else len(out.split())
 
 
-def queue_states(task_ids: Iterable[str]) -> dict[str, str]:
-    """``<job>_<task>`` -> squeue's state, for the given tasks that are still queued or running."""
+def queue_states(task_ids: Iterable[str]) -> dict[str, str] | None:
+    """``<job>_<task>`` -> squeue's state, for the given tasks squeue still lists; None: squeue did not answer."""
     wanted = set(task_ids)
     if not wanted:
         return {}
     out = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"])
+    if out is None:
+        return None
     states = {}
-    for line in (out or "").splitlines():
+    for line in out.splitlines():
         task_id, _, state = line.partition("|")
         if task_id in wanted:
             states[task_id] = state.strip()
@@ -94,9 +90,8 @@ def final_states(task_ids: Iterable[str]) -> dict[str, str]:
 
 
 def scheduled(state: str | None) -> str | None:
-    """ "queued" or "running" for a task squeue still lists, None for one it does not."""
-    if state in QUEUED_STATES:
-        return "queued"
-    if state in RUNNING_STATES:
-        return "running"
-    return None
+    """How a task squeue still lists counts: "running" when it holds resources, "queued" in any other state
+    (pending, requeued, held, suspended...); None for a task squeue does not list."""
+    if state is None:
+        return None
+    return "running" if state in RUNNING_STATES else "queued"

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Sequence, TextIO
 from rarespur.config.resolve import identity
 from rarespur.errors import MissingFileError
 from rarespur.launch import scheduler
-from rarespur.launch.arrays import Placement, Scheduled
+from rarespur.launch.arrays import Placement, QueueView
 from rarespur.launch.progress import format_duration
 
 if TYPE_CHECKING:
@@ -137,19 +137,20 @@ def survey(
     results_dir: str | Path,
     jobs: Sequence[Job] | None = None,
     stale_after: float = STALE_AFTER_S,
+    queue: QueueView | None = None,
 ) -> list[Entry]:
     """The state of every job of a sweep (`jobs`), or of every run directory found when `jobs` is None;
-    a job the SLURM scheduler still holds is queued or running, unless it is done."""
+    a job the SLURM scheduler still holds (`queue`, asked afresh when None) is queued or running, unless done."""
     now = time.time()
     if jobs is not None:
         found = [(job.run.path, job.config) for job in jobs]
     else:
         found = [(path, _read_json(path / CONFIG)) for path in run_dirs(results_dir)]
-    scheduled = Scheduled()
+    queue = queue if queue is not None else QueueView()
     entries = []
     for path, config in found:
         state = run_state(path, stale_after, now)
-        on_cluster, placement = scheduled.lookup(path.parent, path.name)
+        on_cluster, placement = queue.lookup(path.parent, path.name)
         if on_cluster is not None and state not in (DONE_STATE, CORRUPT):
             state = on_cluster
         entries.append(Entry(path, state, config, placement))
@@ -316,7 +317,8 @@ def report(
 ) -> list[Entry]:
     """Print the status table and the problems of a sweep (or of every run directory); optionally
     delete the incomplete ones. Returns the entries as surveyed (before any deletion)."""
-    entries = survey(results_dir, jobs, stale_after)
+    queue = QueueView()
+    entries = survey(results_dir, jobs, stale_after, queue)
     write = partial(print, file=out)
     scope = f"{len(entries)} jobs of the sweep" if jobs is not None else f"{len(entries)} run directories"
     write(f"{results_dir}: {scope}")
@@ -325,6 +327,10 @@ def report(
         others = len(set(run_dirs(results_dir)) - {e.path for e in entries}) if Path(results_dir).is_dir() else 0
         if others:
             write(f"({others} other run directories in {results_dir} are not jobs of this sweep)")
+    if queue.unanswered:
+        write(
+            f"(squeue did not answer: jobs submitted to SLURM from {', '.join(queue.unanswered)} show as the store sees them)"
+        )
     speed = pace(entries)
     if speed:
         write(speed)
