@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 
 import pytest
 
-from rarespur.errors import SchedulerError
+from rarespur.errors import ConfigError, SchedulerError
 from rarespur.launch import scheduler
+from rarespur.launch import status as status_module
 from rarespur.launch.arrays import (
     QueueView,
     Submission,
@@ -174,3 +176,35 @@ def test_a_relaunch_refuses_to_guess_when_squeue_does_not_answer(tmp_path, monke
     out = io.StringIO()
     report(store, jobs, out=out)
     assert "squeue did not answer" in out.getvalue() and [e.state for e in survey(store, jobs)] == ["missing"] * 4
+
+
+def test_watch_refreshes_until_nothing_is_queued_or_running(tmp_path, fake_queue, monkeypatch):
+    queue, _ = fake_queue
+    store = tmp_path / "store"
+    jobs = expand(None, SWEEP, store)
+    write_submission(submission("50", [[j.run.key] for j in jobs], 1.0), [store])
+    queue.update({"50_0": "RUNNING", "50_1": "PENDING"})
+    naps = []
+
+    def nap(seconds):  # the scheduler moves on while status sleeps: the tasks leave the queue
+        naps.append(seconds)
+        queue.clear()
+
+    monkeypatch.setattr(status_module.time, "sleep", nap)
+    out = io.StringIO()
+    entries = status_module.watch(store, jobs, every_s=7, out=out)
+    text = out.getvalue()
+    assert naps == [7] and text.count("refreshed every 7 s") == 2
+    assert [e.state for e in entries] == ["missing"] * 4
+    first, second = text.split("refreshed every 7 s")[1:]
+    assert re.search(r"all\s+4\s+0\s+1\s+1\s+0\s+0\s+2", first) and re.search(
+        r"all\s+4\s+0\s+0\s+0\s+0\s+0\s+4", second
+    )
+
+
+def test_launcher_keys_are_checked_with_one_message():
+    from hydra_plugins.rarespur_launchers.slurm import SlurmArrayLauncher
+
+    for key, value in [("max_array_size", 0), ("max_submit_jobs", -3), ("array_parallelism", 0)]:
+        with pytest.raises(ConfigError, match=rf"hydra.launcher.{key}={value}: must be a positive number"):
+            SlurmArrayLauncher(submitit_folder="x", **{key: value})
