@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rarespur.errors import UserError
+from rarespur.launch.fast_help import speed_up_help
 
 FULL_ERROR_HINT = "(HYDRA_FULL_ERROR=1 shows the traceback)"
 
@@ -45,4 +46,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    speed_up_help()
     main()

@@ -66,3 +66,26 @@ def test_the_command_line_loads_no_torch_and_no_experiment(name):
     assert "rarespur.errors" in modules or "rarespur" in modules  # the output was read: not vacuous
     heavy = [m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY)]
     assert not heavy, f"{' '.join(args)} imports {heavy[:5]}: import them where the job runs, not at the top"
+
+
+STOCK = """
+import runpy, sys
+import rarespur.launch.fast_help as fast_help
+fast_help.speed_up_help = lambda argv=None: None
+sys.argv = ["run.py", "{flag}"]
+runpy.run_path("run.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("flag", ["--help", "--hydra-help"])
+def test_the_faster_help_prints_what_hydra_prints(flag):
+    """speed_up_help (run.py's reuse of one config repository for the group listings) changes the time, not
+    the text: run.py's output equals Hydra's own, from run.py run with speed_up_help switched off."""
+    fast = subprocess.run([sys.executable, "run.py", flag], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    stock = subprocess.run(
+        [sys.executable, "-c", STOCK.format(flag=flag)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert fast.returncode == stock.returncode == 0, fast.stderr + stock.stderr
+    assert "== Config groups" in fast.stdout or "Hydra" in fast.stdout
+    assert fast.stdout == stock.stdout
