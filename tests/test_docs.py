@@ -98,11 +98,12 @@ def test_nothing_points_at_documents_outside_the_repository():
 
 
 def test_help_names_every_option():
-    """`python run.py --help`'s footer names every model, experiment, debias method and cluster preset in conf/."""
+    """`python run.py --help`'s footer names every model, experiment, debias method, influence preset and cluster
+    preset in conf/."""
     footer = yaml.safe_load((ROOT / "conf" / "hydra" / "help" / "rarespur.yaml").read_text())["footer"]
     missing = [
         f"{group}={path.stem}"
-        for group in ("dataset", "pattern", "model", "optim", "regularizer", "experiment", "debias", "cluster")
+        for group in "dataset pattern model optim regularizer experiment debias influence cluster".split()
         for path in sorted((ROOT / "conf" / group).glob("*.yaml"))
         if not re.search(rf"(?<![\w.]){re.escape(path.stem)}(?![\w])", footer)
     ]

@@ -2,7 +2,7 @@
 
 Engine level (:func:`rarespur.engine.packed_loop.train_packed`, float64): parameters equal to those of
 the same models trained alone to 1e-10, with per-model seeds, poisoned rows, weight decay, input
-noise, clipping, SGD and Adam, and batch norm (ResNet20 with aug01). Sweep level (real MNIST,
+noise, clipping, SGD and Adam, and batch norm (ResNet20 with aug01_pil). Sweep level (real MNIST,
 float32): the records of a packed sweep equal the unpacked ones to 1e-4, land in the same run
 directories and mix with unpacked runs in one store; a killed pack resumes exactly; one diverged
 model fails alone; the grouping puts only compatible jobs together.
@@ -96,9 +96,10 @@ def test_packed_equals_alone_float64(optimizer, at_once):
 
 
 def test_packed_batch_norm_and_augmentation_equal_alone():
-    """ResNet20: per-model running statistics in train mode, per-model eval; aug01 from each model's generator."""
+    """ResNet20: per-model running statistics in train mode, per-model eval; aug01_pil (CIFAR-10's recipe) from
+    each model's generator."""
     x, y, g = _toy((3, 32, 32), 48)
-    base = TrainSettings(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9, augment="aug01")
+    base = TrainSettings(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9, augment="aug01_pil")
     members = _members(x, [replace(base, seed=0), replace(base, seed=1)], g)
     models = _fresh("resnet20", (3, 32, 32), 2)
     train_packed(models, x, y, members)

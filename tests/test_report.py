@@ -1,5 +1,5 @@
 """`python -m rarespur report`: every figure family on real digits runs or synthetic tables, the grouping rule,
-the layout (titles, legends, nothing clipped), the theory, collect's table types and the CLI."""
+the layout (titles, legends, nothing clipped), collect's table types and the CLI (the theory: test_theory.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from matplotlib.text import Text  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from rarespur.__main__ import main  # noqa: E402
-from rarespur.report import FIGURES, deletion, detection, examples, figures, mem_inference, sensitivity, theory  # noqa: E402
+from rarespur.report import FIGURES, deletion, detection, examples, figures, mem_inference, sensitivity  # noqa: E402
 from rarespur.report.data import ReportData, load, mean_sem, normalize, over_seeds, plural, split  # noqa: E402
 from rarespur.report.plot import finish, grid  # noqa: E402
 from rarespur.store.collect import write_table  # noqa: E402
@@ -245,6 +245,115 @@ def test_regularization_tradeoff(data, names):
             )
     assert len(errorbars(bottom)) == 4  # clean and spurious accuracy per n
     assert suptitle(fig).endswith("one run per point, not averaged; 6 runs")  # 4 regularized + 2 references
+
+
+# ---------------------------------------------------------------- trade-off: clipping beside l2 and noise (synthetic)
+
+# Known numbers per kind of run: a wrong reference or a wrongly pooled run moves the means checked below.
+TRADEOFF_SCORE = {"none": 0.2, "l2": 0.1, "gaussian_noise": 0.05, "clip": 0.3}
+
+
+def tradeoff_record(kind: str, strength: float, n: int, seed: int, weight_decay: float = 0.0, pattern: str = "s3"):
+    """A train run of `kind` none, l2, gaussian_noise or clip at `strength` (clip: train.grad_clip)."""
+    regularizer = kind if kind in ("l2", "gaussian_noise") else "none"
+    return {
+        "run_id": f"{kind}{strength}-{n}-{seed}-{weight_decay}-{pattern}",
+        "experiment.name": "train",
+        "dataset.name": "mnist",
+        "model.name": "largemlp",
+        "optim.name": "adam",
+        "train.grad_clip": strength if kind == "clip" else 0.0,
+        "train.weight_decay": strength if kind == "l2" else weight_decay,
+        "pattern.name": pattern,
+        "poison.count": n,
+        "poison.target": 0,
+        "poison.seed": seed,
+        "regularizer.name": regularizer,
+        "regularizer.strength": strength if regularizer != "none" else np.nan,
+        "spurious_score": TRADEOFF_SCORE[kind] + 0.01 * n + 0.001 * seed + 1000 * weight_decay + strength / 100,
+        "test_acc": 0.9 - 0.05 * seed - strength / 10,
+        "spurious_test_acc": 0.8 - 0.01 * n - weight_decay,
+    }
+
+
+@pytest.fixture(scope="module")
+def tradeoff_records() -> list[dict]:
+    """n 0 and 3, seeds 0 and 1: unregularized runs at weight decay 0 and 1e-4 (the CIFAR-10 recipe's), l2, noise
+    at both weight decays, clipping at 0.01 and 0.1 with pattern s3, and clipping with r3, where nothing else ran."""
+    records = []
+    for n in (0, 3):
+        for seed in (0, 1):
+            records += [tradeoff_record("none", 0.0, n, seed, wd) for wd in (0.0, 1e-4)]
+            records += [tradeoff_record("l2", s, n, seed) for s in (1e-3, 1e-2)]
+            records += [tradeoff_record("gaussian_noise", 0.5, n, seed, wd) for wd in (0.0, 1e-4)]
+            records += [tradeoff_record("clip", s, n, seed) for s in (0.01, 0.1)]
+            records.append(tradeoff_record("clip", 0.1, n, seed, pattern="r3"))
+    return records
+
+
+def mean_of(records: list[dict], column: str, **match: object) -> float:
+    """The mean of `column` over the records with the settings of `match` (keys with '.' spelt '__')."""
+    chosen = [r[column] for r in records if all(r[k.replace("__", ".")] == v for k, v in match.items())]
+    return sum(chosen) / len(chosen)
+
+
+def test_tradeoff_table_has_clipping_as_a_method(tradeoff_records):
+    table = figures.regularization_table(ReportData(normalize(pd.DataFrame(tradeoff_records))))
+    assert set(table["method"]) == {"l2", "gaussian_noise", "clip"}
+    clip = table[table["method"] == "clip"]
+    assert list(clip["strength"]) == [0.01, 0.1] and list(clip["runs"]) == [4, 4]  # 2 n x 2 seeds, s3 only
+    assert "pattern.name" not in table  # the r3 clipping runs have no regularizer beside them: left out
+    for row in clip.itertuples():
+        match = dict(train__grad_clip=row.strength, pattern__name="s3")
+        assert row.spurious_score == pytest.approx(mean_of(tradeoff_records, "spurious_score", **match))
+        assert row.test_acc == pytest.approx(mean_of(tradeoff_records, "test_acc", **match))
+        assert row.spurious_test_acc == pytest.approx(mean_of(tradeoff_records, "spurious_test_acc", **match))
+    # input noise at weight decay 0 and 1e-4: two rows, as weight decay is a setting of noise runs, not its strength
+    noise = table[table["method"] == "gaussian_noise"]
+    assert list(noise["train.weight_decay"]) == [0.0, 1e-4] and list(noise["runs"]) == [4, 4]
+    assert list(noise["spurious_score"]) == pytest.approx(
+        [
+            mean_of(tradeoff_records, "spurious_score", regularizer__name="gaussian_noise", train__weight_decay=wd)
+            for wd in (0.0, 1e-4)
+        ]
+    )
+
+
+def test_tradeoff_figure_puts_clipping_beside_the_regularizers(tradeoff_records):
+    """A column per method, a row per setting; each method's 'none' point is its own reference: weight decay 0
+    for l2 and clipping (never the recipe's 1e-4), the noise runs' own weight decay for noise."""
+    fig = figures.regularization(ReportData(normalize(pd.DataFrame(tradeoff_records))))
+    tops = {ax.get_title().replace("\n", " "): ax for ax in visible_axes(fig) if ax.get_title()}
+    assert len(tops) == 4 and len(visible_axes(fig)) == 8  # the score above the accuracies in each panel
+    l2, noise, clip, noise_recipe = (
+        tops["regularizer l2"],
+        tops["regularizer gaussian_noise, weight decay 0"],
+        tops["gradient clipping (no regularizer), weight decay 0"],
+        tops["regularizer gaussian_noise, weight decay 0.0001"],
+    )
+    row = [ax.get_position() for ax in (l2, noise, clip)]  # side by side: l2 | noise | clip, the recipe's noise below
+    assert row[0].y0 == row[1].y0 == row[2].y0 and row[0].x0 < row[1].x0 < row[2].x0
+    assert noise_recipe.get_position().x0 == row[1].x0 and noise_recipe.get_position().y0 < row[1].y0
+    assert [t.get_text() for t in clip.get_xticklabels()] == ["none", "0.01", "0.1"] and "clip" in clip.get_xlabel()
+    panels = (
+        (l2, [1e-3, 1e-2], 0.0, lambda s: dict(regularizer__name="l2", train__weight_decay=s)),
+        (noise, [0.5], 0.0, lambda s: dict(regularizer__name="gaussian_noise", train__weight_decay=0.0)),
+        (clip, [0.01, 0.1], 0.0, lambda s: dict(train__grad_clip=s, pattern__name="s3")),
+        (noise_recipe, [0.5], 1e-4, lambda s: dict(regularizer__name="gaussian_noise", train__weight_decay=1e-4)),
+    )
+    for ax, strengths, reference_wd, runs_at in panels:
+        for n, label in ((0, "clean (n = 0)"), (3, "n = 3")):  # one series per n, never averaged over n
+            x, mean, half = points_of(curve(ax, label))
+            assert list(x) == pytest.approx([strengths[0] / 10, *strengths])  # 'none' a decade left
+            unclipped = dict(regularizer__name="none", train__grad_clip=0.0, train__weight_decay=reference_wd)
+            assert mean[0] == pytest.approx(mean_of(tradeoff_records, "spurious_score", **unclipped, poison__count=n))
+            for strength, m in zip(strengths, mean[1:]):
+                assert m == pytest.approx(
+                    mean_of(tradeoff_records, "spurious_score", **runs_at(strength), poison__count=n)
+                )
+            assert half[1] == pytest.approx(0.0005)  # SEM of seeds 0 and 1 (0.001 apart)
+    assert suptitle(fig).endswith("mean ± SEM over 2 seeds; 32 runs")  # 24 mitigated + 8 references, r3 left out
+    assert layout_problems(fig) == []
 
 
 def test_pattern_norm_points_and_pearson_r(data, names):
@@ -692,7 +801,7 @@ def test_deletion_before_after_exact():
 def test_every_figure_is_none_without_its_runs():
     empty = ReportData(pd.DataFrame({"run_id": ["x"], "experiment.name": ["other"]}))
     for spec in FIGURES:
-        if spec.slug not in ("example_images", "theory"):
+        if spec.slug != "example_images" and not spec.slug.startswith("theory_"):
             assert spec.draw(empty) is None, spec.slug
 
 
@@ -726,47 +835,6 @@ def test_example_images_fall_back_to_digits(tmp_path):
     runs = pd.DataFrame({"run_id": ["abc"], "experiment.name": ["train"], "pattern.name": ["s2"]})
     fig = examples.example_images(ReportData(runs, {}, tmp_path))
     assert "first test image of digits (mnist not found)" in suptitle(fig)
-
-
-# ---------------------------------------------------------------- theory
-
-
-@pytest.mark.parametrize("gamma, lam", [(0.01, 0.0), (0.05, 0.1), (0.003, 0.01)])
-def test_theory_matches_monte_carlo(gamma, lam):
-    setting = theory.LinearSetting(sigma_spur=0.3, a=2.0)
-    sim = theory.simulate(setting, gamma, lam, n_train=1_000_000, n_test=300_000, seed=1)
-    w_core, w_spur = theory.ridge_weights(setting, gamma, lam)
-    assert sim["w_core"] == pytest.approx(w_core, abs=3e-3) and sim["w_spur"] == pytest.approx(w_spur, abs=3e-3)
-    for name, closed in (
-        ("clean_accuracy", theory.clean_accuracy),
-        ("spurious_accuracy", theory.spurious_accuracy),
-        ("spurious_score", theory.spurious_score),
-    ):
-        assert sim[name] == pytest.approx(float(closed(setting, gamma, lam)), abs=0.01), name
-
-
-def test_theory_shape_and_noise_equivalence():
-    setting = theory.LinearSetting()
-    gammas = np.array([1e-3, 1e-2, 0.1])
-    _, w_spur = theory.ridge_weights(setting, gammas, 0.0)
-    assert np.all(np.diff(w_spur) > 0)  # more poisoned examples, larger spurious weight
-    assert theory.spurious_score(setting, 0.01, 0.1) < theory.spurious_score(setting, 0.01, 0.0)
-    assert theory.spurious_score(setting, 0.0, 0.0) == 0.0
-    assert theory.spurious_score(setting, 0.02, 0.01, noise_sigma=0.1) == pytest.approx(
-        theory.spurious_score(setting, 0.02, 0.02)
-    )
-    with pytest.raises(ValueError, match=r"\[0, 0.5\]"):
-        theory.ridge_weights(setting, 0.7, 0.0)
-    fig = theory.theory_figure()
-    axes = visible_axes(fig)
-    assert [ax.get_title() for ax in axes] == [
-        "clean test accuracy",
-        "spurious accuracy (patched non-target)",
-        "spurious score",
-    ]
-    assert [ax.get_ylabel() for ax in axes] == ["accuracy", "accuracy", "spurious score"]
-    assert all(len(ax.lines) == len(theory.LAMBDAS) and ax.get_xscale() == "log" for ax in axes)
-    assert legend_texts(fig)[0] == "λ = 0"
 
 
 # ---------------------------------------------------------------- collect's table and the command
@@ -815,7 +883,9 @@ def test_report_command_writes_index_figures_and_tables(store, tmp_path, capsys)
         "weight_maps",
         "pattern_norm",
         "example_images",
-        "theory",
+        "theory_l2",
+        "theory_noise",
+        "theory_phase",
     ]
     for slug in drawn:
         assert (out / f"{slug}.png").stat().st_size > 10_000 and f"]({slug}.png)" in index

@@ -236,6 +236,68 @@ def test_model_aliases_resolve_to_one_run(spelling):
     assert resolved["model"]["name"] == "mlp3x256" and config_key(resolved) == config_key(default)
 
 
+@pytest.mark.parametrize(
+    ("original", "plain"),
+    [
+        # aug01 is the original's aug01 (through uint8), which is also the CIFAR-10 recipe
+        (("dataset=cifar10", "model=aug01-ce-tor-altResNet20Norm02"), ("dataset=cifar10", "model=resnet20")),
+        # no augmentation part: the original trained without one, even on CIFAR-10
+        (("dataset=cifar10", "model=ce-tor-Vgg16Norm02"), ("dataset=cifar10", "model=vgg16", "train.augment=none")),
+        (("model=ce-tor-LargeMLP",), ()),
+        (("dataset=mnist", "model=CE-tor-cnn002", "optim=adam"), ("dataset=mnist", "model=cnn", "optim=adam")),
+        # the command line still has the last word
+        (
+            ("dataset=cifar10", "model=aug01-ce-tor-altResNet32Norm02", "train.augment=aug01"),
+            ("dataset=cifar10", "model=resnet32", "train.augment=aug01"),
+        ),
+    ],
+)
+def test_original_model_strings_are_the_plain_runs(original, plain):
+    """model=aug01-ce-tor-altResNet20Norm02 sets our model and train.augment: the same resolved config, so the
+    same run key, as the run spelled with our names."""
+    from rarespur.config.resolve import resolve
+    from rarespur.store.run_dir import config_key
+
+    named, spelled = resolve(compose_config(*original)), resolve(compose_config(*plain))
+    assert named == spelled and config_key(named) == config_key(spelled)
+
+
+def test_original_model_strings_in_a_sweep():
+    from rarespur.config.resolve import resolve
+    from rarespur.launch.sweep import Sweep
+
+    sweep = Sweep(None, ["dataset=cifar10", "model=aug01-ce-tor-altResNet20Norm02,ce-tor-altResNet20Norm02"])
+    augments = []
+    for overrides in sweep.job_overrides:
+        resolved = sweep.resolved(overrides)
+        assert resolved == resolve(sweep.compose(overrides)) and resolved["model"]["name"] == "resnet20"
+        augments.append(resolved["train"]["augment"])
+    assert augments == ["aug01_pil", "none"]
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("aug02-ce-tor-altResNet20Norm02", "augmentation aug02 unknown (valid: aug01, or leave it out for none)"),
+        ("mse-tor-LargeMLP", "loss mse unknown (valid: ce)"),
+        ("aug01-ce-tor-altResNet20", "architecture altResNet20 unknown (valid: MLP, MLPv2, LargeMLP,"),
+        ("ce-tor-Vgg16", "architecture Vgg16 unknown"),  # the original's Vgg16 is not its Vgg16Norm02 (our vgg16)
+    ],
+)
+def test_a_bad_part_of_an_original_model_string_is_named(value, says):
+    with pytest.raises(Exception, match="^error: model=") as err:
+        compose_config(f"model={value}")
+    assert says in str(err.value) and "{augmentation-}{loss}-tor-{architecture}" in str(err.value)
+
+
+def test_an_original_model_string_as_model_name_says_to_use_the_option():
+    from rarespur.config.resolve import resolve
+    from rarespur.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="give it as the model option, model=aug01-ce-tor-altResNet20Norm02"):
+        resolve(compose_config("model.name=aug01-ce-tor-altResNet20Norm02"))
+
+
 def test_run_keys_survive_the_model_renames():
     """Keys are made of the original code's model names, so runs stored before the renames
     (largemlp -> mlp3x256, cnn002 -> cnn, ...) are still found and skipped. Pinned keys from that version."""

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.integrate import trapezoid
 
-from rarespur.methods.sensitivity import first_layer_weight_map, remove_pixels
+from rarespur.methods.sensitivity import first_layer_weight_map, removal_images, remove_pixels
 from rarespur.models import build_model
 
 from conftest import job as shared_job
@@ -48,6 +48,27 @@ def test_remove_pixels_matches_the_original_and_removes_the_right_share(channels
     kept = (half != 0).sum() / (gray != 0).sum()
     assert 0.45 < kept < 0.55  # 1,536 Bernoulli(0.5) draws
     assert not half[gray == 0].any()  # blank pixels stay blank
+
+
+def test_removal_images_are_the_notebooks_draw_without_replacement():
+    """The original notebook draws RandomState(0).choice(arange(60000), 500, replace=False): the same first
+    indices (pinned), no image twice even when all are drawn. A with-replacement choice(60000, 500) is another
+    stream of images altogether."""
+    chosen = removal_images(60000, 500, 0)
+    assert chosen[:8].tolist() == [3048, 19563, 58303, 8870, 40228, 31488, 21860, 56864]
+    assert len(set(chosen.tolist())) == 500
+    assert np.array_equal(chosen, np.random.RandomState(0).choice(np.arange(60000), size=500, replace=False))
+    assert np.random.RandomState(0).choice(60000, 500)[:8].tolist() == [
+        2732,
+        43567,
+        42613,
+        52416,
+        45891,
+        21243,
+        30403,
+        32103,
+    ]
+    assert sorted(removal_images(10, 10, 0).tolist()) == list(range(10))
 
 
 def test_weight_map_reads_the_first_layer_per_pixel():

@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rarespur.engine.loop import TrainSettings, augment_crop_flip, milestones, train_model
+from rarespur.engine.loop import (
+    TrainSettings,
+    augment_batch,
+    augment_crop_flip,
+    milestones,
+    quantize_uint8,
+    train_model,
+)
 from rarespur.engine.objective import Objective, StepOutput
 
 from conftest import tiny_model, tiny_problem
@@ -68,6 +75,47 @@ def test_aug01_is_a_padded_crop_with_optional_flip():
         assert found is not None, f"image {i} is not a crop of its padded input"
         flips += found == "flip"
     assert 5 < flips < 35  # both branches are taken
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_aug01_pil_is_the_originals_pil_round_trip_bit_for_bit(channels):
+    """train.augment=aug01_pil equals the original's aug01 (ToPILImage, RandomCrop(32, padding=4),
+    RandomHorizontalFlip, ToTensor) applied image by image with the same offsets and flips. The images
+    carry R1 and R3 as the patterns paste them (off the 1/255 grid) and exact 0 and 1 pixels."""
+    import numpy as np
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import ToPILImage, ToTensor
+
+    from rarespur.data.patterns import NoisePattern
+
+    rng = np.random.RandomState(0)
+    clean = rng.randint(0, 256, (30, 32, 32, channels)).astype(np.float32) / np.float32(255)
+    clean[:, :2] = 0.0
+    clean[:, -2:] = 1.0
+    images = np.concatenate(
+        [clean[:10], NoisePattern("r1", 0.25).apply(clean[10:20], 0), NoisePattern("r3", 1.0).apply(clean[20:], 0)]
+    )
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())  # N x C x H x W float32, as the loop's batches
+    assert not torch.equal(x, quantize_uint8(x))  # the noise is off the grid: the test can fail
+
+    g = torch.Generator().manual_seed(3)
+    out = augment_batch(x, "aug01_pil", g)
+    g.manual_seed(3)  # the same draws as augment_crop_flip makes: row offsets, column offsets, flips
+    dy = torch.randint(0, 9, (len(x), 1), generator=g)
+    dx = torch.randint(0, 9, (len(x), 1), generator=g)
+    flip = torch.rand((len(x), 1), generator=g) < 0.5
+    for i in range(len(x)):
+        pil = TF.pad(ToPILImage()(x[i]), 4, fill=0)  # RandomCrop(32, padding=4): zero padding, then a crop
+        pil = TF.crop(pil, int(dy[i]), int(dx[i]), 32, 32)
+        if flip[i]:
+            pil = TF.hflip(pil)
+        want = ToTensor()(pil)
+        assert torch.equal(out[i], want), f"image {i}"
+    assert flip.any() and not flip.all()
+    g.manual_seed(3)
+    plain = augment_batch(x, "aug01", g)  # the same crops and flips, without the truncation
+    assert torch.equal(quantize_uint8(plain), out) and not torch.equal(plain, out)
+    assert torch.equal(quantize_uint8(torch.from_numpy(clean)), torch.from_numpy(clean))  # clean: unchanged
 
 
 def test_gaussian_noise_and_clipping_change_training():

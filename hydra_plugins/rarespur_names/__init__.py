@@ -4,6 +4,8 @@
   :func:`rarespur.config.resolve.dataset_name_config` (dataset, pattern and poison settings).
 - ``model=largemlp``, ``model=paper_mlp``, ...: every alias of
   :mod:`rarespur.config.names`, so that table is the only place model names are listed.
+- ``model=aug01-ce-tor-altResNet20Norm02``: any original model string; the config comes from
+  :func:`rarespur.config.resolve.model_name_config` (the model and ``train.augment``).
 
 Neither kind is listed (``--help`` shows the canonical options only). The
 search-path plugin below puts ``rarespur-names://`` on every search path, so
@@ -23,7 +25,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
 from rarespur.config.names import model_aliases
-from rarespur.config.resolve import dataset_name_config
+from rarespur.config.resolve import dataset_name_config, model_name_config
 from rarespur.errors import ConfigError
 
 
@@ -36,16 +38,16 @@ def _split(config_path: str) -> tuple[str, str]:
 def _config(config_path: str) -> tuple[dict[str, Any], str] | None:
     """The config a name stands for and its package, or None when this source has no such name."""
     group, name = _split(config_path)
-    if group == "dataset":
-        try:
-            cfg = dataset_name_config(name)
-        except ConfigError as err:  # an original string with a bad part: Hydra prints this line, no traceback
-            raise CompactHydraException(f"error: {err}") from None
-        return None if cfg is None else (cfg, "_global_")
-    if group == "model":
-        canonical = model_aliases().get(name.lower())
-        return None if canonical is None else ({"name": canonical}, "model")
-    return None
+    if group == "model" and name.lower() in model_aliases():
+        return {"name": model_aliases()[name.lower()]}, "model"
+    original = {"dataset": dataset_name_config, "model": model_name_config}.get(group)
+    if original is None:
+        return None
+    try:
+        cfg = original(name)
+    except ConfigError as err:  # an original string with a bad part: Hydra prints this line, no traceback
+        raise CompactHydraException(f"error: {err}") from None
+    return None if cfg is None else (cfg, "_global_")
 
 
 class DatasetNameConfigSource(ConfigSource):

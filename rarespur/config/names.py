@@ -1,4 +1,4 @@
-"""Names users type: model names and aliases, and the original code's dataset strings; no torch import.
+"""Names users type: model names and aliases, and the original code's dataset and model strings; no torch import.
 
 Canonical names say what a network is (``mlp3x256``: three hidden layers of
 256); the paper's and the original code's names stay accepted as aliases,
@@ -23,18 +23,19 @@ class ModelName:
     store_name: str  # the original code's class name, lowercase: what run keys are made of
     paper: str  # what the paper calls it ("" if it has no name there)
     aliases: tuple[str, ...] = ()
+    original: str = ""  # the original code's architecture name, as in its model strings ("" if it has none)
 
 
 MODELS: dict[str, ModelName] = {
-    "mlp1x256": ModelName("mlp", "small MLP", ("small_mlp",)),
-    "mlp2x256": ModelName("mlpv2", ""),
-    "mlp3x256": ModelName("largemlp", "MLP", ("paper_mlp",)),
-    "mlp3x512": ModelName("largemlpv2", "large MLP", ("large_mlp",)),
-    "cnn": ModelName("cnn002", "CNN"),
-    "resnet20": ModelName("resnet20", "ResNet20", ("altresnet20norm02",)),
-    "resnet32": ModelName("resnet32", "ResNet32", ("altresnet32norm02",)),
-    "resnet110": ModelName("resnet110", "ResNet110", ("altresnet110norm02",)),
-    "vgg16": ModelName("vgg16", "Vgg16", ("vgg16norm02",)),
+    "mlp1x256": ModelName("mlp", "small MLP", ("small_mlp",), "MLP"),
+    "mlp2x256": ModelName("mlpv2", "", (), "MLPv2"),
+    "mlp3x256": ModelName("largemlp", "MLP", ("paper_mlp",), "LargeMLP"),
+    "mlp3x512": ModelName("largemlpv2", "large MLP", ("large_mlp",), "LargeMLPv2"),
+    "cnn": ModelName("cnn002", "CNN", (), "CNN002"),
+    "resnet20": ModelName("resnet20", "ResNet20", ("altresnet20norm02",), "altResNet20Norm02"),
+    "resnet32": ModelName("resnet32", "ResNet32", ("altresnet32norm02",), "altResNet32Norm02"),
+    "resnet110": ModelName("resnet110", "ResNet110", ("altresnet110norm02",), "altResNet110Norm02"),
+    "vgg16": ModelName("vgg16", "Vgg16", ("vgg16norm02",), "Vgg16Norm02"),
     # SiH's MLP VAE encoder + head (docs/science.md#signal-is-harder)
     "vae_mlp": ModelName("vae_mlp", "", ("sih_mlp",)),
     "vae_conv": ModelName("vae_conv", "", ("sih_conv",)),  # a convolutional one for 32x32 color images
@@ -50,10 +51,15 @@ def resolve_model_name(name: str) -> str:
     """The canonical name of a canonical name or alias (any case); a typo lists the valid names."""
     if not isinstance(name, str):
         raise ConfigError(f"model.name must be a string, got {type(name).__name__}: {name!r}")
-    try:
-        return _LOOKUP[name.strip().lower()]
-    except KeyError:
-        raise ConfigError(f"model={name} is an unknown model; valid names: {', '.join(MODELS)}") from None
+    canonical = _LOOKUP.get(name.strip().lower())
+    if canonical is not None:
+        return canonical
+    if parse_model_name(name) is not None:  # checked in full: a bad part raises its own message
+        raise ConfigError(
+            f"model.name={name} is an original model string, which sets train.augment too: "
+            f"give it as the model option, model={name}"
+        )
+    raise ConfigError(f"model={name} is an unknown model; valid names: {', '.join(MODELS)}")
 
 
 def model_aliases() -> dict[str, str]:
@@ -91,6 +97,43 @@ def parse_dataset_name(name: str) -> dict[str, Any] | None:
         "target": targets if match["twoclass"] else targets[0],
         "seed": int(match["seed"]),
     }
+
+
+# The original's augmentation names -> train.augment: its aug01 quantizes to uint8 (docs/science.md#training).
+ORIGINAL_AUGMENTS = {"aug01": "aug01_pil"}
+ORIGINAL_LOSSES = ("ce",)  # the original's cross-entropy; its mse and kld losses are not implemented here
+_MODEL_RE = re.compile(r"^(?:(?P<augment>[^-]+)-)?(?P<loss>[^-]+)-tor-(?P<arch>.*)$")
+
+
+def parse_model_name(name: str) -> dict[str, str] | None:
+    """Split an original model string (``aug01-ce-tor-altResNet20Norm02``, ``ce-tor-LargeMLP``):
+    {augmentation-}loss-tor-architecture.
+
+    Returns our model and ``train.augment`` (``none`` without an augmentation part, as the original
+    then trains without one), or None when `name` is not such a string. A part we do not implement
+    is a ConfigError that names it and lists what is valid.
+    """
+    match = _MODEL_RE.match(name)
+    if match is None:
+        return None
+    originals = {entry.original.lower(): canonical for canonical, entry in MODELS.items() if entry.original}
+    augment, loss, arch = match["augment"], match["loss"], match["arch"]
+    if augment is not None and augment.lower() not in ORIGINAL_AUGMENTS:
+        bad = f"augmentation {augment} unknown (valid: {', '.join(ORIGINAL_AUGMENTS)}, or leave it out for none)"
+    elif loss.lower() not in ORIGINAL_LOSSES:
+        bad = f"loss {loss} unknown (valid: {', '.join(ORIGINAL_LOSSES)})"
+    elif arch.lower() not in originals:
+        valid = ", ".join(entry.original for entry in MODELS.values() if entry.original)
+        bad = f"architecture {arch} unknown (valid: {valid})"
+    else:
+        return {
+            "model": originals[arch.lower()],
+            "augment": ORIGINAL_AUGMENTS[augment.lower()] if augment is not None else "none",
+        }
+    raise ConfigError(
+        f"model={name}: {bad}; an original model string is {{augmentation-}}{{loss}}-tor-{{architecture}} "
+        "(e.g. model=aug01-ce-tor-altResNet20Norm02), or give one of our names (model=resnet20)"
+    )
 
 
 def import_target(group: str, node: dict[str, Any], what: str, example: str) -> Any:

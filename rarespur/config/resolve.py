@@ -14,11 +14,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rarespur.config.names import parse_dataset_name, resolve_model_name
+from rarespur.config.names import parse_dataset_name, parse_model_name, resolve_model_name
 from rarespur.config.schema import Field, check_fields, count, non_negative, positive, positive_int
 from rarespur.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+# train.augment: none; aug01 = random crop (4 px zero padding) + horizontal flip on the float images;
+# aug01_pil = the original's aug01, which also quantizes to uint8 (docs/science.md#training).
+AUGMENTS = ("none", "aug01", "aug01_pil")
 
 # Keys that say where or how a job runs, not what it computes: left out of the run-store key.
 RUNTIME_KEYS = ("data.root", "data.download", "device", "results_dir", "progress", "checkpoint_every", "pack")
@@ -79,7 +83,7 @@ COMMON_FIELDS: dict[str, Field] = {
     "train.batch_size": positive_int(),
     "train.lr": positive(),
     "train.weight_decay": Field(float, low=0, nullable=True, null_means="the dataset's recipe"),
-    "train.augment": Field(str, choices=("none", "aug01")),
+    "train.augment": Field(str, choices=AUGMENTS),
     "train.grad_clip": Field(float, low=0, what=">= 0 (0 = off)"),
     "train.model_seed": count(),
     "optim.momentum": Field(float, low=0, high=1),
@@ -158,3 +162,16 @@ def dataset_name_config(name: str) -> dict[str, Any] | None:
         "defaults": [f"/dataset/{parsed['dataset']}@dataset", {"override /pattern": parsed["pattern"]}],
         "poison": {"count": parsed["count"], "target": parsed["target"], "seed": parsed["seed"]},
     }
+
+
+def model_name_config(name: str) -> dict[str, Any] | None:
+    """The Hydra config an original model string stands for, or None if `name` is not one.
+
+    ``aug01-ce-tor-altResNet20Norm02`` becomes model resnet20 and ``train.augment=aug01_pil``; without
+    an augmentation part (``ce-tor-LargeMLP``) the original trained without one, so ``train.augment=none``.
+    A package-global config like :func:`dataset_name_config`'s, so it also works in sweeps.
+    """
+    parsed = parse_model_name(name)
+    if parsed is None:
+        return None
+    return {"defaults": [f"/model/{parsed['model']}@model"], "train": {"augment": parsed["augment"]}}

@@ -106,6 +106,31 @@ def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4)
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Round-trip through uint8 as torchvision's ``ToPILImage`` + ``ToTensor`` do: x * 255 in the batch's
+    dtype, truncated (not rounded) to an integer, then / 255.
+
+    The original's aug01 starts with ``ToPILImage``, so every training image it sees is a multiple of
+    1/255 again; for the noise patterns (R1-R3) that drops the fraction of a level the noise added.
+    Elementwise on the whole batch, on any device; images must be in [0, 1], as ours always are.
+    """
+    return torch.trunc(x * 255) / 255
+
+
+def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator) -> torch.Tensor:
+    """The training batch as `augment` (``train.augment``) transforms it.
+
+    ``aug01``: crop and flip on the float images. ``aug01_pil``: the original's aug01, which quantizes
+    to uint8 first (:func:`quantize_uint8`); crop, padding and flip commute with that, and both draw the
+    same random numbers, so the two differ only in the quantization.
+    """
+    if augment == "none":
+        return x
+    if augment == "aug01_pil":
+        x = quantize_uint8(x)
+    return augment_crop_flip(x, generator)
+
+
 EpochCallback = Callable[[dict], None]
 
 
@@ -313,8 +338,7 @@ def _epoch(run: _Run, x: torch.Tensor, y: torch.Tensor, s: TrainSettings, epoch:
     for start in range(0, n, s.batch_size):
         idx = order[start : start + s.batch_size]
         xb, yb = x[idx], y[idx]
-        if s.augment == "aug01":
-            xb = augment_crop_flip(xb, generator)
+        xb = augment_batch(xb, s.augment, generator)
         if s.noise_sigma > 0:
             xb = xb + s.noise_sigma * torch.randn(xb.shape, generator=generator, device=device)
         optimizer.zero_grad(set_to_none=True)

@@ -50,7 +50,7 @@ from rarespur.engine.checkpoint import (
     set_global_rng,
     training_state,
 )
-from rarespur.engine.loop import EpochCallback, augment_crop_flip, make_optimizer, make_scheduler
+from rarespur.engine.loop import EpochCallback, augment_batch, make_optimizer, make_scheduler
 from rarespur.engine.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -306,8 +306,8 @@ class _Pack:
         for start in range(0, n, s.batch_size):
             idx = orders[:, start : start + s.batch_size]
             xb = _member_batches(x, idx, poison_slot, bank)
-            if s.augment == "aug01":
-                xb = torch.stack([augment_crop_flip(xb[k], self.generators[k]) for k in range(K)])
+            if s.augment != "none":
+                xb = torch.stack([augment_batch(xb[k], s.augment, self.generators[k]) for k in range(K)])
             if noisy:
                 xb = xb.clone()
                 for k in noisy:

@@ -27,7 +27,7 @@ from rarespur.experiments.steps import (
     pick_device,
     poisoned_data,
 )
-from rarespur.methods.sensitivity import first_layer_weight_map, pixel_removal_curve
+from rarespur.methods.sensitivity import first_layer_weight_map, pixel_removal_curve, removal_images
 from rarespur.models.mlp import MLP
 from rarespur.store.atomic import atomic_path
 from rarespur.store.run_dir import MODEL, TABLES, RunDir, read_record
@@ -79,9 +79,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     settings = cfg["sensitivity"]
     model = make_model(cfg, poisoned.data, device)
     model.load_state_dict(torch.load(parent_path / MODEL, map_location=device, weights_only=True))
-    chosen = np.random.RandomState(settings["seed"]).choice(
-        np.arange(len(train_y)), size=settings["images"], replace=False
-    )
+    chosen = removal_images(len(train_y), settings["images"], settings["seed"])
     log.info(
         "pixel removal on %d training images of run %s, %d levels", len(chosen), parent["run_id"], settings["levels"]
     )

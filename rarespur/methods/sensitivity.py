@@ -17,6 +17,16 @@ from rarespur.engine.scoring import predict_proba, to_tensor
 from rarespur.models.mlp import MLP
 
 
+def removal_images(n_train: int, count: int, seed: int) -> np.ndarray:
+    """The training images a pixel-removal curve is measured on: the original notebook's draw,
+    ``RandomState(seed).choice(arange(n_train), count, replace=False)``, in the order it returns them.
+
+    Without replacement, as the notebook: ``choice(n_train, count)`` would sample with replacement, from
+    another stream of draws, and so measure other images.
+    """
+    return np.random.RandomState(seed).choice(np.arange(n_train), size=count, replace=False)
+
+
 def remove_pixels(images: np.ndarray, fraction: float, rng: np.random.RandomState) -> np.ndarray:
     """Set each non-zero pixel to 0 with probability `fraction` (images N x H x W x C).
 

@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from rarespur.report.data import (
+    SEEDS,
     TRAIN,
-    Group,
     ReportData,
     common,
     config_columns,
@@ -47,14 +47,38 @@ from rarespur.report.plot import (
 from rarespur.report.sections import FigureSpec, Section
 from rarespur.report.tables import group_keys, summarize
 
-# What regularizer.strength means for each regularizer: the trade-off figure's x-axis label.
-STRENGTH_LABELS = {
-    "l2": "L2 weight decay lambda (log)",
-    "gaussian_noise": "Gaussian input noise sigma (log)",
-    "dp_sgd": "DP-SGD noise multiplier (log)",
-}
 # The settings an "optimizer" series of the optimizer comparison combines.
 OPTIMIZER_SETTINGS = ("optim.name", "train.grad_clip", "train.lr")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A mitigation of the trade-off figure and table: how its panels are named, its strength axis, and the
+    settings its strength writes (``sets``; 0 turns each off).
+
+    The ``sets`` columns are drawn on the strength axis instead of splitting panels, and the method's
+    "none" reference has them at 0: l2 is compared with weight decay 0 whatever the recipe's, clipping with
+    unclipped runs. Every other setting of the reference equals the method's runs'.
+    """
+
+    title: str
+    axis: str
+    sets: tuple[str, ...] = ()
+
+
+CLIP = "clip"  # the method of unregularized runs clipped by value (train.grad_clip > 0)
+METHODS = {
+    "l2": Method("regularizer l2", "L2 weight decay lambda (log)", ("train.weight_decay",)),
+    "gaussian_noise": Method("regularizer gaussian_noise", "Gaussian input noise sigma (log)"),
+    "dp_sgd": Method("regularizer dp_sgd", "DP-SGD noise multiplier (log)"),
+    CLIP: Method("gradient clipping (no regularizer)", "gradient clip value (by value; log)", ("train.grad_clip",)),
+}
+SET_BY_A_METHOD = tuple(dict.fromkeys(c for m in METHODS.values() for c in m.sets))
+
+
+def method(name: str) -> Method:
+    """The :class:`Method` of a regularizer name (a regularizer added later gets a generic one)."""
+    return METHODS.get(name, Method(f"regularizer {name}", f"{name} strength (log)"))
 
 
 def unregularized_train(data: ReportData) -> pd.DataFrame:
@@ -147,23 +171,55 @@ def optimizers(data: ReportData) -> Figure | None:
 
 
 def regularized_train(data: ReportData) -> pd.DataFrame:
-    """Train runs with a regularizer (with its ``regularizer.strength`` in ``strength``)."""
+    """Train runs of a mitigation, with their ``method`` and ``strength``: the runs with a regularizer
+    (``regularizer.strength``) and the unregularized runs clipped by value (method "clip", strength
+    ``train.grad_clip``) in the settings where a regularizer ran too.
+
+    Clipping counts only beside a regularizer, so that the clipping runs of the score grids (every pattern,
+    target and n up to 5,000) stay in the optimizer comparison and the table averages clipping over the
+    same n as the regularizers it is compared with.
+    """
     runs = data.experiment(TRAIN)
-    if runs.empty or "regularizer.name" not in runs or "regularizer.strength" not in runs:
+    if runs.empty or "regularizer.name" not in runs or "spurious_score" not in runs:
         return pd.DataFrame()
-    rows = runs[runs["regularizer.name"].fillna("none") != "none"]
-    rows = rows.assign(strength=rows["regularizer.strength"].astype(float))
-    return rows.dropna(subset=["strength", "spurious_score"])
+    name = runs["regularizer.name"].fillna("none")
+    reg = runs[name != "none"]
+    reg = reg.assign(method=reg["regularizer.name"], strength=reg.get("regularizer.strength", np.nan)).astype(
+        {"strength": float}
+    )
+    reg = reg.dropna(subset=["strength", "spurious_score"])
+    if reg.empty:
+        return pd.DataFrame()
+    clipped = runs[(name == "none") & (runs.get("train.grad_clip", 0.0) > 0)]
+    clipped = clipped.assign(method=CLIP, strength=clipped.get("train.grad_clip")).dropna(subset=["spurious_score"])
+    return pd.concat([reg, _beside(clipped, reg)])
 
 
-# What the regularizer itself sets: drawn on the x axis, not split into panels
-# (l2 also writes its strength into train.weight_decay, DP-SGD's is its noise multiplier, whose epsilon follows.)
+def _beside(clipped: pd.DataFrame, reg: pd.DataFrame) -> pd.DataFrame:
+    """The `clipped` runs whose settings (n included) some regularized run shares, but for what a method sets."""
+    columns = [
+        c
+        for c in config_columns(clipped)
+        if c not in SEEDS and not c.startswith("regularizer.") and c not in SET_BY_A_METHOD
+    ]
+
+    def settings_of(frame: pd.DataFrame) -> pd.Series:
+        return frame.reindex(columns=columns).map(key).apply(tuple, axis=1)
+
+    return clipped[settings_of(clipped).isin(set(settings_of(reg)))] if not clipped.empty else clipped
+
+
+# Drawn in a trade-off panel, not split into panels: the strength on the x axis, n as series, and what a method
+# itself sets (l2 also writes its strength into train.weight_decay, clipping is train.grad_clip, DP-SGD's
+# strength is its noise multiplier, whose epsilon follows).
 REGULARIZER_DRAWN = (
     "strength",
+    "method",
+    "regularizer.name",
     "regularizer.strength",
     "regularizer.noise_multiplier",
     "dp_epsilon",
-    "train.weight_decay",
+    *SET_BY_A_METHOD,
     "poison.count",
 )
 TRADEOFF = (
@@ -172,65 +228,117 @@ TRADEOFF = (
 )
 
 
-def regularization(data: ReportData) -> Figure | None:
-    """Fig. 4: per regularizer, spurious score (top) and clean / spurious test accuracy (bottom) vs strength.
+@dataclass(frozen=True)
+class Panel:
+    """One trade-off panel: the runs of one method in one setting, and where it sits in the method columns."""
 
-    One series per n (the clean model included), each starting at the unregularized run of the same
-    settings and seeds (the "none" tick), so the cost of a strength is read against no regularizer.
+    title: str
+    rows: pd.DataFrame
+    method: str
+    row: int
+    column: int
+
+
+def regularization(data: ReportData) -> Figure | None:
+    """Fig. 4: per mitigation, spurious score (top) and clean / spurious test accuracy (bottom) vs strength.
+
+    One column per method (l2, noise, DP-SGD, clipping) and one row per setting, so the methods of one setting
+    sit side by side. One series per n (the clean model included), each starting at the method's reference
+    run of the same settings and seeds (the "none" tick), so the cost of a strength is read against none.
     """
     reg = regularized_train(data)
     if reg.empty:
         return None
     plain = unregularized_train(data)
-    groups = _regularizer_groups(reg)
+    panels = _panels(reg)
+    ncols = max(p.column for p in panels) + 1
+    nrows = max(p.row for p in panels) + 1
     colors = palette(reg["poison.count"], lambda n: setting_text("poison.count", n))
-    fig, slots = grid(len(groups), ncols=2, size=(5.6, 3.4), nrows_per_panel=2)
+    fig, slots = grid(nrows * ncols, ncols=ncols, size=(4.8, 3.2), nrows_per_panel=2)
+    used = {(p.row, p.column) for p in panels}
+    for i, slot in enumerate(slots):
+        if divmod(i, ncols) not in used:  # a method that did not run in this setting
+            for ax in slot:
+                ax.set_visible(False)
     points = []
-    for group, (top, bottom) in zip(groups, slots):
-        reference = _matching(plain, group.rows)
-        none_at = group.rows["strength"].min() / 10  # where the unregularized point sits on the log axis
-        for n, rows in group.rows.groupby("poison.count"):
+    tops = []
+    for panel in panels:
+        top, bottom = slots[panel.row * ncols + panel.column]
+        tops.append(top)
+        reference = _matching(plain, panel.rows, method(panel.method))
+        none_at = panel.rows["strength"].min() / 10  # where the reference sits on the log axis
+        for n, rows in panel.rows.groupby("poison.count"):
             label = setting_text("poison.count", n)
             base = reference[reference["poison.count"] == n]
             points.append(_tradeoff_line(top, rows, base, "spurious_score", none_at, colors[label], "-", "o", label))
             for column, _, style, marker in TRADEOFF:
                 points.append(_tradeoff_line(bottom, rows, base, column, none_at, colors[label], style, marker, None))
-        regularizer = group.rows["regularizer.name"].iloc[0]
         for ax in (top, bottom):
-            _strength_axis(ax, group.rows["strength"], none_at, strength_label(regularizer))
+            _strength_axis(ax, panel.rows["strength"], none_at, method(panel.method).axis)
         top.set_ylabel(SCORE_LABEL)
-        floor_at_zero(top)
         bottom.set_ylabel("test accuracy")
         bottom.set_ylim(0, 1.02)
-        panel_title(top, group.title)
+        panel_title(top, panel.title)
+    highest = max(ax.get_ylim()[1] for ax in tops)
+    for ax in tops:  # one score scale, so methods side by side compare at a glance
+        ax.set_ylim(top=highest)
+        floor_at_zero(ax)
     for _, label, style, marker in TRADEOFF:  # legend entries for the two accuracy line styles
         bottom.plot([], [], color="grey", linestyle=style, marker=marker, label=label)
     legend_outside(fig, "color: poisoned training examples; line style: accuracy (lower panels)", colors)
     return finish(
         fig,
-        "Regularization trade-off: spurious score and test accuracy vs regularizer strength",
+        "Regularization trade-off: spurious score and test accuracy vs regularizer strength or gradient clip",
         common(reg),
         over_seeds(point_counts(points)),
         len(regularization_runs(data)),
     )
 
 
-def strength_label(regularizer: str) -> str:
-    return STRENGTH_LABELS.get(regularizer, f"{regularizer} strength (log)")
+def _extras(reg: pd.DataFrame) -> list[str]:
+    """Columns some method sets that vary among the runs of the methods that do not set them (weight decay
+    0 or the recipe's under input noise, clipping beside l2): for those methods, real settings to split by."""
+    setters = reg["method"].map(lambda name: method(name).sets)
+    extras = []
+    for column in SET_BY_A_METHOD:
+        others = reg[[column not in sets for sets in setters]]
+        if column in reg and others[column].nunique(dropna=False) > 1:
+            extras.append(column)
+    return extras
 
 
-def _regularizer_groups(reg: pd.DataFrame) -> list[Group]:
-    """Panels of the trade-off figure: one per regularizer and combination of the other varying settings."""
-    return split(reg, REGULARIZER_DRAWN, first=("regularizer.name",))
+def _panels(reg: pd.DataFrame) -> list[Panel]:
+    """Panels of the trade-off figure: a row per combination of the settings that vary, a column per method.
+
+    A method whose runs differ in an extra setting (:func:`_extras`) gets one row per value, titled with it.
+    """
+    extras = _extras(reg)
+    order = {name: i for i, name in enumerate([*METHODS, *sorted(set(reg["method"]) - set(METHODS))])}
+    names = sorted(set(reg["method"]), key=order.__getitem__)
+    columns = {name: i for i, name in enumerate(names)}
+    panels: list[Panel] = []
+    row = 0
+    for group in split(reg, REGULARIZER_DRAWN):
+        depth = 1
+        for name, rows in sorted(group.rows.groupby("method"), key=lambda item: order[item[0]]):
+            own = [c for c in extras if c not in method(name).sets]
+            parts = list(rows.groupby(own, dropna=False, sort=True)) if own else [((), rows)]
+            for k, (values, part) in enumerate(parts):
+                title = ", ".join(filter(None, [method(name).title, group.title, describe(own, values)]))
+                panels.append(Panel(title, part, name, row + k, columns[name]))
+            depth = max(depth, len(parts))
+        row += depth
+    return panels
 
 
 def regularization_runs(data: ReportData) -> pd.DataFrame:
-    """The runs the trade-off figure draws: the regularized ones and their unregularized references."""
+    """The runs the trade-off figure draws: the mitigated ones and their references."""
     reg = regularized_train(data)
     if reg.empty:
         return reg
     plain = unregularized_train(data)
-    return pd.concat([reg, *(_matching(plain, g.rows) for g in _regularizer_groups(reg))]).drop_duplicates("run_id")
+    references = [_matching(plain, p.rows, method(p.method)) for p in _panels(reg)]
+    return pd.concat([reg, *references]).drop_duplicates("run_id")
 
 
 def _tradeoff_line(
@@ -277,13 +385,18 @@ def _strength_axis(ax: Axes, strengths: pd.Series, none_at: float, label: str) -
     ax.grid(alpha=0.3)
 
 
-def _matching(plain: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
-    """Unregularized runs with every setting (n and seeds included) of the regularized `rows`, but the regularizer."""
+def _matching(plain: pd.DataFrame, rows: pd.DataFrame, of: Method) -> pd.DataFrame:
+    """The reference of a method's `rows`: unregularized runs with every setting (n and seeds included) of
+    `rows`, but the regularizer and what the method sets, which is off (0)."""
     if plain.empty:
         return plain
     keep = pd.Series(True, index=plain.index)
     for column in config_columns(rows):
-        if column in plain and not column.startswith("regularizer.") and column != "train.weight_decay":
+        if column not in plain or column.startswith("regularizer."):
+            continue
+        if column in of.sets:
+            keep &= plain[column].astype(float) == 0.0
+        else:
             keep &= plain[column].map(key).isin(set(rows[column].map(key)))
     return plain[keep]
 
@@ -383,8 +496,15 @@ def _name_patterns(ax: Axes, rows: pd.DataFrame) -> None:
     """Pattern names on a top axis at their norms: one label per pattern however many series share it."""
     norms = rows.groupby("pattern.name")["pattern_norm"].mean().sort_values()
     pad_x(ax, float(norms.min()), float(norms.max()))
+    close = 0.08 * (float(norms.max()) - float(norms.min()))  # labels nearer than this would overprint
+    ticks: list[tuple[float, str]] = []
+    for name, norm in norms.items():
+        if ticks and norm - ticks[-1][0] < close:
+            ticks[-1] = (ticks[-1][0], f"{ticks[-1][1]}, {name}")
+        else:
+            ticks.append((float(norm), str(name)))
     top = ax.secondary_xaxis("top")
-    top.set_xticks(norms.to_numpy(), norms.index.tolist(), fontsize=8)
+    top.set_xticks([x for x, _ in ticks], [label for _, label in ticks], fontsize=8)
     top.tick_params(length=2)
 
 
@@ -407,15 +527,15 @@ def score_vs_n_table(data: ReportData) -> pd.DataFrame:
 
 
 def regularization_table(data: ReportData) -> pd.DataFrame:
-    """Score and accuracies per regularizer and strength, averaged over n and seeds as the paper reports them
-    (docs/science.md#mitigation); every other setting that varies stays a column."""
+    """Score and accuracies per method (regularizer, or "clip" for gradient clipping) and strength, averaged over n
+    and seeds as the paper reports them (docs/science.md#mitigation); every other setting that varies stays a
+    column, and so does a setting a method writes where another method's runs differ in it (see _extras)."""
     runs = regularized_train(data)
     if runs.empty:
         return pd.DataFrame()
+    keys = group_keys(runs, ("method", "strength"), REGULARIZER_DRAWN)
     return summarize(
-        runs,
-        group_keys(runs, ("regularizer.name", "strength"), REGULARIZER_DRAWN),
-        ["spurious_score", "test_acc", "spurious_test_acc"],
+        runs, [*keys[:-2], *_extras(runs), *keys[-2:]], ["spurious_score", "test_acc", "spurious_test_acc"]
     )
 
 
@@ -453,9 +573,11 @@ SECTION = Section(
         FigureSpec(
             "regularization",
             "Regularization trade-off",
-            "Per regularizer strength (log x): spurious score (top) and clean and spurious test accuracy "
-            "(bottom), one series per n (clean model included), mean ± SEM over seeds; the 'none' tick is the "
-            "unregularized run of the same settings.",
+            "Per method strength (log x): spurious score (top) and clean and spurious test accuracy (bottom), one "
+            "series per n (clean model included), mean ± SEM over seeds; one column per method (each regularizer, "
+            "and gradient clipping by value where a regularizer ran in the same settings), one row per setting. "
+            "The 'none' tick is the run of the same settings without the method: no regularizer, weight decay 0 "
+            "for l2, no clipping for clipping.",
             "train runs with a regularizer (l2, gaussian_noise, dp_sgd, ...)",
             regularization,
             regularization_runs,

@@ -37,10 +37,29 @@ class FigureSpec:
 
 
 @dataclass(frozen=True)
+class Shown:
+    """A table that index.md prints in full, under its own heading ahead of the figures.
+
+    For a summary a reader should see first (the paper's findings) rather than find among the CSV files;
+    it is written as CSV and LaTeX like every other table too.
+    """
+
+    table: str  # a name of the section's tables
+    title: str  # its heading in index.md
+    what: str  # one sentence under the heading: how to read the table
+
+
+@dataclass(frozen=True)
 class Section:
     order: int  # where the section's figures and tables come in the report (smaller first)
     figures: tuple[FigureSpec, ...] = ()
     tables: dict[str, Table] = field(default_factory=dict)  # name (of <name>.csv / .tex) -> table
+    shown: tuple[Shown, ...] = ()  # tables index.md also prints in full, before the figures
+
+    def __post_init__(self) -> None:
+        unknown = [s.table for s in self.shown if s.table not in self.tables]
+        if unknown:
+            raise ValueError(f"shown tables {unknown} are not among the section's tables {sorted(self.tables)}")
 
 
 def distinct_runs(frame_of: Table) -> Table:

@@ -4,11 +4,11 @@ every section's tables share, and the writer. The tables themselves live with th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
+import numpy as np
 import pandas as pd
 
-from rarespur.report.data import ReportData, sem, settings
+from rarespur.report.data import missing, sem, settings
 
 # Columns every table keeps even when they are the same for all its runs, so a table read alone says what it is.
 ALWAYS = ("dataset.name", "model.name", "optim.name")
@@ -36,13 +36,10 @@ def summarize(runs: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataF
     return out.reset_index()
 
 
-def write_tables(
-    data: ReportData, out: Path, tables: dict[str, Callable[[ReportData], pd.DataFrame]]
-) -> dict[str, tuple[Path, Path] | None]:
+def write_tables(tables: dict[str, pd.DataFrame], out: Path) -> dict[str, tuple[Path, Path] | None]:
     """Write every non-empty table as <name>.csv and <name>.tex; None for the empty ones."""
     written: dict[str, tuple[Path, Path] | None] = {}
-    for name, make in tables.items():
-        table = make(data)
+    for name, table in tables.items():
         if table.empty:
             written[name] = None
             continue
@@ -51,6 +48,22 @@ def write_tables(
         tex.write_text(to_latex(table, name))
         written[name] = (csv, tex)
     return written
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A Markdown table for index.md, numbers to 3 decimals as in the LaTeX tables.
+
+    Written here rather than by ``DataFrame.to_markdown``, which needs the optional ``tabulate`` package.
+    """
+    rows = [list(table.columns), ["---"] * len(table.columns), *table.itertuples(index=False)]
+    return "\n".join("| " + " | ".join(_markdown_cell(v) for v in row) + " |" for row in rows)
+
+
+def _markdown_cell(value: object) -> str:
+    if missing(value):
+        return "--"
+    text = f"{value:.3f}" if isinstance(value, (float, np.floating)) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def to_latex(table: pd.DataFrame, name: str) -> str:
