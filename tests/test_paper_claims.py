@@ -11,9 +11,9 @@ The slice is cut to fit CI (about a minute on 2 cores): the first 10,000 trainin
   the store's one-sided Welch test against the clean model); S3 and R3 must each be (measured here: both at
   n = 3 with p < 1e-20; core, the faintest on a 3-epoch model, only at n = 10 with p = 0.048), and S1's
   score at n = 3 stays below theirs (0.001 against 0.043 and 0.934);
-- Pearson r of pattern norm against score is above 0.5 with p < 0.05 over the 12 points (the paper
-  reports a clear positive correlation; measured here r = 0.93, p = 1e-5, so 0.5 leaves room for the noise
-  of a 3-epoch model).
+- within each n, Pearson r of pattern norm against score over the 4 patterns is above 0.5, and the three
+  one-sided p-values combined by Fisher's method are below 0.05 (the paper reports a clear positive
+  correlation; 0.5 leaves room for the noise of a 3-epoch model).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def test_a_handful_of_poisoned_images_suffices(store):
 def test_patterns_with_a_larger_norm_are_learned_more_easily(store):
     verdict = findings.larger_norm(store)
     assert verdict.verdict == findings.HOLDS, verdict.evidence
-    points = pattern_norm_table(store)
-    assert len(points) == 12 and points["pattern.name"].nunique() == 4
-    r, p = stats.pearsonr(points["pattern_norm"], points["spurious_score"])
-    assert r > 0.5 and p < 0.05, (r, p)
-    assert f"r = {r:.3f}" in verdict.evidence
+    assert len(pattern_norm_table(store)) == 12
+    cells = findings.norm_cells(store)  # one per n: Pearson r over the 4 patterns
+    assert sorted(cells["poison.count"]) == [3, 10, 30] and (cells["r"] > 0.5).all(), cells
+    combined = stats.combine_pvalues(cells["p"], method="fisher").pvalue
+    assert combined < 0.05 and f"p = {combined:.2g}" in verdict.evidence

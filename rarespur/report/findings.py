@@ -173,8 +173,31 @@ def few_examples(data: ReportData) -> Verdict:
 # ---------------------------------------------------------------- pattern norm
 
 
+def norm_cells(data: ReportData) -> pd.DataFrame:
+    """Per cell of the pattern-norm figure (a setting and an n): Pearson r of norm against score over its patterns
+    and its one-sided p (r > 0), for cells with MIN_PATTERNS patterns whose scores vary.
+
+    The cell is the unit because its points are independent runs; pooling every cell's points would count each
+    pattern's norm many times over and overstate the evidence.
+    """
+    points = pattern_norm_table(data)
+    if points.empty:
+        return pd.DataFrame()
+    keys = [
+        c for c in points.columns if c not in ("pattern.name", "pattern_norm", SCORE) and c in config_columns(points)
+    ]
+    rows = []
+    for cell, group in points.groupby(keys, dropna=False, sort=True) if keys else [((), points)]:
+        if group["pattern.name"].nunique() < MIN_PATTERNS or group[SCORE].nunique() < 2:
+            continue
+        fit = stats.pearsonr(group["pattern_norm"], group[SCORE], alternative="greater")
+        cell = cell if isinstance(cell, tuple) else (cell,)
+        rows.append({**dict(zip(keys, cell)), "r": float(fit.statistic), "p": float(fit.pvalue)})
+    return pd.DataFrame(rows)
+
+
 def larger_norm(data: ReportData) -> Verdict:
-    """Pearson r over the pattern-norm figure's points: mean norm and score over seeds per pattern, n and setting."""
+    """Pearson r of norm against score within each cell (setting and n), the cells' one-sided p-values combined."""
     points = pattern_norm_table(data)
     patterns = points["pattern.name"].nunique() if not points.empty else 0
     if patterns < MIN_PATTERNS:
@@ -182,16 +205,20 @@ def larger_norm(data: ReportData) -> Verdict:
             MISSING, f"poisoned train runs of {plural(patterns, 'pattern')} in the same settings; needs {MIN_PATTERNS}"
         )
     runs = len(pattern_norm_runs(data))
-    if points[SCORE].nunique() < 2:
-        return Verdict(FAILS, f"the mean score is {_g(points[SCORE].iloc[0])} for every pattern", runs)
-    r, p = stats.pearsonr(points["pattern_norm"], points[SCORE])
+    cells = norm_cells(data)
+    if cells.empty:
+        return Verdict(FAILS, "the mean score does not vary over the patterns of any setting and n", runs)
+    # a cell of exactly linear points has p = 0, whose log Fisher's method cannot take
+    combined = float(stats.combine_pvalues(cells["p"].clip(lower=np.finfo(float).tiny), method="fisher").pvalue)
+    median = float(cells["r"].median())
     norms = points.groupby("pattern.name")["pattern_norm"].mean().sort_values()
     evidence = (
-        f"Pearson r = {r:.3f}, {_p(p)} over {len(points)} points ({patterns} patterns; mean norm "
+        f"median Pearson r = {median:.3f} over {plural(len(cells), 'cell')} (setting and n; r > 0 in "
+        f"{int((cells['r'] > 0).sum())}), Fisher-combined one-sided {_p(combined)} (mean norm "
         + ", ".join(f"{name} {_g(v)}" for name, v in norms.items())
         + ")"
     )
-    return Verdict(HOLDS if r > 0 and p < ALPHA else FAILS, evidence, runs)
+    return Verdict(HOLDS if median > 0 and combined < ALPHA else FAILS, evidence, runs)
 
 
 # ---------------------------------------------------------------- input sensitivity
@@ -292,17 +319,17 @@ def optimizers_differ(data: ReportData) -> Verdict:
 # ---------------------------------------------------------------- deletion
 
 
-def deletion_check(method: str) -> Callable[[ReportData], Verdict]:
+def deletion_check(experiment: str) -> Callable[[ReportData], Verdict]:
     """The check of one deletion method: it leaves the score above retraining from scratch, which removes it."""
 
     def check(data: ReportData) -> Verdict:
         columns = (SCORE, f"before.{SCORE}", f"exact.{SCORE}", "before.p_value")
-        runs = _poisoned(data.experiment(method), *columns)
+        runs = _poisoned(data.experiment(experiment), *columns)
         runs = runs[runs["before.p_value"] < ALPHA] if not runs.empty else runs
         if len(runs) < MIN_PAIRS:
             return Verdict(
                 MISSING,
-                f"{plural(len(runs), method + ' run')} whose parent learned the pattern, with the score retrained from "
+                f"{plural(len(runs), experiment + ' run')} whose parent learned the pattern, with the score retrained from "
                 f"scratch (compare_exact); needs {MIN_PAIRS}",
             )
         before, after, exact = runs[f"before.{SCORE}"], runs[SCORE], runs[f"exact.{SCORE}"]
@@ -359,12 +386,42 @@ def mitigation_pairs(data: ReportData, name: str) -> pd.DataFrame:
     return paired(mitigated, plain.dropna(subset=["test_acc"]), lambda c: c.startswith("regularizer.") or c in sets)
 
 
-def _mitigation_evidence(pairs: pd.DataFrame, p_score: float, p_acc: float) -> str:
-    strengths = sorted(pairs["strength"].unique())
-    return (
-        f"{len(pairs)} pairs over {plural(len(strengths), 'strength')} ({', '.join(_g(s) for s in strengths)}): "
-        f"mean score {_g(pairs[f'{SCORE} twin'].mean())} -> {_g(pairs[SCORE].mean())} ({_p(p_score)}), "
-        f"clean accuracy {_g(pairs['test_acc twin'].mean())} -> {_g(pairs['test_acc'].mean())} ({_p(p_acc)})"
+@dataclass(frozen=True)
+class MitigationTest:
+    """One mitigation against its references: one point per reference run, the mean over the mitigated runs that
+    share it (each strength pairs with the same reference, so pairing run by run would count it many times)."""
+
+    points: pd.DataFrame  # per reference: SCORE, test_acc (mitigated means) and their " twin" (the reference's)
+    strengths: list[float]
+    runs: int  # distinct runs: mitigated and references
+    p_score: float  # one-sided paired: the score is lower with the mitigation
+    p_acc: float  # one-sided paired: the clean accuracy is lower with the mitigation
+
+    def evidence(self) -> str:
+        p = self.points
+        return (
+            f"{plural(len(p), 'reference run')}, each against the mean of its runs over "
+            f"{plural(len(self.strengths), 'strength')} ({', '.join(_g(s) for s in self.strengths)}): "
+            f"mean score {_g(p[f'{SCORE} twin'].mean())} -> {_g(p[SCORE].mean())} ({_p(self.p_score)}), "
+            f"clean accuracy {_g(p['test_acc twin'].mean())} -> {_g(p['test_acc'].mean())} ({_p(self.p_acc)})"
+        )
+
+
+def mitigation_test(data: ReportData, name: str) -> MitigationTest | None:
+    """The paired tests of mitigation `name`; None with fewer than MIN_PAIRS reference runs."""
+    pairs = mitigation_pairs(data, name)
+    if pairs.empty:
+        return None
+    values = [SCORE, "test_acc", f"{SCORE} twin", "test_acc twin"]
+    points = pairs.groupby("run_id twin")[values].mean()
+    if len(points) < MIN_PAIRS:
+        return None
+    return MitigationTest(
+        points=points,
+        strengths=sorted(pairs["strength"].unique()),
+        runs=pairs["run_id"].nunique() + len(points),
+        p_score=paired_p(points[SCORE], points[f"{SCORE} twin"], "less"),
+        p_acc=paired_p(points["test_acc"], points["test_acc twin"], "less"),
     )
 
 
@@ -372,33 +429,29 @@ def regularizer_check(name: str) -> Callable[[ReportData], Verdict]:
     """The check of one regularizer: against no regularizer, the score and the clean accuracy both fall."""
 
     def check(data: ReportData) -> Verdict:
-        pairs = mitigation_pairs(data, name)
-        if len(pairs) < MIN_PAIRS:
+        test = mitigation_test(data, name)
+        if test is None:
             return Verdict(
                 MISSING,
-                f"{plural(len(pairs), name + ' run')} with an unregularized twin (same settings and seeds); "
-                f"needs {MIN_PAIRS}",
+                f"{name} runs with an unregularized twin (same settings and seeds) for fewer than "
+                f"{plural(MIN_PAIRS, 'reference run')}",
             )
-        p_score = paired_p(pairs[SCORE], pairs[f"{SCORE} twin"], "less")
-        p_acc = paired_p(pairs["test_acc"], pairs["test_acc twin"], "less")
-        verdict = HOLDS if p_score < ALPHA and p_acc < ALPHA else FAILS
-        return Verdict(verdict, _mitigation_evidence(pairs, p_score, p_acc), 2 * len(pairs))
+        verdict = HOLDS if test.p_score < ALPHA and test.p_acc < ALPHA else FAILS
+        return Verdict(verdict, test.evidence(), test.runs)
 
     return check
 
 
 def clipping_changes_nothing(data: ReportData) -> Verdict:
     """The paper's null result: holds while clipping shows no significant reduction (weak evidence with few runs)."""
-    pairs = mitigation_pairs(data, CLIP)
-    if len(pairs) < MIN_PAIRS:
+    test = mitigation_test(data, CLIP)
+    if test is None:
         return Verdict(
             MISSING,
-            f"{plural(len(pairs), 'run')} with train.grad_clip > 0 in the settings of a regularizer's runs and an "
-            f"unclipped twin (same settings and seeds); needs {MIN_PAIRS}",
+            "runs with train.grad_clip > 0 in the settings of a regularizer's runs and an unclipped twin (same "
+            f"settings and seeds) for fewer than {plural(MIN_PAIRS, 'reference run')}",
         )
-    p_score = paired_p(pairs[SCORE], pairs[f"{SCORE} twin"], "less")
-    p_acc = paired_p(pairs["test_acc"], pairs["test_acc twin"], "less")
-    return Verdict(FAILS if p_score < ALPHA else HOLDS, _mitigation_evidence(pairs, p_score, p_acc), 2 * len(pairs))
+    return Verdict(FAILS if test.p_score < ALPHA else HOLDS, test.evidence(), test.runs)
 
 
 # ---------------------------------------------------------------- the table
@@ -416,9 +469,9 @@ CLAIMS = (
     Claim(
         "Patterns with a larger norm are learned more easily",
         "pattern_norm",
-        "Pearson r of mean pattern norm against mean score, one point per pattern, n and setting (mean over "
-        f"seeds, the pattern-norm figure's points, pooled); needs {MIN_PATTERNS} patterns. Holds if r > 0 and "
-        f"p < {ALPHA:g}.",
+        "Within each setting and n (a cell of the pattern-norm figure, with mean norm and score over seeds per "
+        f"pattern; needs {MIN_PATTERNS} patterns): Pearson r and its one-sided p; the cells' p-values combined by "
+        f"Fisher's method. Holds if the median r > 0 and the combined p < {ALPHA:g}.",
         larger_norm,
     ),
     Claim(
@@ -440,12 +493,12 @@ CLAIMS = (
         Claim(
             f"{label} does not remove the pattern; retraining from scratch does",
             "deletion",
-            f"{method} runs whose parent learned the pattern (p < {ALPHA:g}, {_WELCH}), with the score before, "
+            f"{experiment} runs whose parent learned the pattern (p < {ALPHA:g}, {_WELCH}), with the score before, "
             "after and retrained from scratch; one-sided paired t-tests. Holds if after > retrained and "
             f"retrained < before, p < {ALPHA:g} each.",
-            deletion_check(method),
+            deletion_check(experiment),
         )
-        for method, label in ((INCREMENTAL, "Incremental retraining"), (INFLUENCE, "Group influence"))
+        for experiment, label in ((INCREMENTAL, "Incremental retraining"), (INFLUENCE, "Group influence"))
     ),
     Claim(
         "Poisoned images are flagged by membership inference more often than other training images",
@@ -458,9 +511,9 @@ CLAIMS = (
         Claim(
             f"{label} reduces the score at an accuracy cost",
             "regularization",
-            f"Each {name} run of the trade-off figure (every strength, n = 0 included) paired with its reference, "
-            "the unregularized run of the same settings and seeds (weight decay 0 for l2); one-sided paired "
-            f"t-tests. Holds if the score and the clean test accuracy are both lower, p < {ALPHA:g} each.",
+            f"Each reference run (unregularized, weight decay 0 for l2, n = 0 included) against the mean of the {name} "
+            "runs of the trade-off figure with its settings and seeds (every strength); one-sided paired t-tests over "
+            f"the reference runs. Holds if the score and the clean test accuracy are both lower, p < {ALPHA:g} each.",
             regularizer_check(name),
         )
         for name, label in ((L2, "L2 weight decay"), (NOISE, "Gaussian input noise"))
@@ -468,9 +521,9 @@ CLAIMS = (
     Claim(
         "Gradient clipping does not reduce the score",
         "regularization",
-        "Each unregularized run with train.grad_clip > 0 of the trade-off figure (in the settings of a regularizer's "
-        "runs) paired with the unclipped run of the same settings and seeds; one-sided paired t-test. Holds unless "
-        f"the score is lower with p < {ALPHA:g}.",
+        "Each unclipped reference run against the mean of the runs with train.grad_clip > 0 of the trade-off figure "
+        "(in the settings of a regularizer's runs) with its settings and seeds; one-sided paired t-test over the "
+        f"reference runs. Holds unless the score is lower with p < {ALPHA:g}.",
         clipping_changes_nothing,
     ),
 )
