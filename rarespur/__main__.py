@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from rarespur.errors import UserError
 from rarespur.launch.status import STALE_AFTER_S, WATCH_EVERY_S
@@ -23,17 +24,40 @@ corrupt (done, but a file it vouches for is missing or damaged: a relaunch runs 
 (no directory). --watch also shows models per hour and the ETA since the sweep was submitted."""
 
 
+EXPORT_EPILOG = """\
+Each run of the store becomes one tracking run, found again by its run key: its flattened config
+(params / HParams), every epoch of history.json, the record's metrics and its figures and tables.
+Runs already there, finished (logged live with logger=..., or exported before), are skipped.
+Then: mlflow ui --backend-store-uri sqlite:///RESULTS_DIR/mlflow.db, or tensorboard --logdir LOGDIR."""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rarespur", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not only its message")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_collect = sub.add_parser("collect", help="merge all finished runs into runs.parquet and runs.csv")
+    p_collect = sub.add_parser(
+        "collect", help="merge all finished runs into runs.parquet / runs.csv, their epochs into epochs.parquet"
+    )
     p_collect.add_argument("results_dir", help="the run store (results_dir of the jobs)")
     p_collect.add_argument("--out", help="folder for the table (default: the results directory)")
 
     p_report = sub.add_parser("report", help="draw the paper's figures and summary tables from the finished runs")
     p_report.add_argument("results_dir", help="the run store (results_dir of the jobs)")
     p_report.add_argument("--out", help="folder for index.md, the PNGs and the tables (default: RESULTS_DIR/report)")
+
+    p_export = sub.add_parser(
+        "export",
+        help="replay every finished run into MLflow or TensorBoard (skips runs already there)",
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_export.add_argument("tracker", choices=("mlflow", "tensorboard"), help="where to export the runs")
+    p_export.add_argument("results_dir", help="the run store (results_dir of the jobs)")
+    p_export.add_argument(
+        "--tracking-uri", help="mlflow: where to log (default: sqlite:///RESULTS_DIR/mlflow.db, as logger=mlflow)"
+    )
+    p_export.add_argument("--experiment-name", default="rarespur", help="mlflow: the experiment (default rarespur)")
+    p_export.add_argument("--logdir", help="tensorboard: the log folder (default RESULTS_DIR/tensorboard)")
 
     p_status = sub.add_parser(
         "status",
@@ -83,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, extras: list[str]) -> int:
     if args.command == "collect":
         from rarespur.experiments import clean_twin_baselined
-        from rarespur.store.collect import collect, collect_tables, write_table
+        from rarespur.store.collect import EPOCHS_NAME, collect, collect_epochs, collect_tables, write_table
 
         table = collect(args.results_dir, clean_twin_baselined())
         if table.empty:
@@ -95,6 +119,18 @@ def _run(args: argparse.Namespace, extras: list[str]) -> int:
         for name, rows in collect_tables(args.results_dir).items():
             parquet, _ = write_table(rows, out, name)
             print(f"{len(rows)} {name} rows -> {parquet}")
+        epochs = collect_epochs(args.results_dir)
+        parquet, _ = write_table(epochs, out, EPOCHS_NAME)
+        print(f"{len(epochs)} epochs of {epochs['run_id'].nunique()} runs -> {parquet}")
+    elif args.command == "export":
+        from rarespur.tracking.export import export_store
+
+        if args.tracker == "mlflow":
+            settings = {"tracking_uri": args.tracking_uri, "experiment_name": args.experiment_name}
+        else:
+            settings = {"save_dir": args.logdir or str(Path(args.results_dir) / "tensorboard")}
+        done = export_store(args.results_dir, args.tracker, settings)
+        print(f"{done.added} runs exported to {args.tracker}, {done.present} were there already")
     elif args.command == "report":
         from rarespur.report import write_report  # matplotlib loads only for this command
 

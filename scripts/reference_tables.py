@@ -197,6 +197,16 @@ def plugin_group(group: str, key: str) -> str:
     return table([f"`{key}=`", "what", "class (`_target_`)", "keys"], rows)
 
 
+def setting_group(group: str) -> str:
+    """A group whose files hold settings (no class): each choice, what its header says and its keys."""
+    rows = []
+    for path in yaml_files(f"conf/{group}"):
+        data = yaml.safe_load(path.read_text()) or {}
+        chosen = ", ".join(f"`{d}`" for d in data.pop("defaults", []))
+        rows.append([f"`{group}={path.stem}`", header(path), values(data) or chosen or "--"])
+    return table([f"`{group}=`", "what", "keys"], rows)
+
+
 def optimizers() -> str:
     rows = [[f"`{p.stem}`", values(yaml.safe_load(p.read_text()), ("name",)) or "--"] for p in yaml_files("conf/optim")]
     return table(["`optim=`", "keys (lr: the dataset's recipe unless `train.lr` is set)"], rows)
@@ -318,6 +328,25 @@ def main() -> None:
         "With `experiment=debias`.",
         "",
         plugin_group("debias", "debias"),
+        "",
+        "## Influence estimates",
+        "",
+        "With `experiment=group_influence`; details in [science.md](science.md).",
+        "",
+        setting_group("influence"),
+        "",
+        "## Loggers",
+        "",
+        "`logger=` is null (none) by default; several at once: `logger=[csv,mlflow]`. Details in",
+        "[tracking.md](tracking.md).",
+        "",
+        setting_group("logger"),
+        "",
+        "## Notifications",
+        "",
+        "`notify=` is null by default; details in [running.md](running.md#a-message-when-a-sweep-ends).",
+        "",
+        setting_group("notify"),
         "",
         "## Cluster presets",
         "",

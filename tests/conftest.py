@@ -143,21 +143,21 @@ def extract_cifar_subset(shared_data: Path, dest: Path, classes: tuple[str, ...]
 
 
 @contextlib.contextmanager
-def killed_after_epoch(epoch: int) -> Iterator[None]:
-    """Runs trained inside stop with KeyboardInterrupt right after `epoch` (its checkpoint is written), as a
-    killed job would; a relaunch then resumes from that checkpoint. Packs too: their models' callbacks are
+def killed_after_epoch(epoch: int, error: type[BaseException] = KeyboardInterrupt) -> Iterator[None]:
+    """Runs trained inside stop with `error` right after `epoch` (its checkpoint is written): KeyboardInterrupt
+    as a killed job would, an Exception as a job that fails; a relaunch then resumes from that checkpoint. Packs too: their models' callbacks are
     called once every model's checkpoint of the epoch is written."""
     from rarespur.experiments import steps, train
 
     real = steps.epoch_callback
 
-    def dying(total, enabled, run_dir):
-        inner = real(total, enabled, run_dir)
+    def dying(total, enabled, run_dir, model=None):
+        inner = real(total, enabled, run_dir, model)
 
         def on_epoch(row):
             inner(row)
             if row["epoch"] == epoch:
-                raise KeyboardInterrupt
+                raise error(f"stopped after epoch {epoch}")
 
         return on_epoch
 

@@ -12,6 +12,9 @@ with packs and a fast start.
   ``hydra_plugins.rarespur_launchers.slurm``) gets every launch with the run keys it runs, and is not
   handed jobs that are done or that the scheduler already holds from an earlier launch
   (:mod:`rarespur.launch.arrays`), so a relaunch submits nothing twice.
+- A failed job makes the sweep raise once its batch has ended, and Hydra calls ``on_multirun_end`` only
+  after a sweep that returns; the sweeper calls it itself before the failure propagates, so a callback
+  that reports the end of a sweep (``notify=apprise``, :mod:`rarespur.launch.notify`) hears of failed ones.
 
 The job list is the basic sweeper's own (``split_arguments``), so ``rarespur status`` and
 ``--delete-incomplete`` (:mod:`rarespur.launch.sweep`) see the very jobs a launch runs.
@@ -77,6 +80,19 @@ class RarespurSweeper(BasicSweeper):
                 for why, count in left_out.items():
                     log.info("%d job(s) %s: not submitted again", count, why)
         log.info("%d job(s) planned in %.1f s", len(launches), time.perf_counter() - started)
+        try:
+            return self._launch(launches, runs, submits)
+        except Exception:
+            # Hydra calls on_multirun_end only when sweep() returns, so a sweep with a failed job would end
+            # unannounced (notify=apprise sends nothing): call it here, once, before the failure propagates.
+            self.hydra_context.callbacks.on_multirun_end(
+                config=self.config, config_name=self.config.hydra.job.config_name
+            )
+            raise
+
+    def _launch(self, launches: list, runs: list, submits: bool) -> Any:
+        """Launch the planned jobs; raises for a failed one once its batch (or every array) has ended."""
+        assert self.launcher is not None
         if submits:
             results = self.launcher.launch_runs(launches, runs) if launches else []
             for result in results:

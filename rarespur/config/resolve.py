@@ -25,7 +25,7 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 AUGMENTS = ("none", "aug01", "aug01_pil")
 
 # Keys that say where or how a job runs, not what it computes: left out of the run-store key.
-RUNTIME_KEYS = ("data.root", "data.download", "device", "results_dir", "progress", "checkpoint_every", "pack")
+RUNTIME_KEYS = ("data.root", "data.download", "device", "results_dir", "progress", "checkpoint_every", "pack", "logger")
 
 
 def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:

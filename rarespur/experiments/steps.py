@@ -241,7 +241,7 @@ def fit_and_store(
         y,
         settings,
         checkpoint=checkpoint,
-        on_epoch=epoch_callback(settings.epochs, cfg["progress"], run_dir),
+        on_epoch=epoch_callback(settings.epochs, cfg["progress"], run_dir, name),
         checkpoint_every=cfg["checkpoint_every"],
         final_state=run_dir.file(FINAL_STATE) if name is None and start_from is None else None,
         start_from=start_from,
@@ -278,8 +278,9 @@ def check_objective(cfg: dict[str, Any], data: ImageData) -> None:
         objective.check_model(make_model(cfg, data, torch.device("cpu")))
 
 
-def epoch_callback(total: int, enabled: bool, run_dir: RunDir) -> EpochCallback:
-    """Per epoch: one progress line through logging, and a heartbeat for `status`."""
+def epoch_callback(total: int, enabled: bool, run_dir: RunDir, model: str | None = None) -> EpochCallback:
+    """Per epoch: one progress line through logging, a heartbeat for `status` and the row to the run's
+    trackers (`model`: the helper model being trained, None for the run's own)."""
 
     def on_epoch(row: dict) -> None:
         if enabled:
@@ -293,7 +294,7 @@ def epoch_callback(total: int, enabled: bool, run_dir: RunDir) -> EpochCallback:
                 validated,
                 row["lr"],
             )
-        run_dir.heartbeat()
+        run_dir.epoch_done(row, model)
 
     return on_epoch
 

@@ -27,6 +27,7 @@ from rarespur.launch.pack_plan import read_pack_file
 from rarespur.launch.provenance import where_it_ran
 from rarespur.launch.runner import commit, match_threads_to_allocation, run_job, stored
 from rarespur.store.run_dir import Claim, RunDir, find_trained, training_key
+from rarespur.tracking.session import tracked
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +117,22 @@ def _train(
     cfgs = [claim.resolved for claim in mine]
     records: list[dict[str, Any]] = []
     fingerprint = data_fingerprint_of(cfgs[0])
+    with contextlib.ExitStack() as held:  # each model its own tracking run; an error of the pack fails them all
+        tracking = [held.enter_context(tracked(claim.run, claim.resolved, name)) for claim in mine]
 
-    def finish(i: int, result: dict[str, Any] | Exception) -> None:
-        key = mine[i].run.key
-        if isinstance(result, Exception):
-            mine[i].fail("".join(traceback.format_exception(result)))
-            failed.append(f"{key}: {result}")
-            for other in same_weights.pop(training_key(cfgs[i]), []):  # the same model: not trained again
-                failed.append(f"{RunDir('', other).key}: not run, the model it shares with run {key} failed")
-            return
-        metrics = {**result, "packed_with.pack": name, "packed_with.size": len(mine)}
-        records.append(commit(mine[i], experiment, metrics, fingerprint, time.perf_counter() - started))
-        records.extend(_run_alone(same_weights.pop(training_key(cfgs[i]), []), failed))
+        def finish(i: int, result: dict[str, Any] | Exception) -> None:
+            key = mine[i].run.key
+            if isinstance(result, Exception):
+                mine[i].fail("".join(traceback.format_exception(result)))
+                tracking[i].fail()
+                failed.append(f"{key}: {result}")
+                for other in same_weights.pop(training_key(cfgs[i]), []):  # the same model: not trained again
+                    failed.append(f"{RunDir('', other).key}: not run, the model it shares with run {key} failed")
+                return
+            metrics = {**result, "packed_with.pack": name, "packed_with.size": len(mine)}
+            records.append(commit(mine[i], experiment, metrics, fingerprint, time.perf_counter() - started))
+            tracking[i].finish(records[-1], mine[i].run.path)
+            records.extend(_run_alone(same_weights.pop(training_key(cfgs[i]), []), failed))
 
-    experiment.run_pack(cfgs, [claim.run for claim in mine], finish)
+        experiment.run_pack(cfgs, [claim.run for claim in mine], finish)
     return records

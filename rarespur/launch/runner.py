@@ -25,6 +25,8 @@ from rarespur.experiments import Experiment, resolve_job
 from rarespur.experiments.steps import data_fingerprint_of
 from rarespur.launch.provenance import where_it_ran
 from rarespur.store.run_dir import DATA_FINGERPRINT, FINAL_STATE, MODEL, Claim, RunDir, flatten
+from rarespur.tracking.loggers import logger_settings
+from rarespur.tracking.session import tracked
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ def run_job(cfg: DictConfig | dict[str, Any], verify: tuple[str, ...] = ()) -> d
     resolved, experiment = resolve_job(cfg)
     resolved["results_dir"] = str(Path(resolved["results_dir"]).expanduser().resolve())
     run = RunDir(resolved["results_dir"], resolved)
+    logger_settings(resolved)  # an unknown logger or its missing package fails before anything is written
     if run.done and run.damage(verify) is None:
         return stored(run, resolved, experiment)
     experiment.check(resolved)  # a config that cannot work fails here, before its run directory exists
@@ -94,8 +97,11 @@ def run_job(cfg: DictConfig | dict[str, Any], verify: tuple[str, ...] = ()) -> d
         where_it_ran()  # git runs now, as the job starts (cached), so ran_on.commit is the code that runs
         started = time.perf_counter()
         fingerprint = data_fingerprint_of(resolved)
-        metrics = experiment.run(resolved, run, parents)
-        return commit(claim, experiment, metrics, fingerprint, time.perf_counter() - started)
+        with tracked(run, resolved) as tracking:
+            metrics = experiment.run(resolved, run, parents)
+            record = commit(claim, experiment, metrics, fingerprint, time.perf_counter() - started)
+            tracking.finish(record, run.path)
+        return record
 
 
 def _parent(run: RunDir, parent_cfg: dict[str, Any]) -> Path:

@@ -22,7 +22,7 @@ import platform
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from rarespur.config.names import resolve_model_name, store_name
 from rarespur.config.resolve import identity, training_identity
@@ -180,6 +180,9 @@ class RunDir:
     def __init__(self, results_dir: str | Path, resolved: dict[str, Any]):
         self.key = config_key(resolved)
         self.path = Path(results_dir) / self.key
+        # called with (epoch row, helper model name or None) after each epoch: the trackers of the run
+        # (rarespur.tracking.session.tracked), so every experiment is tracked without code of its own
+        self.epoch_listeners: list[Callable[[dict[str, Any], str | None], None]] = []
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -308,6 +311,13 @@ class RunDir:
     def heartbeat(self) -> None:
         """Touch running.json so `status` on another host sees the job is alive."""
         self.file(RUNNING).touch(exist_ok=True)
+
+    def epoch_done(self, row: dict[str, Any], model: str | None = None) -> None:
+        """A training epoch of this run ended (of its own model, or of the helper model `model`): heartbeat,
+        and the row to the epoch listeners."""
+        self.heartbeat()
+        for listener in self.epoch_listeners:
+            listener(row, model)
 
     def fail(self, message: str) -> None:
         """Record a failure: error.txt with the traceback, and no done marker."""
