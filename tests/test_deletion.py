@@ -160,7 +160,7 @@ def test_interrupted_continuation_resumes_to_the_same_model(tmp_path):
 
     job(tmp_path / "b", *SMALL)  # the parent, trained before the interruption is set up
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine, "epoch_callback", lambda total, enabled, run_dir: stop_at_2)
+        mp.setattr(engine, "epoch_callback", lambda total, enabled, run_dir, model=None: stop_at_2)
         with pytest.raises(KeyboardInterrupt):
             job(tmp_path / "b", *overrides)
     assert (tmp_path / "b" / straight["run_id"] / "train_state.pt").exists()

@@ -72,6 +72,21 @@ def _tensorboard_view(store: Path, key: str, logdir: str = "tensorboard") -> tup
     return epochs, (folder / "rarespur_status").read_text(), final
 
 
+def _hparams(store: Path, key: str) -> dict:
+    """The HParams session TensorBoard's HParams dashboard shows for the run: its config values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(store / "tensorboard" / key))
+    events.Reload()
+    (content,) = [c for tag, c in events.PluginTagToContent("hparams").items() if tag.endswith("session_start_info")]
+    data = plugin_data_pb2.HParamsPluginData.FromString(content)
+    return {
+        name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+        for name, value in data.session_start_info.hparams.items()
+    }
+
+
 def _mlflow_runs(uri: str, experiment: str = "rarespur") -> list:
     from mlflow.tracking import MlflowClient
 
@@ -124,10 +139,40 @@ def test_each_epoch_is_logged_once_across_a_kill_a_failure_and_a_relaunch(tmp_pa
     assert {"test_acc", "spurious_score", "train_loss"} <= set(final)
     assert final == {name: pytest.approx(value, rel=1e-6) for name, value in expected.items()}
 
+    if logger == "tensorboard":  # one HParams session per run: the dashboard lines the grid's configs up
+        session = _hparams(tmp_path, key)
+        assert session["poison.count"] == 10 and session["model.name"] == record["model.name"]
+        assert session["tag.experiment_type"] == "train" and session["tag.packed_with"] == "none"
+
     job(tmp_path, *overrides)  # done: stored, so nothing is logged again
     assert view(tmp_path, key) == (series, status, final)
     if logger == "mlflow":
         assert len(_mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")) == 1
+
+
+@pytest.mark.slow  # DP-SGD's accountant: 6 s
+def test_the_objectives_own_values_are_logged_each_epoch(tmp_path):
+    record = job(tmp_path, *BASE, "logger=csv", "regularizer=dp_sgd")
+    series, status, final = _csv_view(tmp_path, record["run_id"])
+    history = json.loads((tmp_path / record["run_id"] / HISTORY).read_text())
+    assert status == FINISHED and len(history) == 4
+    assert series["dp_epsilon"] == [(row["epoch"], pytest.approx(row["dp_epsilon"])) for row in history]
+    assert series["dp_epsilon"][-1][1] == pytest.approx(record["dp_epsilon"]) and "dp_epsilon" not in final
+
+
+def test_a_logger_that_breaks_mid_run_is_warned_about_and_the_run_still_commits(tmp_path, monkeypatch, caplog):
+    from rarespur.tracking.csv_logger import CsvLogger
+
+    def broken(self, rows):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(CsvLogger, "log_epochs", broken)
+    record = job(tmp_path, *BASE, "logger=[csv,tensorboard]")
+    assert (tmp_path / record["run_id"] / "done").exists()
+    assert "logger=csv could not log epochs for run" in caplog.text and "disk full" in caplog.text
+    assert caplog.text.count("logger=csv could not") == 1  # warned once, then left out
+    assert (tmp_path / "csv_logs" / record["run_id"] / "status").read_text() == RUNNING
+    assert _tensorboard_view(tmp_path, record["run_id"])[1] == FINISHED  # the other logger goes on
 
 
 def test_export_replays_a_store_without_loggers_as_the_live_loggers_saw_it_and_twice_adds_nothing(tmp_path, capsys):
