@@ -77,5 +77,21 @@ def resolve_job(cfg: DictConfig | dict[str, Any]) -> tuple[dict[str, Any], Exper
     own = objective_class(resolved["regularizer"]).FIELDS
     check_fields(resolved, {f"regularizer.{key}": field for key, field in own.items()})
     experiment = get_experiment(resolved["experiment"])
+    if "debias" in resolved:
+        _check_debias(resolved, experiment)
     check_fields(resolved, experiment.own_fields(resolved))
     return resolved, experiment
+
+
+def _check_debias(resolved: dict[str, Any], experiment: Experiment) -> None:
+    """A debiasing method in the config is used, never ignored: experiment=debias trains with it, and an
+    experiment that builds on a trained model builds on the debias run of the same overrides (parent=debias)."""
+    name, method = resolved["experiment"]["name"], resolved["debias"].get("name")
+    if name != "debias" and not experiment.debiased_parent:
+        able = ", ".join(sorted(n for n, e in EXPERIMENTS.items() if e.debiased_parent))
+        raise ConfigError(
+            f"debias={method} is set (by parent=debias or +debias), but experiment={name} cannot build on a debiased "
+            f"model; train one with experiment=debias, or build on one with parent=debias in: {able}"
+        )
+    own = objective_class(resolved["debias"], "debias").FIELDS
+    check_fields(resolved, {f"debias.{key}": field for key, field in own.items()})

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from rarespur.config.schema import Field
 from rarespur.data.splits import validation_split
 from rarespur.engine.scoring import predict_proba, to_tensor
 from rarespur.errors import ConfigError
 from rarespur.experiments.experiment import Experiment
 from rarespur.experiments.steps import (
     check_train_config,
+    debias_method,
     fit_and_store,
     load_data,
     make_model,
@@ -32,9 +32,7 @@ from rarespur.experiments.steps import (
     score_poisoned,
     training_record,
 )
-from rarespur.methods.debias.debiaser import Debiaser
 from rarespur.methods.debias.visualize import save_grid
-from rarespur.methods.regularizers import build_objective, objective_class
 from rarespur.store.atomic import atomic_path
 from rarespur.store.comparison import baseline_comparison, save_indicators
 from rarespur.store.run_dir import HISTORY, INDICATORS, MODEL, RunDir
@@ -45,21 +43,6 @@ EXAMPLES_PER_CLASS = 2
 BIAS_VISUALIZATION = "bias_visualization.png"  # a method's drawing of its bias (SiH: DeepFool grid), for the report
 
 
-def method(cfg: dict[str, Any]) -> Debiaser:
-    objective = build_objective(cfg["debias"], group="debias")
-    if not isinstance(objective, Debiaser):
-        raise ConfigError(
-            f"debias._target_={cfg['debias'].get('_target_')} is not a debiasing method "
-            "(a rarespur.methods.debias.debiaser.Debiaser subclass)"
-        )
-    return objective
-
-
-def fields(cfg: dict[str, Any]) -> dict[str, Field]:
-    """The chosen method's keys under ``debias.`` (its class's FIELDS)."""
-    return {f"debias.{key}": field for key, field in objective_class(cfg["debias"], "debias").FIELDS.items()}
-
-
 def check(cfg: dict[str, Any]) -> None:
     """Regularizers are objectives too, and a run trains with one objective: the method."""
     if cfg["regularizer"]["name"] != "none":
@@ -67,7 +50,7 @@ def check(cfg: dict[str, Any]) -> None:
             f"experiment=debias trains with its debiasing method as the objective; regularizer="
             f"{cfg['regularizer']['name']} cannot be added to it: use regularizer=none"
         )
-    objective = method(cfg)
+    objective = debias_method(cfg)
     if objective.needs_validation() and objective.val_fraction == 0:
         raise ConfigError(
             f"debias={cfg['debias']['name']} stops early or decays on plateaus, which needs validation data, but "
@@ -105,7 +88,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     device = pick_device(cfg["device"])
     poisoned = poisoned_data(cfg, load_data(cfg))
     data = poisoned.data
-    objective = method(cfg)
+    objective = debias_method(cfg)
     model = make_model(cfg, data, device)
     train_idx, val_idx = validation_split(
         len(data.train_y), objective.val_fraction, cfg["train"]["model_seed"], keep=poisoned.indices
@@ -155,6 +138,4 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     }
 
 
-EXPERIMENT = Experiment(
-    run, check=check, fields=fields, clean_twin_baseline=True, artifacts=(MODEL, HISTORY, INDICATORS)
-)
+EXPERIMENT = Experiment(run, check=check, clean_twin_baseline=True, artifacts=(MODEL, HISTORY, INDICATORS))

@@ -96,7 +96,7 @@ def check(cfg: dict[str, Any]) -> None:
 
 
 def requires(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """The train run of the same config: the model scanned."""
+    """The train run of the same config (the debias run with parent=debias): the model scanned."""
     return [parent_config(cfg, OWN_KEYS)]
 
 
@@ -223,5 +223,6 @@ EXPERIMENT = Experiment(
     requires,
     FIELDS,
     summary_keys=SUMMARY_KEYS,
+    debiased_parent=True,
     artifacts=(PERTURBATION_MAP, f"{TABLES}/{FINDINGS_TABLE}.csv"),
 )

@@ -54,6 +54,7 @@ from rarespur.experiments.steps import (
     load_data,
     make_model,
     pick_device,
+    run_objective,
     train_settings,
     trained_file,
     training_record,
@@ -133,9 +134,11 @@ def train_one(
     model_seed: int,
     data: ImageData,
     device: torch.device,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> torch.nn.Module:
     """Train one model of the attack with the recipe, resumable: mid-training from train_state_<name>.pt,
-    and a model already finished by an interrupted attempt is loaded from trained_<name>.pt."""
+    and a model already finished by an interrupted attempt is loaded from trained_<name>.pt. A debiasing
+    method (parent=debias) that stops early validates on `validation`."""
     model = make_model({**cfg, "train": {**cfg["train"], "model_seed": model_seed}}, data, device)
     trained = run_dir.file(trained_file(name))
     state = load_or_set_aside(trained)
@@ -145,9 +148,11 @@ def train_one(
         return model
     settings = replace(train_settings(cfg), seed=model_seed)
     log.info("model %s: training on %d images, %d epochs", name, len(y), settings.epochs)
-    history = fit_and_store(
-        cfg, run_dir, model, to_tensor(x, device), torch.from_numpy(y).to(device), settings=settings, name=name
-    ).history
+    held_out = (
+        None if validation is None else (to_tensor(validation[0], device), torch.from_numpy(validation[1]).to(device))
+    )
+    x_t, y_t = to_tensor(x, device), torch.from_numpy(y).to(device)
+    history = fit_and_store(cfg, run_dir, model, x_t, y_t, settings=settings, name=name, validation=held_out).history
     log.info("model %s: done, train loss %.4f acc %.4f", name, history[-1]["loss"], history[-1]["acc"])
     return model
 
@@ -234,9 +239,15 @@ def _train_models(
     """The target model (stored), the shadow model the shadow and loss attacks need, and LiRA's shadows:
     the models by name, and what each attack reads of them."""
     split, batch, model_seed = pool.split, cfg["eval"]["batch_size"], cfg["train"]["model_seed"]
+    val_fraction = getattr(run_objective(cfg), "val_fraction", 0.0)
 
     def train(name: str, part: np.ndarray, seed: int) -> nn.Module:
-        models[name] = train_one(name, cfg, run_dir, pool.x[part], pool.y[part], seed, data, device)
+        # a method that validates (SiH stops early) gets images that no attack counts for or against this model:
+        # shadow-test for the target and LiRA's shadows, target-test for the paper's shadow
+        outside = split.target_test if name == "shadow" else split.shadow_test
+        held = outside[: round(val_fraction * len(part))]
+        validation = (pool.x[held], pool.y[held]) if len(held) else None
+        models[name] = train_one(name, cfg, run_dir, pool.x[part], pool.y[part], seed, data, device, validation)
         return models[name]
 
     models: dict[str, nn.Module] = {}
@@ -284,4 +295,6 @@ def _attack_record(run_dir: RunDir, attacks: list[str], results: dict, pool: _Po
     return record
 
 
-EXPERIMENT = Experiment(run, check, fields=FIELDS, artifacts=(TARGET_MODEL, INDICATORS, f"{TABLES}/roc.csv"))
+EXPERIMENT = Experiment(
+    run, check, fields=FIELDS, debiased_parent=True, artifacts=(TARGET_MODEL, INDICATORS, f"{TABLES}/roc.csv")
+)

@@ -99,4 +99,4 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     return record
 
 
-EXPERIMENT = Experiment(run, check, requires, FIELDS, artifacts=(f"{TABLES}/pixel_removal.csv",))
+EXPERIMENT = Experiment(run, check, requires, FIELDS, debiased_parent=True, artifacts=(f"{TABLES}/pixel_removal.csv",))

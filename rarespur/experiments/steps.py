@@ -23,6 +23,7 @@ from rarespur.engine.loop import EpochCallback, TrainSettings, train_model
 from rarespur.engine.objective import Objective
 from rarespur.engine.scoring import score_model
 from rarespur.errors import ConfigError
+from rarespur.methods.debias.debiaser import Debiaser
 from rarespur.methods.regularizers import build_objective
 from rarespur.models import build_model
 from rarespur.store.atomic import atomic_path, write_atomic
@@ -230,11 +231,11 @@ def fit_and_store(
     (`name`, e.g. a membership-inference shadow) goes to trained_<name>.pt, so an interrupted run
     loads it instead of training it again. `settings` default to the config's recipe;
     `start_from` continues a finished training (see :func:`rarespur.engine.loop.train_model`); `objective`
-    replaces the config's regularizer (a debiasing method) and `validation` = (x, y) is validated on.
+    replaces the config's (:func:`run_objective`) and `validation` = (x, y) is validated on.
     """
     settings = settings if settings is not None else train_settings(cfg)
     checkpoint = run_dir.file(TRAIN_STATE if name is None else f"train_state_{name}.pt")
-    objective = objective if objective is not None else build_objective(cfg["regularizer"])
+    objective = objective if objective is not None else run_objective(cfg)
     history = train_model(
         model,
         x,
@@ -269,10 +270,28 @@ def trained_file(name: str) -> str:
     return f"trained_{name}.pt"
 
 
+def debias_method(cfg: dict[str, Any]) -> Debiaser:
+    """The config's debiasing method (the ``debias`` group), built."""
+    objective = build_objective(cfg["debias"], group="debias")
+    if not isinstance(objective, Debiaser):
+        raise ConfigError(
+            f"debias._target_={cfg['debias'].get('_target_')} is not a debiasing method "
+            "(a rarespur.methods.debias.debiaser.Debiaser subclass)"
+        )
+    return objective
+
+
+def run_objective(cfg: dict[str, Any]) -> Objective:
+    """What every model of the run trains with: the debiasing method when there is one (experiment=debias, or
+    parent=debias: a run on a debiased model trains its own models, e.g. membership-inference shadows, the same
+    way), else the regularizer."""
+    return debias_method(cfg) if "debias" in cfg else build_objective(cfg["regularizer"])
+
+
 def check_objective(cfg: dict[str, Any], data: ImageData) -> None:
-    """Build the config's regularizer, and let it look at the model it would train, before any run
-    directory exists: a bad setting or a model it cannot train (DP-SGD and batch norm) fails here."""
-    objective = build_objective(cfg["regularizer"])
+    """Build the config's objective (:func:`run_objective`), and let it look at the model it would train, before
+    any run directory exists: a bad setting or a model it cannot train (DP-SGD and batch norm) fails here."""
+    objective = run_objective(cfg)
     objective.adjust(train_settings(cfg))
     if type(objective).check_model is not Objective.check_model:  # build the model only for those that look
         objective.check_model(make_model(cfg, data, torch.device("cpu")))
@@ -301,10 +320,14 @@ def epoch_callback(total: int, enabled: bool, run_dir: RunDir, model: str | None
 
 def parent_config(cfg: dict[str, Any], own_keys: tuple[str, ...], experiment: str = "train") -> dict[str, Any]:
     """The config of the `experiment` run that `cfg` builds on (its train run, its detect run, its exact
-    retraining): `cfg` without its own top-level keys, so the parent is the run a sweep of that type has."""
+    retraining): `cfg` without its own top-level keys, so the parent is the run a sweep of that type has.
+    On a debiased model (parent=debias: the config holds a ``debias`` method) the trained model is the debias
+    run's, with the same method and recipe."""
     parent = copy.deepcopy(cfg)
     for key in own_keys:
         parent.pop(key, None)
+    if experiment == "train" and "debias" in cfg:
+        experiment = "debias"
     parent["experiment"] = {"name": experiment}
     return parent
 
