@@ -353,3 +353,17 @@ def test_dp_sgd_refuses_a_batch_norm_model_before_the_run(tmp_path):
     with pytest.raises(ConfigError, match="needs per-sample gradients, which a CifarResNet cannot give .*BatchNorm"):
         run_job(compose_config(f"results_dir={tmp_path}", *FAST, *DIGITS[:1], "model=resnet20", "regularizer=dp_sgd"))
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+
+
+def test_the_plateau_schedule_waits_as_sih_does_for_its_early_stopping_patience():
+    from rarespur.engine.loop import make_scheduler, plateau_patience
+
+    assert [plateau_patience(p) for p in (0, 2, 20)] == [0, 0, 9]  # the authors' int(patience / 2) - 1
+    for early_stopping, decays_at in ((2, 2), (20, 11)):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = make_scheduler(optimizer, 100, "plateau", "val_loss", plateau_patience(early_stopping))
+        rates = []
+        for _ in range(12):
+            scheduler.step(1.0)  # a validation loss that never improves after the first epoch
+            rates.append(optimizer.param_groups[0]["lr"])
+        assert rates.index(0.1) + 1 == decays_at

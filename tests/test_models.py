@@ -49,6 +49,8 @@ PARAM_COUNTS = {
     ("vae_mlp", (3, 28, 28)): 266_610,
     # convs 3*32*16+32 + 32*64*16+64 + 64*128*16+128, 2048*256+256, 2 x (256*128+128), 128*10+10
     ("vae_conv", CIFAR): 757_226,
+    # SiH's ResNet_VAE encoder + head as the authors build it, less the two Linear layers it defines and never calls
+    ("vae_resnet", CIFAR): 13_273_482,
 }
 
 
@@ -296,6 +298,18 @@ def test_unknown_name_lists_valid_names(bad: str) -> None:
 def test_bad_shapes_raise(name: str, shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError):
         build_model(name, shape, 10)  # type: ignore[arg-type]
+
+
+def test_the_resnet_vae_decoder_has_the_authors_count_and_draws_32x32_images() -> None:
+    """SiH's ResNet18Dec over the two concatenated 512-unit latents: 50,154,051 parameters as in the authors'
+    module/resnet_vae.py, less its unused Linear (1,049,600)."""
+    model = build_model("vae_resnet", CIFAR, 10)
+    decoder = model.decoder(2 * model.latent_dim)
+    assert sum(p.numel() for p in decoder.parameters()) == 50_154_051
+    images = decoder(torch.randn(4, 2 * model.latent_dim))
+    assert images.shape == (4, *CIFAR) and 0 <= images.min() and images.max() <= 1
+    with pytest.raises(ValueError, match="3x32x32"):
+        build_model("vae_resnet", (3, 28, 28), 10)
 
 
 def test_bad_num_classes_raises() -> None:

@@ -39,6 +39,7 @@ MODELS: dict[str, ModelName] = {
     # SiH's MLP VAE encoder + head (docs/science.md#signal-is-harder)
     "vae_mlp": ModelName("vae_mlp", "", ("sih_mlp",)),
     "vae_conv": ModelName("vae_conv", "", ("sih_conv",)),  # a convolutional one for 32x32 color images
+    "vae_resnet": ModelName("vae_resnet", "", ("sih_resnet",)),  # SiH's ResNet18 VAE (Corrupted CIFAR-10)
 }
 
 _LOOKUP: dict[str, str] = {}

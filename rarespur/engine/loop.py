@@ -70,11 +70,22 @@ Scheduler = torch.optim.lr_scheduler.MultiStepLR | torch.optim.lr_scheduler.Redu
 SCHEDULES = ("milestones", "constant", "plateau")
 
 
+def plateau_patience(early_stopping: int) -> int:
+    """SiH's plateau schedule waits half as long as its early stopping, less one epoch (the authors'
+    ``int(patience / 2) - 1``): 0 with patience 2 (their MLP VAE), 9 with patience 20 (their ResNet VAE)."""
+    return max(early_stopping // 2 - 1, 0)
+
+
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, epochs: int, schedule: str = "milestones", monitor: str = "val_acc"
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    schedule: str = "milestones",
+    monitor: str = "val_acc",
+    patience: int = 0,
 ) -> Scheduler:
     """The milestone schedule for `epochs` epochs, one that never decays (`constant`), or (`plateau`) SiH's
-    ReduceLROnPlateau: x0.1 after every epoch whose monitored validation value did not improve.
+    ReduceLROnPlateau: x0.1 once the monitored validation value has not improved for more than `patience`
+    epochs.
 
     A constant schedule is still a scheduler, so checkpoints store and restore it like any other.
     """
@@ -82,7 +93,9 @@ def make_scheduler(
         raise ValueError(f"lr_schedule {schedule!r} unknown; valid: {', '.join(SCHEDULES)}")
     if schedule == "plateau":
         mode = "max" if monitor == "val_acc" else "min"
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.1, patience=0, threshold=1e-5)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=0.1, patience=patience, threshold=1e-5
+        )
     marks = milestones(epochs) if schedule == "milestones" else []
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=marks, gamma=0.1)
 
@@ -299,7 +312,7 @@ def _setup(model: nn.Module, objective: Objective, y: torch.Tensor, s: TrainSett
     generator.manual_seed(s.seed)
     if start_from is not None:
         _continue_from(start_from, optimizer, generator, s)
-    scheduler = make_scheduler(optimizer, s.epochs, s.lr_schedule, s.monitor)
+    scheduler = make_scheduler(optimizer, s.epochs, s.lr_schedule, s.monitor, plateau_patience(s.early_stopping))
     return _Run(model, objective, optimizer, scheduler, generator, best=_Best(s.monitor))
 
 

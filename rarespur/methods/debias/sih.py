@@ -11,8 +11,9 @@ The bias head learns what is easy; samples it gets wrong weigh more for the sign
 early on this same loss over a biased validation split, computed on the encoders' means, which
 :meth:`SignalIsHarder.validation_loss` gives the loop. Facts from their code (mvandenhi/Signal-is-Harder,
 ``train.py``): one backward pass through both models and the decoder, Adam 1e-3, batch 256,
-ReduceLROnPlateau (x0.1, patience 0) and early stopping with patience 2 on the validation loss; only the
-signal model's decoder is used, and Colored MNIST is reconstructed with BCE.
+early stopping on the validation loss with patience 2 (20 for their ResNet VAE) and ReduceLROnPlateau x0.1
+with patience int(patience / 2) - 1 (0, or 9); only the signal model's decoder is used, and Colored MNIST is
+reconstructed with BCE.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class SignalIsHarder(Debiaser):
         if not isinstance(model, EncoderClassifier):
             raise ConfigError(
                 f"debias=sih trains VAEs, and model={type(model).__name__} is not a VAE encoder; use model=vae_mlp "
-                "(28x28 images, 1 or 3 channels) or model=vae_conv (color images such as CIFAR-10's 32x32)"
+                "(28x28 images, 1 or 3 channels), model=vae_resnet (SiH's, for CIFAR-10's 3x32x32) or model=vae_conv"
             )
 
     def bias_swap(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, per_class: int, seed: int) -> BiasSwap:
