@@ -674,8 +674,8 @@ def test_detection_table_and_xbl_figure():
 
 @pytest.fixture(scope="module")
 def synthetic_debias(tmp_path_factory) -> ReportData:
-    """Debias runs: vanilla / LfF / SiH on Colored MNIST at four ratios, vanilla / SiH on poisoned MNIST, and
-    one SiH run's stored bias visualization."""
+    """Debias runs: vanilla / LfF / SiH on Colored MNIST at four ratios and SiH on Corrupted CIFAR-10 at two,
+    vanilla / SiH on poisoned MNIST, and one SiH run's stored bias visualization."""
     from rarespur.experiments.debias import BIAS_VISUALIZATION
     from rarespur.methods.debias.visualize import BiasSwap, save_grid
 
@@ -696,6 +696,20 @@ def synthetic_debias(tmp_path_factory) -> ReportData:
                         "bias_test_acc": None if method == "vanilla" else 0.3,
                     }
                 )
+    for ratio in (0.01, 0.05):
+        for seed in (0, 1):
+            rows.append(
+                {
+                    "run_id": f"x{ratio}{seed}",
+                    "dataset.conflict_ratio": ratio,
+                    "train.model_seed": seed,
+                    "dataset.name": "ccifar10",
+                    "debias.name": "sih",
+                    "test_acc": 0.3 + ratio,
+                    "test_acc_conflicting": 0.2,
+                    "bias_test_acc": 0.4,
+                }
+            )
     for method, score in (("vanilla", 0.9), ("sih", 0.5)):
         for n in (0, 3, 10):
             for seed in (0, 1):
@@ -722,13 +736,18 @@ def synthetic_debias(tmp_path_factory) -> ReportData:
 def test_debias_figures_and_table(synthetic_debias):
     from rarespur.report import debias
 
-    fig = debias.cmnist_accuracy(synthetic_debias)
+    fig = debias.benchmark_accuracy(synthetic_debias)
     assert set(legend_texts(fig)) == {f"{m} ({w})" for m in ("vanilla", "lff", "sih") for w in ("ours", "published")}
-    assert "mean ± std over 3 seeds" in suptitle(fig)
-    table = debias.cmnist_table(synthetic_debias).set_index(["debias.name", "dataset.conflict_ratio"])
-    row = table.loc[("sih", 0.01)]
+    assert "mean ± std over 2-3 seeds per point" in suptitle(fig)  # 3 on Colored MNIST, 2 on Corrupted CIFAR-10
+    assert len(visible_axes(fig)) == 2  # a panel per benchmark, each with its own published numbers
+    table = debias.benchmark_table(synthetic_debias).set_index(
+        ["dataset.name", "debias.name", "dataset.conflict_ratio"]
+    )
+    row = table.loc[("cmnist", "sih", 0.01)]
     assert row["published %"] == 80.0 and row["unbiased acc % mean"] == pytest.approx(82.0)
     assert row["gap (points)"] == pytest.approx(2.0) and row["runs"] == 3
+    row = table.loc[("ccifar10", "sih", 0.01)]
+    assert row["published %"] == 35.2 and row["unbiased acc % mean"] == pytest.approx(31.0) and row["runs"] == 2
     rare = debias.rare_pattern(synthetic_debias)
     assert legend_texts(rare) == ["vanilla", "sih"]
     shown = debias.visualized_run(synthetic_debias)
