@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p_export.add_argument("tracker", choices=("mlflow", "tensorboard"), help="where to export the runs")
     p_export.add_argument("results_dir", help="the run store (results_dir of the jobs)")
     p_export.add_argument(
-        "--tracking-uri", help="mlflow: where to log (default: sqlite:///RESULTS_DIR/mlflow.db, as logger=mlflow)"
+        "--tracking-uri",
+        help="mlflow: where to log (default: $MLFLOW_TRACKING_URI, else sqlite:///RESULTS_DIR/mlflow.db, as logger=mlflow)",
     )
     p_export.add_argument("--experiment-name", default="rarespur", help="mlflow: the experiment (default rarespur)")
     p_export.add_argument("--logdir", help="tensorboard: the log folder (default RESULTS_DIR/tensorboard)")

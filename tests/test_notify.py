@@ -18,6 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rarespur.config.resolve import resolve
+from rarespur.errors import ConfigError
 from rarespur.launch.notify import DEFAULT_URL_ENV, EXTRA, NotifyWhenSweepEnds, message
 from rarespur.launch.status import DONE_STATE, FAILED, MISSING, STALE, Entry, table
 from rarespur.store.run_dir import ERROR, config_key
@@ -116,7 +117,14 @@ def test_selecting_notify_changes_no_run_key_and_saves_no_url(monkeypatch):
         "url_env": DEFAULT_URL_ENV,
         "failures": 5,
     }
-    assert SECRET not in OmegaConf.to_yaml(hydra) and not compose_config(return_hydra_config=True).hydra.callbacks
+    assert SECRET not in str(OmegaConf.to_container(hydra.callbacks, resolve=True))
+    assert not compose_config(return_hydra_config=True).hydra.callbacks
+
+
+def test_a_notify_key_in_the_job_config_is_refused_without_repeating_it():
+    with pytest.raises(ConfigError) as refused:
+        resolve(compose_config("notify=apprise", f"+notify.url=mailto://me:{SECRET}@example.org"))
+    assert SECRET not in str(refused.value) and "RARESPUR_NOTIFY_URL" in str(refused.value)
 
 
 def sweep_config(**launcher: object):

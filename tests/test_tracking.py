@@ -19,7 +19,7 @@ from rarespur.__main__ import main
 from rarespur.config.resolve import resolve
 from rarespur.store.run_dir import HISTORY, config_key, flatten
 from rarespur.tracking.loggers import MissingExtra
-from rarespur.tracking.run_logger import FAILED, FINISHED, RUNNING, record_metrics
+from rarespur.tracking.run_logger import FAILED, FINISHED, RUNNING, STATUS_FILE, record_metrics
 
 from conftest import compose_config, job, killed_after_epoch
 
@@ -57,7 +57,7 @@ def _csv_view(store: Path, key: str) -> tuple[dict, str, dict]:
         for row in csv.DictReader(handle):
             series.setdefault(row["metric"], []).append((int(row["epoch"]), float(row["value"])))
     final = json.loads((folder / "final.json").read_text())["metrics"] if (folder / "final.json").exists() else {}
-    return series, (folder / "status").read_text(), final
+    return series, (folder / STATUS_FILE).read_text(), final
 
 
 def _tensorboard_view(store: Path, key: str, logdir: str = "tensorboard") -> tuple[dict, str, dict]:
@@ -69,7 +69,7 @@ def _tensorboard_view(store: Path, key: str, logdir: str = "tensorboard") -> tup
     series = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
     final = {tag[len("final/") :]: values[-1][1] for tag, values in series.items() if tag.startswith("final/")}
     epochs = {tag: values for tag, values in series.items() if not tag.startswith("final/")}
-    return epochs, (folder / "rarespur_status").read_text(), final
+    return epochs, (folder / STATUS_FILE).read_text(), final
 
 
 def _hparams(store: Path, key: str) -> dict:
@@ -163,15 +163,15 @@ def test_the_objectives_own_values_are_logged_each_epoch(tmp_path):
 def test_a_logger_that_breaks_mid_run_is_warned_about_and_the_run_still_commits(tmp_path, monkeypatch, caplog):
     from rarespur.tracking.csv_logger import CsvLogger
 
-    def broken(self, rows):
+    def broken(self, points):
         raise OSError("disk full")
 
-    monkeypatch.setattr(CsvLogger, "log_epochs", broken)
+    monkeypatch.setattr(CsvLogger, "log_points", broken)
     record = job(tmp_path, *BASE, "logger=[csv,tensorboard]")
     assert (tmp_path / record["run_id"] / "done").exists()
     assert "logger=csv could not log epochs for run" in caplog.text and "disk full" in caplog.text
     assert caplog.text.count("logger=csv could not") == 1  # warned once, then left out
-    assert (tmp_path / "csv_logs" / record["run_id"] / "status").read_text() == RUNNING
+    assert (tmp_path / "csv_logs" / record["run_id"] / STATUS_FILE).read_text() == RUNNING
     assert _tensorboard_view(tmp_path, record["run_id"])[1] == FINISHED  # the other logger goes on
 
 

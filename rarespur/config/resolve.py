@@ -38,6 +38,11 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     else:
         out = copy.deepcopy(cfg)
     out.pop("hydra", None)
+    if "notify" in out:  # the value is not repeated: it is likely a URL with a password in it
+        raise ConfigError(
+            "notify.* is set in the job's config, which every run saves; a notification URL can hold a password: "
+            "select notify=apprise and put the URL in the environment (export RARESPUR_NOTIFY_URL=...)"
+        )
     train, recipe, optim = out["train"], out["dataset"]["recipe"], out["optim"]
     if optim["name"] not in recipe["lr"]:
         raise ConfigError(f"optim={optim['name']} unknown; valid optimizers: {sorted(recipe['lr'])}")
@@ -95,6 +100,8 @@ COMMON_FIELDS: dict[str, Field] = {
     "dataset.conflict_ratio": Field(float, low=0, high=1),
     "dataset.color_std": non_negative(),
     "dataset.seed": count(),
+    "dataset.severity": Field(int, low=1, high=5),
+    "dataset.corruptions": Field(str, choices=("type0", "type1")),
     "data.train_limit": Field(int, low=1, nullable=True, null_means="all images", what="a positive number of images"),
     "data.test_limit": Field(int, low=1, nullable=True, null_means="all images", what="a positive number of images"),
 }

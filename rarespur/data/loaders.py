@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rarespur.data.colored_mnist import make_colored_mnist
+from rarespur.data.corrupted_cifar10 import make_corrupted_cifar10
 from rarespur.data.image_data import ImageData
 from rarespur.errors import ConfigError, DataError
 
@@ -88,10 +89,15 @@ def load_dataset(
     (``cmnist``: conflict_ratio, color_std, seed); `limits` keep the first
     (train, test) images. A derived dataset is made from the first images of
     its base, so its make-up (Colored MNIST's share of conflicting colors,
-    its unbiased test set) holds on the subset too.
+    its unbiased test set) holds on the subset too; ``ccifar10`` keeps the
+    first images of each class (an image folder lists them class by class)
+    and is made from ``path``'s image folder when `path` is set, else from
+    the CIFAR-10 archive under `root`.
     """
     if name in _DERIVED:
-        base, make = _DERIVED[name]
+        base, make = _derived_base(name, path), _DERIVED[name][1]
+        if name in _CUT_BY_MAKER:  # the maker cuts the limits (ccifar10: per class, before corrupting)
+            return make(load_dataset(base, root, download, path), limits=limits, **(options or {}))
         return make(load_dataset(base, root, download, path, limits=limits), **(options or {}))
     if name not in _LOADERS:
         raise ConfigError(f"dataset={name} unknown; valid names: {', '.join(DATASET_NAMES)}")
@@ -127,7 +133,7 @@ def data_files(name: str, root: str | Path | None = None, path: str | Path | Non
     """The files the loader of `name` reads (those present), so a run can tell which data it trained on
     (:mod:`rarespur.data.fingerprint`)."""
     if name in _DERIVED:
-        return data_files(_DERIVED[name][0], root, path)
+        return data_files(_derived_base(name, path), root, path)
     root = Path(root).expanduser() if root is not None else default_data_root()
     if name == "digits":
         import sklearn.datasets
@@ -436,5 +442,16 @@ _LOADERS: dict[str, Loader] = {
 
 
 # Datasets made from another one: name -> (the base dataset, the maker of (base ImageData, **options)).
-_DERIVED: dict[str, tuple[str, Callable[..., ImageData]]] = {"cmnist": ("mnist", make_colored_mnist)}
+_DERIVED: dict[str, tuple[str, Callable[..., ImageData]]] = {
+    "cmnist": ("mnist", make_colored_mnist),
+    "ccifar10": ("cifar10", make_corrupted_cifar10),
+}
+_FROM_FOLDER = {"ccifar10"}  # made from dataset.path's image folder when it is set, else from the base's files
+_CUT_BY_MAKER = {"ccifar10"}  # the maker gets the limits (and the whole base) instead of the base being cut
+
+
+def _derived_base(name: str, path: str | Path | None) -> str:
+    return "imagefolder" if name in _FROM_FOLDER and path is not None else _DERIVED[name][0]
+
+
 DATASET_NAMES: tuple[str, ...] = tuple(sorted([*_LOADERS, *_DERIVED]))

@@ -27,7 +27,7 @@ from rarespur.methods.debias.debiaser import Debiaser
 from rarespur.methods.regularizers import build_objective
 from rarespur.models import build_model
 from rarespur.store.atomic import atomic_path, write_atomic
-from rarespur.store.run_dir import FINAL_STATE, HISTORY, MODEL, TRAIN_STATE, RunDir, read_record
+from rarespur.store.run_dir import FINAL_STATE, HELPER_HISTORY, HISTORY, MODEL, TRAIN_STATE, RunDir, read_record
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def fit_and_store(
     The run's own model (`name` None) goes to model.pt with history.json, and its final optimizer
     state to final_state.pt (incremental retraining continues from it); a helper model of the run
     (`name`, e.g. a membership-inference shadow) goes to trained_<name>.pt, so an interrupted run
-    loads it instead of training it again. `settings` default to the config's recipe;
+    loads it instead of training it again, with its history in history_<name>.json. `settings` default to the config's recipe;
     `start_from` continues a finished training (see :func:`rarespur.engine.loop.train_model`); `objective`
     replaces the config's (:func:`run_objective`) and `validation` = (x, y) is validated on.
     """
@@ -254,6 +254,7 @@ def fit_and_store(
     else:
         with atomic_path(run_dir.file(trained_file(name))) as tmp:
             torch.save(model.state_dict(), tmp)
+        write_atomic(run_dir.file(HELPER_HISTORY.format(name)), json.dumps(history))
         checkpoint.unlink(missing_ok=True)
     return Fit(history, objective.summary())
 

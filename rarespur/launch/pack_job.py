@@ -27,6 +27,7 @@ from rarespur.launch.pack_plan import read_pack_file
 from rarespur.launch.provenance import where_it_ran
 from rarespur.launch.runner import commit, match_threads_to_allocation, run_job, stored
 from rarespur.store.run_dir import Claim, RunDir, find_trained, training_key
+from rarespur.tracking.loggers import logger_settings
 from rarespur.tracking.session import tracked
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def run_pack_file(path: str | Path) -> list[dict[str, Any]]:
             records.append(stored(run, resolved, experiment))
             continue
         try:
+            logger_settings(resolved)  # as a job alone: a missing logger package fails before the run directory
             experiment.check(resolved)
         except UserError as err:
             failed.append(f"{run.key}: {err}")

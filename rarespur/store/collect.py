@@ -12,7 +12,7 @@ import pandas as pd
 from rarespur.config.names import resolve_model_name
 from rarespur.errors import MissingFileError
 from rarespur.store.comparison import baseline_comparison, load_indicators
-from rarespur.store.run_dir import CONFIG, DONE, HISTORY, RECORD, STORED_REGULARIZER_KEYS, TABLES, run_damage
+from rarespur.store.run_dir import CONFIG, DONE, RECORD, STORED_REGULARIZER_KEYS, TABLES, histories, run_damage
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +112,19 @@ def collect_tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
 
 
 def collect_epochs(results_dir: str | Path) -> pd.DataFrame:
-    """Every finished run's training history (``history.json``), one row per run and epoch, keyed by ``run_id``:
-    each curve of a sweep, ready to join with the runs table. Runs that trained no model of their own (a
+    """Every finished run's training histories, one row per run, model and epoch, keyed by ``run_id``: each
+    curve of a sweep, ready to join with the runs table. ``model`` is null for the run's own model and names a
+    helper model it trained (membership inference: target, shadow, lira0, ...). Runs that trained no model (a
     detection or deletion run that loads its parent's) have no rows."""
     frames = []
     for run in finished_runs(Path(results_dir), quiet=True):  # collect() has warned
-        path = run / HISTORY
-        if not path.exists():
-            continue
-        frame = pd.DataFrame(json.loads(path.read_text()))
-        if not frame.empty:
-            frame.insert(0, "run_id", run.name)
-            frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "epoch"])
+        for model, history in histories(run).items():
+            frame = pd.DataFrame(history)
+            if not frame.empty:
+                frame.insert(0, "model", model)
+                frame.insert(0, "run_id", run.name)
+                frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "model", "epoch"])
 
 
 def _missing(value: object) -> bool:

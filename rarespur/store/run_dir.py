@@ -44,6 +44,7 @@ RUNNING = "running.json"
 TABLES = "tables"  # <run>/tables/<name>.csv: extra tidy rows of a run (ROC points, removal curves, ...)
 INDICATORS = "spurious_indicators.npz"  # per test image: did the pattern raise the target class by > eps
 HISTORY = "history.json"  # one row per training epoch
+HELPER_HISTORY = "history_{}.json"  # the same for a helper model the run trains (a membership-inference shadow)
 # optimizer, schedule and generators after the last epoch: incremental retraining goes on from it
 FINAL_STATE = "final_state.pt"
 DATA_FINGERPRINT = "data_fingerprint"  # record field: which data the run trained on (rarespur.data.fingerprint)
@@ -147,6 +148,17 @@ def run_damage(run_path: Path, verify: tuple[str, ...] = ()) -> str | None:
     except FileNotFoundError:
         return f"{RECORD} is missing"
     return None
+
+
+def histories(run_path: Path) -> dict[str | None, list[dict[str, Any]]]:
+    """The training histories a run stored: its own model's (key None) and each helper model's (by name)."""
+    found: dict[str | None, list[dict[str, Any]]] = {}
+    if (run_path / HISTORY).exists():
+        found[None] = json.loads((run_path / HISTORY).read_text())
+    prefix, suffix = HELPER_HISTORY.split("{}")
+    for path in sorted(run_path.glob(HELPER_HISTORY.format("*"))):
+        found[path.name[len(prefix) : -len(suffix)]] = json.loads(path.read_text())
+    return found
 
 
 def read_record(run_path: Path) -> dict[str, Any]:

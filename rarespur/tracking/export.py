@@ -43,11 +43,11 @@ def export_store(results_dir: str | Path, tracker: str, settings: dict[str, Any]
         config = json.loads((run / CONFIG).read_text())
         record = read_record(run)
         info = run_info(config, run.name, record.get("packed_with.pack", ""))
-        tracking = Tracking([(tracker, build_logger(tracker, settings, str(results_dir)))], info)
-        if not tracking.loggers:
+        tracking = Tracking([(tracker, build_logger(tracker, settings, str(results_dir)))], info, recomputed=False)
+        if not tracking.taken:
             counts.present += 1
             continue
-        tracking.finish(record, run)  # with the run's history.json
+        tracking.finish(record, run)  # with the run's stored histories
         counts.added += 1
         if i % 100 == 0:
             log.info("%d of %d runs exported", i, len(runs))

@@ -60,5 +60,5 @@ def build_logger(name: str, settings: dict[str, Any], results_dir: str) -> RunLo
     kind = KINDS[name]
     cls = getattr(importlib.import_module(f"rarespur.tracking.{kind.module}"), kind.cls)
     if name == "mlflow":
-        return cls(settings.get("tracking_uri"), settings.get("experiment_name", "rarespur"), results_dir)
+        return cls(settings.get("tracking_uri"), settings.get("experiment_name") or "rarespur", results_dir)
     return cls(settings["save_dir"])

@@ -1,11 +1,14 @@
 """What a logger is to the rest of the package: one tracking run per store run, driven by :class:`Tracking`.
 
-Values cross this boundary already flattened: params are the record's config columns, epoch values
-are numbers keyed by name (a helper model's prefixed with its name), metrics are the record's numbers.
+Values cross this boundary already flattened: params are the record's config columns, epoch values are
+``(epoch, name, value)`` points (a helper model's names prefixed with its name), metrics are the record's
+numbers. Which points a tracking run holds already is the logger's to say (:meth:`RunLogger.logged`);
+what is new is :class:`rarespur.tracking.session.Tracking`'s to decide, in one place for every logger.
 """
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +21,11 @@ NOT_METRICS = ("run_id", "ran_on.", "version.", "packed_with.", "argv", "finishe
 # The files of a run directory a tracking run gets a copy of: figures, tables and the run's own JSON.
 ARTIFACT_SUFFIXES = (".png", ".pdf", ".svg", ".csv", ".md", ".json")
 NOT_ARTIFACTS = ("running.json",)
+STATUS_FILE = "rarespur_status"  # RUNNING, FINISHED or FAILED: the file loggers that write folders keep it in
 
 FINISHED, FAILED, RUNNING = "FINISHED", "FAILED", "RUNNING"
+
+Point = tuple[int, str, float]  # (epoch, value name, value)
 
 
 @dataclass(frozen=True)
@@ -32,32 +38,38 @@ class RunInfo:
     tags: dict[str, str]
 
 
-class RunLogger:
-    """One tracker's view of one store run. ``start`` returns False when the tracker holds that run
-    finished already: it is then left alone, so a relaunch or a second export adds nothing."""
+class RunLogger(abc.ABC):
+    """One tracker's view of one store run."""
 
-    def start(self, info: RunInfo) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def start(self, info: RunInfo, recomputed: bool) -> bool:
+        """Create or continue the tracking run of `info.key`. One the tracker holds finished is left alone
+        (False), so an export adds nothing twice; unless the store computes that run again (`recomputed`: its
+        directory was deleted or damaged), then it is replaced by a fresh one."""
 
-    def log_epochs(self, rows: list[dict[str, float]]) -> None:
-        """Epoch rows (``epoch`` + values), each epoch at most once whatever a resumed run sends again."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def logged(self) -> set[tuple[str, int]]:
+        """The (value name, epoch) points the tracking run holds already (from an earlier attempt)."""
 
-    def finish(self, metrics: dict[str, float], artifacts: list[Path], run_path: Path) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def log_points(self, points: list[Point]) -> None: ...
 
-    def fail(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def finish(self, metrics: dict[str, float], artifacts: list[Path], run_path: Path) -> None: ...
+
+    @abc.abstractmethod
+    def fail(self) -> None: ...
 
 
-def epoch_values(row: dict[str, Any], model: str | None = None) -> dict[str, float]:
-    """The numbers of one epoch row by name; a helper model's (a shadow model, ...) prefixed ``<model>/``."""
+def epoch_points(row: dict[str, Any], model: str | None = None) -> list[Point]:
+    """The numbers of one epoch row as points; a helper model's (a shadow model, ...) names prefixed ``<model>/``."""
     prefix = f"{model}/" if model else ""
-    values = {"epoch": float(row["epoch"])}
-    for key, value in row.items():
-        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            values[prefix + key] = float(value)
-    return values
+    epoch = int(row["epoch"])
+    return [
+        (epoch, prefix + key, float(value))
+        for key, value in row.items()
+        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
 
 
 def record_metrics(record: dict[str, Any], params: dict[str, Any]) -> dict[str, float]:
@@ -83,3 +95,9 @@ def run_artifacts(run_path: Path) -> list[Path]:
 def hparam_value(value: Any) -> str | int | float | bool:
     """A config value as trackers take it: numbers, words and booleans as they are, the rest as text."""
     return value if isinstance(value, (str, int, float, bool)) else str(value)
+
+
+def folder_status(folder: Path) -> str | None:
+    """The status a folder-writing logger left in `folder` (None: it holds no tracking run)."""
+    path = folder / STATUS_FILE
+    return path.read_text().strip() if path.exists() else None

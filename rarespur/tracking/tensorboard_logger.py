@@ -3,60 +3,86 @@ so TensorBoard's HParams dashboard compares the whole grid."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from rarespur.store.atomic import write_atomic
-from rarespur.tracking.run_logger import FAILED, FINISHED, RUNNING, RunInfo, RunLogger, hparam_value
+from rarespur.tracking.run_logger import (
+    FAILED,
+    FINISHED,
+    RUNNING,
+    STATUS_FILE,
+    Point,
+    RunInfo,
+    RunLogger,
+    folder_status,
+    hparam_value,
+)
 
-STATUS = "rarespur_status"  # RUNNING, FINISHED or FAILED; TensorBoard reads only event files
+FINAL_PREFIX = "final/"  # the record's metrics, beside the epoch curves of the same name
 
 
 class TensorBoardLogger(RunLogger):
     def __init__(self, save_dir: str | Path) -> None:
         self.root = Path(save_dir).expanduser()
-        self.folder: Path | None = None
+        self.folder = self.root
         self.info: RunInfo | None = None
         self.writer = None
 
-    def start(self, info: RunInfo) -> bool:
+    def start(self, info: RunInfo, recomputed: bool) -> bool:
         self.folder, self.info = self.root / info.key, info
-        status = self.folder / STATUS
-        if status.exists() and status.read_text().strip() == FINISHED:
-            return False
+        if folder_status(self.folder) == FINISHED:
+            if not recomputed:
+                return False
+            shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(status, RUNNING)
+        write_atomic(self.folder / STATUS_FILE, RUNNING)
         return True
 
-    def log_epochs(self, rows: list[dict[str, float]]) -> None:
-        if not rows:
-            return
-        if self.writer is None:
-            # events of an earlier attempt from this epoch on are dropped: a resumed run logs each epoch once
-            self.writer = _summary_writer(self.folder, purge_step=int(rows[0]["epoch"]))
-        for row in rows:
-            for name, value in row.items():
-                if name != "epoch":
-                    self.writer.add_scalar(name, value, int(row["epoch"]))
-        self.writer.flush()
+    def logged(self) -> set[tuple[str, int]]:
+        if not any(self.folder.glob("events.out.tfevents.*")):
+            return set()
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(self.folder))
+        events.Reload()
+        return {(tag, event.step) for tag in events.Tags()["scalars"] for event in events.Scalars(tag)}
+
+    def log_points(self, points: list[Point]) -> None:
+        writer = self._writer()
+        for epoch, name, value in points:
+            writer.add_scalar(name, value, epoch)
+        writer.flush()
 
     def finish(self, metrics: dict[str, float], artifacts: list[Path], run_path: Path) -> None:
-        writer = self.writer if self.writer is not None else _summary_writer(self.folder)
-        hparams = {name: hparam_value(value) for name, value in self.info.params.items()}
-        hparams.update({f"tag.{name}": value for name, value in self.info.tags.items()})
-        # the session is written into the run's own folder (run_name "."), so one folder is one run of the grid
-        writer.add_hparams(hparams, {f"final/{name}": value for name, value in metrics.items()}, run_name=".")
-        writer.close()
-        self.writer = None
-        write_atomic(self.folder / STATUS, FINISHED)
+        from torch.utils.tensorboard.summary import hparams
+
+        writer = self._writer()
+        config = {name: hparam_value(value) for name, value in self.info.params.items()}
+        config.update({f"tag.{name}": value for name, value in self.info.tags.items()})
+        final = {FINAL_PREFIX + name: value for name, value in metrics.items()}
+        # the session only: without an experiment summary of its own, TensorBoard's HParams dashboard takes its
+        # columns from every run's session, not from one run that may lack another's metrics
+        _, session_start, session_end = hparams(config, final)
+        writer._get_file_writer().add_summary(session_start)
+        writer._get_file_writer().add_summary(session_end)
+        for name, value in final.items():
+            writer.add_scalar(name, value, 0)
+        self._close()
+        write_atomic(self.folder / STATUS_FILE, FINISHED)
 
     def fail(self) -> None:
+        self._close()
+        write_atomic(self.folder / STATUS_FILE, FAILED)
+
+    def _writer(self):
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.folder))
+        return self.writer
+
+    def _close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-        write_atomic(self.folder / STATUS, FAILED)
-
-
-def _summary_writer(folder: Path, purge_step: int | None = None):
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
