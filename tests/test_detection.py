@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from captum.attr import LayerGradCam, Saliency
+from scipy.stats import binom
 from torch import nn
 
 from rarespur.data.patterns import BoxPattern, NoisePattern
@@ -18,8 +19,11 @@ from rarespur.methods.detection.evidence import add_evidence, patch_carriers
 from rarespur.methods.detection.grading import grade, iou, is_correct
 from rarespur.methods.detection.scan import (
     ScanSettings,
+    adjusted_p_values,
     finding_mask,
     grid_positions,
+    purity_floor,
+    purity_p_value,
     rank_findings,
     robust_z,
     scan,
@@ -98,6 +102,7 @@ def test_the_scan_flags_exactly_the_built_in_pixel_and_class():
     assert all(f[3] == SPURIOUS for f in flagged)  # 3x3 patches covering the pixel may follow, never another class
     top = ranked[0]
     assert top["carriers"] == 6 and top["purity"] == 1.0 and top["delta"] > 0.5
+    assert top["carrying"] == 6 and top["p_value"] == pytest.approx(3.0**-6) and top["p_adjusted"] <= 0.01
     # the same model with the data that never shows the pixel: its effect is there, but no correlation in the data
     x_clean = x.clone()
     x_clean[:, :, SPOT[0], SPOT[1]] = 0
@@ -114,17 +119,89 @@ def test_robust_z_and_flagging_on_a_synthetic_table():
     assert z[-1] == pytest.approx((0.4 - np.median(deltas)) / (1.4826 * mad))
     assert robust_z(np.zeros(5)).tolist() == [0.0] * 5
     assert robust_z([0, 0, 0, 0, 1])[-1] == pytest.approx(1 / (1.2533 * 0.2))  # MAD 0: mean absolute deviation
-    rows = [
-        {"family": "f", "kind": "patch", "delta": float(d), "carriers": 10, "purity": 1.0, "top": 0, "left": 0}
-        for d in deltas
-    ]
-    rows += [{"family": "g", "kind": "noise", "delta": 0.9, "carriers": 2, "purity": 1.0, "top": 0, "left": 0}]
-    rows += [{"family": "g", "kind": "noise", "delta": 0.0, "carriers": 0, "purity": 0.0, "top": 0, "left": 0}] * 9
-    ranked = rank_findings(rows, ScanSettings())
-    assert [r["delta"] for r in ranked if r["flagged"]] == [0.4]  # 0.9 has too few carriers
+    rows = [evidence_row("f", float(d), 10, 10) for d in deltas]
+    rows += [evidence_row("g", 0.9, 2, 2, kind="noise")]
+    rows += [evidence_row("g", 0.0, 0, 0, kind="noise")] * 9
+    ranked = rank_findings(rows, ScanSettings(alpha=0.005))
+    assert [r["delta"] for r in ranked if r["flagged"]] == [0.4]  # 2 carriers: p = 0.01 at best, above alpha
     assert ranked[0]["rank"] == 1 and ranked[1]["delta"] == 0.9  # then the rest by delta
-    strict = rank_findings(rows, ScanSettings(min_delta=0.5))
+    assert [r["delta"] for r in rank_findings(rows, ScanSettings()) if r["flagged"]] == [0.9, 0.4]  # alpha 0.05
+    strict = rank_findings(rows, ScanSettings(min_delta=0.95))
     assert not any(r["flagged"] for r in strict)
+
+
+def evidence_row(
+    family: str, delta: float, carriers: int, carrying: int, base_rate: float = 0.1, kind: str = "patch", **more
+) -> dict:
+    """A scan row with its training evidence, as add_evidence gives it."""
+    p_value = float(purity_p_value(carriers, carrying, base_rate))
+    purity = carriers / carrying if carrying else 0.0
+    row = dict(family=family, kind=kind, delta=delta, carriers=carriers, carrying=carrying, purity=purity)
+    return {**row, "base_rate": base_rate, "p_value": p_value, "class": 0, "top": 0, "left": 0, **more}
+
+
+def background(family: str = "f", n: int = 99) -> list[dict]:
+    """A family of unremarkable perturbations that many images of every class carry: never candidates."""
+    rng = np.random.default_rng(0)
+    return [evidence_row(family, float(d), 30, 300) for d in rng.normal(0.0, 0.01, n)]
+
+
+def test_three_pure_carriers_are_flagged_and_three_spread_over_classes_or_common_content_are_not():
+    pure = rank_findings([*background(), evidence_row("f", 0.3, 3, 3)], ScanSettings())
+    assert pure[0]["delta"] == 0.3 and pure[0]["flagged"]
+    assert pure[0]["p_value"] == pytest.approx(0.1**3) and pure[0]["p_adjusted"] == pytest.approx(0.1**3)
+    assert all(r["p_adjusted"] is None for r in pure[1:])  # not candidates: never tested
+    spread = rank_findings([*background(), evidence_row("f", 0.3, 1, 3)], ScanSettings())  # 2 in other classes
+    assert not spread[0]["flagged"] and spread[0]["p_value"] == pytest.approx(1 - 0.9**3)
+    common = rank_findings([*background(), evidence_row("f", 0.3, 3, 60)], ScanSettings())  # content seen widely
+    assert not common[0]["flagged"] and common[0]["purity"] == 0.05
+    # a large class (base rate 0.4) makes 3 pure carriers likely by chance
+    big_class = rank_findings([*background(), evidence_row("f", 0.3, 3, 3, base_rate=0.4)], ScanSettings())
+    assert not big_class[0]["flagged"] and big_class[0]["p_value"] == pytest.approx(0.064)
+    # and a pattern carried by 60 images of the class, 2 of 62 elsewhere, is flagged with room to spare
+    many = rank_findings([*background(), evidence_row("f", 0.3, 60, 62)], ScanSettings())
+    assert many[0]["flagged"] and many[0]["p_adjusted"] < 1e-50
+
+
+def test_the_correction_counts_each_candidate_by_how_often_it_could_be_flagged():
+    planted = evidence_row("f", 0.3, 3, 3)
+    others = [evidence_row("f", 0.2, 0, 3, carrying_set=f"s{i}") for i in range(5)]  # 3 carriers, none of the class
+    ranked = rank_findings([*background(), planted, *others], ScanSettings())
+    assert ranked[0]["flagged"] and ranked[0]["p_adjusted"] == pytest.approx(6 * 0.1**3)  # Bonferroni over 6
+    crowded = [evidence_row("f", 0.2, 0, 3, carrying_set=f"s{i}") for i in range(60)]
+    ranked = rank_findings([*background(), planted, *crowded], ScanSettings())
+    assert not ranked[0]["flagged"] and ranked[0]["p_adjusted"] == pytest.approx(61 * 0.1**3)
+    assert rank_findings([*background(), planted, *crowded], ScanSettings(alpha=0.1))[0]["flagged"]
+    # candidates that cannot be flagged at p = 0.001 count nothing: nothing carries them, 1 or 2 images do
+    # (p >= 0.01), or hundreds do (95 % of them in one class); the same images and class count once
+    harmless = [evidence_row("f", 0.2, 0, k, carrying_set=f"h{k}") for k in (0, 1, 2, 300, 5000)]
+    harmless += [evidence_row("f", 0.2, 0, 3, carrying_set="same")] * 20
+    ranked = rank_findings([*background(), planted, *harmless], ScanSettings())
+    assert ranked[0]["flagged"] and ranked[0]["p_adjusted"] == pytest.approx(2 * 0.1**3)
+    # 4 carrying images need all 4 in the class at purity 0.95: they can make it 1e-4 at most, not the 0.0037
+    # of 3 of 4 that a purity floor of 0.5 allows
+    assert adjusted_p_values([0.004], [4], [0.1], 0.95) == pytest.approx(1e-4)
+    assert adjusted_p_values([0.004], [4], [0.1], 0.5) == pytest.approx(float(purity_p_value(3, 4, 0.1)))
+    three = float(purity_p_value(3, 3, 0.1))
+    assert adjusted_p_values([0.5, three, three / 2], [3, 3, 3], [0.1] * 3, 0.95).tolist() == pytest.approx(
+        [3e-3, 3e-3, 0.0]
+    )
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.05, 0.01])
+def test_the_adjusted_rule_holds_its_family_wise_error_under_the_null(alpha):
+    """Candidates whose carrying images fall in classes at their base rates, independently: the exact chance
+    that any is flagged is at most alpha, and not far below it (the union bound is close for rare events;
+    the p-values' steps keep it under)."""
+    carrying = np.array([1, 2, 3, 3, 3, 4, 5, 8, 20, 50] * 3)
+    rates = np.repeat([0.1, 0.2, 0.4], 10)
+    none_flagged = 1.0
+    for n, rate in zip(carrying, rates):
+        k = np.arange(n + 1)  # every outcome of this candidate: its flag does not depend on the others' classes
+        adjusted = adjusted_p_values(purity_p_value(k, n, rate), carrying, rates, 0.95)
+        flagged = (k >= purity_floor(n, 0.95)) & (adjusted <= alpha)
+        none_flagged *= 1 - binom.pmf(k, n, rate)[flagged].sum()
+    assert alpha / 3 < 1 - none_flagged <= alpha
 
 
 def test_patch_evidence_counts_the_images_of_each_class_that_carry_the_patch():
@@ -138,6 +215,21 @@ def test_patch_evidence_counts_the_images_of_each_class_that_carry_the_patch():
     assert counts[0, 0].tolist() == [2, 0, 0] and counts[3, 3].tolist() == [0, 0, 0]
     assert near[0, 0].tolist() == [2, 1, 0]  # the half patch comes half-way
     assert patch_carriers(x, y, 3, size=2, value=0.0)[0][4, 4].tolist() == [2, 2, 2]
+
+
+def test_evidence_rows_carry_their_test_and_patches_carried_by_the_same_images_share_one():
+    x, y = torch.zeros(20, 1, 6, 6), torch.arange(20) % 2  # base rates 0.5
+    x[[0, 2, 4], :, 0:3, 0:3] = 1  # three images of class 0 have a white 3x3 block
+    at = [(0, 0, 0), (1, 1, 0), (3, 3, 0), (0, 0, 1)]  # two 2x2 patches inside it, one outside, one for class 1
+    rows = [{"kind": "patch", "size": 2, "value": 1.0, "top": t, "left": left, "class": c} for t, left, c in at]
+    add_evidence(rows, x, y, 2, outlier_z=10.0)
+    inside, also_inside, outside, other_class = rows
+    assert (inside["carriers"], inside["carrying"], inside["purity"], inside["base_rate"]) == (3, 3, 1.0, 0.5)
+    assert inside["p_value"] == pytest.approx(0.5**3)
+    assert inside["carrying_set"] == also_inside["carrying_set"] == other_class["carrying_set"]
+    assert outside["carrying_set"] != inside["carrying_set"]
+    assert outside["carrying"] == 0 and outside["p_value"] == 1.0
+    assert other_class["carriers"] == 0 and other_class["p_value"] == 1.0
 
 
 def test_carriers_of_a_patch_are_the_images_that_have_it():
@@ -395,7 +487,7 @@ def test_xbl_on_a_detect_run_that_flagged_nothing_names_the_way_out(detected):
     base = [o for o in detected[0] if o != "experiment=detect"]
     xbl = [*base, "experiment=xbl", "poison.count=60", "xbl.compare_exact=false", "detect.patch_sizes=[5]"]
     with pytest.raises(ConfigError, match="flagged nothing.*xbl.mask=truth"):
-        run_job(compose_config(*xbl, "detect.min_carriers=1000"))
+        run_job(compose_config(*xbl, "detect.min_delta=1"))
 
 
 def test_the_detected_mask_is_the_top_patch_grown_and_a_whole_image_finding_has_none(tmp_path):

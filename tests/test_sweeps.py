@@ -52,6 +52,7 @@ GRIDS = {
     "group_influence_n100": 40,
     "group_influence_cifar10": 15,
     "debias_cmnist": 120,
+    "debias_ccifar10": 120,
     "debias_rare": 200,
     "detect_xbl": 192,
     "detect_xbl_correct": 216,

@@ -97,7 +97,7 @@ def detected_mask(detect_path: Path, height: int, width: int) -> np.ndarray:
     if not flagged:
         raise ConfigError(
             f"the detect run {detect_path} flagged nothing, so there is no region to correct; "
-            "lower detect.min_delta / detect.min_carriers, or give xbl.mask=truth to use the planted pattern"
+            "lower detect.min_delta or raise detect.alpha, or give xbl.mask=truth to use the planted pattern"
         )
     top = flagged[0]
     if top["kind"] != PATCH:

@@ -152,6 +152,7 @@ class UpBlock(nn.Module):
 
 class ResNetEncoderClassifier(EncoderClassifier):
     reconstruction = "mse"
+    LOGVAR_MAX = 5.0  # the authors clamp it (a standard deviation of at most e^2.5 = 12.2): early KL terms explode
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, latent: int = 512) -> None:
         from torchvision.models import resnet18
@@ -170,6 +171,10 @@ class ResNetEncoderClassifier(EncoderClassifier):
             nn.Flatten(),
         )
         super().__init__(features, 512 * 2 * 2, latent, num_classes, input_shape)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = super().encode(x)
+        return mean, logvar.clamp(max=self.LOGVAR_MAX)
 
     def decoder(self, latents: int) -> nn.Module:
         blocks, channels = [], latents

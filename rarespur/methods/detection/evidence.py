@@ -3,7 +3,10 @@
 A white 5x5 block beside a digit moves an MNIST classifier a lot whether or not anything was planted:
 the model generalizes from strokes. What sets a planted shortcut apart is that some training images of
 the finding's class already carry it, and (almost) only images of that class do. Per finding we count
-those images and their purity, the share of the class among all images that carry it:
+those images (``carriers``), all the images that carry it (``carrying``), their ``purity`` (carriers /
+carrying) and a ``p_value``: how unlikely that many of the carrying images are of the finding's class if
+carrying had nothing to do with the class (:func:`~rarespur.methods.detection.scan.purity_p_value`; the
+ranking turns it into a flag, corrected for the number of candidates). What carrying means:
 
 - a patch of value v: images whose region is v everywhere (within ``TOLERANCE``), against all images whose
   region comes at least half-way to v on average;
@@ -18,15 +21,48 @@ import torch
 import torch.nn.functional as F
 
 from rarespur.methods.detection.carriers import median_filter
-from rarespur.methods.detection.scan import CONTENT, NOISE, PATCH, robust_z
+from rarespur.methods.detection.scan import CONTENT, NOISE, PATCH, purity_p_value, robust_z
 
 TOLERANCE = 0.1
 
 
-def _class_counts(carries: torch.Tensor, y: torch.Tensor, num_classes: int) -> np.ndarray:
-    """carries: images x items (bool) -> items x classes counts of the carrying images per class."""
+def _class_counts(carries: torch.Tensor, y: torch.Tensor, num_classes: int, weights: torch.Tensor) -> np.ndarray:
+    """carries: images x items (bool) -> items x (classes + 1): the counts of the carrying images per class,
+    then the sum of their `weights` (a fingerprint of which images carry the item)."""
     onehot = F.one_hot(y.long(), num_classes).to(torch.float64)
-    return (carries.to(torch.float64).T @ onehot).cpu().numpy()
+    columns = torch.cat([onehot, weights[:, None].to(onehot.device)], dim=1).to(carries.device)
+    return (carries.to(torch.float64).T @ columns).cpu().numpy()
+
+
+def _fingerprint_weights(n: int) -> torch.Tensor:
+    """A random integer below 2^32 per training image, as float64: the sum over any set of up to 2^21 images
+    is exact, so two items carried by the same images have the same fingerprint, and others (almost) never."""
+    return torch.from_numpy(np.random.default_rng(0).integers(0, 2**32, n).astype(np.float64))
+
+
+def _patch_evidence(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, size: int, value: float, batch: int = 8192
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`patch_carriers` and, per patch offset, the fingerprint of the images that come half-way to it."""
+    weights = _fingerprint_weights(len(x))
+    full_counts = near_counts = None
+    for start in range(0, len(x), batch):
+        xb, yb, wb = x[start : start + batch], y[start : start + batch], weights[start : start + batch]
+        close = ((xb - value).abs() <= TOLERANCE).all(dim=1, keepdim=True).to(torch.float32)
+        full = F.avg_pool2d(close, size, stride=1)[:, 0] > 1 - 1e-6  # n x H' x W'
+        near = (F.avg_pool2d(xb.mean(dim=1, keepdim=True), size, stride=1)[:, 0] - value).abs() <= 0.5
+        parts = (
+            _class_counts(full.flatten(1), yb, num_classes, wb),
+            _class_counts((near | full).flatten(1), yb, num_classes, wb),
+        )
+        full_counts = parts[0] if full_counts is None else full_counts + parts[0]
+        near_counts = parts[1] if near_counts is None else near_counts + parts[1]
+    h, w = x.shape[2] - size + 1, x.shape[3] - size + 1
+    return (
+        full_counts[:, :num_classes].reshape(h, w, num_classes),
+        near_counts[:, :num_classes].reshape(h, w, num_classes),
+        near_counts[:, num_classes].reshape(h, w),
+    )
 
 
 def patch_carriers(
@@ -35,47 +71,62 @@ def patch_carriers(
     """Two H' x W' x classes counts per patch offset: the images of each class whose whole patch is `value`
     (the carriers), and those whose patch is on average at least half-way to it (the competitors of
     purity: a white block inside the digits' strokes is not planted, however few images have it whole)."""
-    full_counts = near_counts = None
-    for start in range(0, len(x), batch):
-        xb, yb = x[start : start + batch], y[start : start + batch]
-        close = ((xb - value).abs() <= TOLERANCE).all(dim=1, keepdim=True).to(torch.float32)
-        full = F.avg_pool2d(close, size, stride=1)[:, 0] > 1 - 1e-6  # n x H' x W'
-        near = (F.avg_pool2d(xb.mean(dim=1, keepdim=True), size, stride=1)[:, 0] - value).abs() <= 0.5
-        parts = (
-            _class_counts(full.flatten(1), yb, num_classes),
-            _class_counts((near | full).flatten(1), yb, num_classes),
-        )
-        full_counts = parts[0] if full_counts is None else full_counts + parts[0]
-        near_counts = parts[1] if near_counts is None else near_counts + parts[1]
-    shape = (x.shape[2] - size + 1, x.shape[3] - size + 1, num_classes)
-    return full_counts.reshape(shape), near_counts.reshape(shape)
+    return _patch_evidence(x, y, num_classes, size, value, batch)[:2]
+
+
+def _outlier_evidence(
+    values: np.ndarray, y: torch.Tensor, num_classes: int, outlier_z: float
+) -> tuple[np.ndarray, float]:
+    """:func:`outlier_carriers` and the fingerprint of the outlying images."""
+    outliers = torch.from_numpy(robust_z(values) > outlier_z)[:, None]
+    counts = _class_counts(outliers, y.cpu(), num_classes, _fingerprint_weights(len(values)))[0]
+    return counts[:num_classes], float(counts[num_classes])
 
 
 def outlier_carriers(values: np.ndarray, y: torch.Tensor, num_classes: int, outlier_z: float) -> np.ndarray:
     """Per class, the images whose `values` are robust outliers above the rest."""
-    outliers = torch.from_numpy(robust_z(values) > outlier_z)[:, None]
-    return _class_counts(outliers, y.cpu(), num_classes)[0]
+    return _outlier_evidence(values, y, num_classes, outlier_z)[0]
 
 
 def add_evidence(rows: list[dict], x: torch.Tensor, y: torch.Tensor, num_classes: int, outlier_z: float) -> None:
-    """Give every scan row ``carriers`` (training images of its class that carry it) and ``purity``
-    (their share among the images that carry it or, for a patch, come half-way to it)."""
-    patch_counts: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
-    whole: dict[str, np.ndarray] = {}
+    """Give every scan row its training evidence:
+
+    - ``carriers``: training images of its class that carry it;
+    - ``carrying``: all training images that carry it or, for a patch, come half-way to it;
+    - ``purity``: carriers / carrying (0 when nothing carries it);
+    - ``base_rate``: the share of its class among all training images;
+    - ``p_value``: P(at least ``carriers`` of ``carrying`` images fall in the class) when each falls in
+      it at ``base_rate``, the null of content that occurs regardless of the class (one-sided binomial);
+    - ``carrying_set``: a fingerprint of which images carry it (rows with the same one are one test).
+    """
+    base_rates = np.bincount(y.cpu().numpy().astype(np.int64), minlength=num_classes) / max(len(y), 1)
+    patch_counts: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    whole: dict[str, tuple[np.ndarray, float]] = {}
     for row in rows:
         kind = row["kind"]
         if kind == PATCH:
             key = (row["size"], row["value"])
             if key not in patch_counts:
-                patch_counts[key] = patch_carriers(x, y, num_classes, *key)
-            full, near = (counts[row["top"], row["left"]] for counts in patch_counts[key])
+                patch_counts[key] = _patch_evidence(x, y, num_classes, *key)
+            full, near, fingerprint = (counts[row["top"], row["left"]] for counts in patch_counts[key])
         else:
             if kind not in whole:
-                whole[kind] = outlier_carriers(_whole_image_measure(x, kind), y, num_classes, outlier_z)
-            full = near = whole[kind]
-        carriers, total = full[row["class"]], near.sum()
-        row["carriers"] = int(carriers)
-        row["purity"] = float(carriers / total) if total else 0.0
+                whole[kind] = _outlier_evidence(_whole_image_measure(x, kind), y, num_classes, outlier_z)
+            full, fingerprint = whole[kind]
+            near = full
+        carriers, total = int(round(full[row["class"]])), int(round(near.sum()))
+        row["carriers"] = carriers
+        row["carrying"] = total
+        row["purity"] = carriers / total if total else 0.0
+        row["base_rate"] = float(base_rates[row["class"]])
+        row["carrying_set"] = f"{int(fingerprint):x}"
+    p_values = purity_p_value(
+        np.array([row["carriers"] for row in rows]),
+        np.array([row["carrying"] for row in rows]),
+        np.array([row["base_rate"] for row in rows]),
+    )
+    for row, p in zip(rows, p_values.tolist()):
+        row["p_value"] = p
 
 
 def _whole_image_measure(x: torch.Tensor, kind: str, batch: int = 8192) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from captum.attr import FeatureAblation, Occlusion
 from scipy import ndimage
+from scipy.stats import binom
 from torch import nn
 
 PATCH, NOISE, CONTENT = "patch", "noise", "content"
@@ -35,8 +36,8 @@ class ScanSettings:
     content_fractions: tuple[float, ...] = (0.25, 0.5)
     z_threshold: float = 2.0  # robust z (within the family) a delta needs to be a candidate
     min_delta: float = 0.02  # and the mean certainty rise it must reach at least
-    min_carriers: int = 5  # and the training images of its class that carry it: a correlation needs a few
     min_purity: float = 0.95  # and the share of its class among all training images that carry it
+    alpha: float = 0.05  # and a purity that chance gives a candidate this rarely (family-wise, over the candidates)
     evidence_z: float = 10.0  # robust z of a training image's noise (or lack of content) that makes it a carrier
     seed: int = 0  # the noise and the content removal
 
@@ -198,13 +199,78 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     return (values - np.median(values)) / scale if scale > 0 else np.zeros_like(values)
 
 
-def rank_findings(rows: list[dict], settings: ScanSettings) -> list[dict]:
-    """The scan's rows (with their training evidence) plus ``z`` (within the family), ``flagged`` and
-    ``rank`` (1 = most suspicious).
+def purity_p_value(carriers, carrying, base_rate) -> np.ndarray:
+    """P(X >= carriers) for X ~ Binomial(carrying, base_rate): how often at least `carriers` of the
+    `carrying` training images fall in the class if each fell in it at the class's base rate, i.e. if
+    the content occurred regardless of the class. 1 when nothing carries it.
 
-    Flagged: an outlier of its family (z), a real effect (delta), and carried by training images of
-    its class and hardly any other (purity). Flagged rows come first, by how much they raise their
-    class (the effect a user sees), then the rest in the same order.
+    For a patch, `carrying` counts every image that comes half-way to the patch while `carriers` counts
+    only the class's images that have it whole, so the class's images that come half-way count against
+    it: the p-value is larger than the exact one (conservative). So is the binomial against the
+    hypergeometric of drawing without replacement from the training set.
+    """
+    return np.asarray(binom.sf(np.asarray(carriers) - 1, carrying, base_rate), dtype=np.float64)
+
+
+def purity_floor(carrying, min_purity: float) -> np.ndarray:
+    """The carriers a purity of `min_purity` needs out of `carrying` (at least 1)."""
+    return np.maximum(np.ceil(np.asarray(carrying, dtype=np.float64) * min_purity - 1e-9), 1).astype(np.int64)
+
+
+def adjusted_p_values(p_values, carrying, base_rates, min_purity: float, same_test: list | None = None) -> np.ndarray:
+    """Family-wise adjusted p-values F(p) of `p_values` (usually the candidates' own) over the family of
+    candidates described by `carrying`, `base_rates` and `same_test` (one entry per candidate).
+
+    Candidate j is flagged when its carriers reach the purity floor (``min_purity`` of ``carrying``) and its
+    p-value is at most a threshold d. Its p-value takes only the values of its ladder
+    ``P(X_j >= k)``, X_j ~ Binomial(carrying_j, base_rate_j), k from the floor to carrying_j, so under the
+    null it is flagged with probability at most r_j(d) = the largest ladder value <= d (0 when none is: three
+    images cannot make a p-value below base_rate^3). The chance that any candidate is flagged is at most
+    F(d) = sum_j r_j(d) (a union bound: the discrete Bonferroni of Westfall and Wolfinger 1997, which
+    counts each candidate by how often it can be flagged at all). The adjusted p-value of candidate i is
+    F(p_i), capped at 1: F(p_i) <= alpha flags it with a family-wise error of at most alpha. So:
+
+    - a candidate nothing carries counts 0, and so does one a white block in the digits' strokes gives
+      (hundreds of images come half-way to it, and 95 % of them would have to be of one class);
+    - one that 1 or 2 images carry counts 0 below p = base_rate or base_rate^2;
+    - one that 3 images carry counts base_rate^3 once p reaches it.
+
+    ``same_test``: a key per candidate; candidates with equal keys (the same carrying images and class, e.g.
+    the overlapping patches inside one planted square) are one event and count once. r_j depends only on
+    how many images carry j, never on their classes, so the correction is fixed before the classes are
+    looked at.
+    """
+    p_values = np.asarray(p_values, dtype=np.float64)
+    carrying = np.asarray(carrying, dtype=np.int64)
+    base_rates = np.asarray(base_rates, dtype=np.float64)
+    keys = list(range(len(carrying))) if same_test is None else same_test
+    unique = list({key: j for j, key in reversed(list(enumerate(keys)))}.values())  # the first of each key
+    ladders: dict[tuple[int, float, int], int] = {}  # (carrying, base rate, floor) -> candidates with it
+    for j in unique:
+        if carrying[j] > 0:
+            ladder = (int(carrying[j]), float(base_rates[j]), int(purity_floor(carrying[j], min_purity)))
+            ladders[ladder] = ladders.get(ladder, 0) + 1
+    total = np.zeros_like(p_values)
+    for (n, rate, floor), count in ladders.items():
+        if binom.sf(floor - 1, n, rate) == 0:  # 95 % of thousands in one class: never, to double precision
+            continue
+        ascending = binom.sf(np.arange(n, floor - 1, -1) - 1, n, rate)  # P(X >= k), k = n down to the floor
+        index = np.searchsorted(ascending, p_values, side="right") - 1
+        total += count * np.where(index >= 0, ascending[np.maximum(index, 0)], 0.0)
+    return np.minimum(total, 1.0)
+
+
+def rank_findings(rows: list[dict], settings: ScanSettings) -> list[dict]:
+    """The scan's rows (with their training evidence, :func:`~rarespur.methods.detection.evidence.add_evidence`)
+    plus ``z`` (within the family), ``candidate``, ``p_adjusted``, ``flagged`` and ``rank`` (1 = most
+    suspicious).
+
+    A candidate is an outlier of its family (z) with a real effect (delta). It is flagged when its
+    training images are pure enough (purity >= ``min_purity``) and that purity is significant: its
+    p-value against the class's base rate, adjusted over all candidates (:func:`adjusted_p_values`), is at
+    most ``alpha``. ``p_adjusted`` is 1 for candidates below the purity floor and empty for rows that are
+    not candidates (never tested): a row is flagged exactly when ``p_adjusted <= alpha``. Flagged rows
+    come first, by how much they raise their class (the effect a user sees), then the rest in the same order.
     """
     out = [dict(row) for row in rows]
     families: dict[str, list[int]] = {}
@@ -212,14 +278,23 @@ def rank_findings(rows: list[dict], settings: ScanSettings) -> list[dict]:
         families.setdefault(row["family"], []).append(i)
     for members in families.values():
         for i, z in zip(members, robust_z([out[i]["delta"] for i in members])):
-            row = out[i]
-            row["z"] = float(z)
-            row["flagged"] = bool(
-                z >= settings.z_threshold
-                and row["delta"] >= settings.min_delta
-                and row["carriers"] >= settings.min_carriers
-                and row["purity"] >= settings.min_purity
-            )
+            out[i]["z"] = float(z)
+            out[i]["candidate"] = bool(z >= settings.z_threshold and out[i]["delta"] >= settings.min_delta)
+    tested = [row for row in out if row["candidate"]]
+    adjusted = adjusted_p_values(
+        [row["p_value"] for row in tested],
+        [row["carrying"] for row in tested],
+        [row["base_rate"] for row in tested],
+        settings.min_purity,
+        [(row.get("carrying_set", i), row["class"]) for i, row in enumerate(tested)],
+    )
+    for row in out:
+        row["p_adjusted"] = None
+        row["flagged"] = False
+    for row, p in zip(tested, adjusted.tolist()):
+        pure = bool(row["carriers"] >= purity_floor(row["carrying"], settings.min_purity))
+        row["p_adjusted"] = p if pure else 1.0  # below the purity floor it cannot be flagged at any alpha
+        row["flagged"] = pure and p <= settings.alpha
     out.sort(key=lambda row: (not row["flagged"], -row["delta"], -row["z"]))
     for rank, row in enumerate(out, start=1):
         row["rank"] = rank
