@@ -113,7 +113,10 @@ def _mlflow_view(store: Path, key: str) -> tuple[dict, str, dict]:
 VIEWS = {"csv": _csv_view, "tensorboard": _tensorboard_view, "mlflow": _mlflow_view}
 
 
-@pytest.mark.parametrize("logger", sorted(VIEWS))
+@pytest.mark.parametrize(
+    "logger",
+    ["csv", "tensorboard", pytest.param("mlflow", marks=pytest.mark.slow)],  # MLflow's SQLite store: ~5 s
+)
 def test_each_epoch_is_logged_once_across_a_kill_a_failure_and_a_relaunch(tmp_path, logger):
     overrides = (*BASE, f"logger={logger}")
     key = config_key(resolve(compose_config(f"results_dir={tmp_path}", *overrides)))
@@ -175,6 +178,7 @@ def test_a_logger_that_breaks_mid_run_is_warned_about_and_the_run_still_commits(
     assert _tensorboard_view(tmp_path, record["run_id"])[1] == FINISHED  # the other logger goes on
 
 
+@pytest.mark.slow  # four jobs and two trackers: ~6 s
 def test_export_replays_a_store_without_loggers_as_the_live_loggers_saw_it_and_twice_adds_nothing(tmp_path, capsys):
     live, plain = tmp_path / "live", tmp_path / "plain"
     for count in (0, 10):
