@@ -316,14 +316,11 @@ def test_end_to_end_record_has_every_attack_metric(fashion_run):
     pool_y = np.concatenate([data.train_y, data.test_y])
     assert (pool_y[record["poisoned_indices"]] == 0).all()
     run = store / record["run_id"]
-    assert sorted(p.name for p in run.iterdir()) == [
-        "config.json",
-        "done",
-        "record.json",
-        "spurious_indicators.npz",
-        "tables",
-        "target_model.pt",
-    ]
+    models = ["target", "shadow", *(f"lira{k}" for k in range(4))]  # each model's training history stays
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["config.json", "done", "record.json", "spurious_indicators.npz", "tables", "target_model.pt"]
+        + [f"history_{model}.json" for model in models]
+    )
     table = collect_runs(store)
     assert {f"attack.{a}.auc" for a in ATTACKS} <= set(table.columns)
     roc = collect_tables(store)["roc"]

@@ -23,6 +23,7 @@ from rarespur.errors import ConfigError
 from rarespur.experiments.experiment import Experiment
 from rarespur.experiments.steps import (
     check_train_config,
+    checked_model,
     debias_method,
     fit_and_store,
     load_data,
@@ -64,13 +65,7 @@ def check(cfg: dict[str, Any]) -> None:
             f"debias.val_fraction={objective.val_fraction} of {len(data.train_y)} training images holds out none, "
             f"and debias={cfg['debias']['name']} needs validation data; raise debias.val_fraction or data.train_limit"
         )
-    try:
-        model = make_model(cfg, data, torch.device("cpu"))
-    except ValueError as err:
-        raise ConfigError(
-            f"model={cfg['model']['name']} cannot take {cfg['dataset']['name']}'s images: {err}"
-        ) from None
-    objective.check_model(model)
+    objective.check_model(checked_model(cfg, data))
 
 
 def split_accuracies(predicted: np.ndarray, y: np.ndarray, bias: np.ndarray | None, prefix: str) -> dict[str, float]:

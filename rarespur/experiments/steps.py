@@ -295,7 +295,17 @@ def check_objective(cfg: dict[str, Any], data: ImageData) -> None:
     objective = run_objective(cfg)
     objective.adjust(train_settings(cfg))
     if type(objective).check_model is not Objective.check_model:  # build the model only for those that look
-        objective.check_model(make_model(cfg, data, torch.device("cpu")))
+        objective.check_model(checked_model(cfg, data))
+
+
+def checked_model(cfg: dict[str, Any], data: ImageData) -> nn.Module:
+    """The config's model on the CPU, built to check it fits the data: a shape it cannot take is a ConfigError."""
+    try:
+        return make_model(cfg, data, torch.device("cpu"))
+    except ValueError as err:
+        raise ConfigError(
+            f"model={cfg['model']['name']} cannot take {cfg['dataset']['name']}'s images: {err}"
+        ) from None
 
 
 def epoch_callback(total: int, enabled: bool, run_dir: RunDir, model: str | None = None) -> EpochCallback:
