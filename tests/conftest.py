@@ -4,10 +4,12 @@ composing and running jobs, launching run.py and ``python -m rarespur``, and tin
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Iterator, NoReturn
 
 import pytest
@@ -21,6 +23,15 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RARESPUR_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
 CONF_DIR = REPO_ROOT / "conf"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A script of benchmarks/ as a module, for tests that check a baseline computes what ours does (the
+    scripts import their shared helpers as ``common``, from their own folder)."""
+    folder = str(REPO_ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 def collect_runs(results_dir: str | Path) -> pd.DataFrame:

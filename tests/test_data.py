@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rarespur.data.fingerprint import data_fingerprint
 from rarespur.data.loaders import (
     DATASET_NAMES,
     CorruptDataError,
@@ -24,7 +25,7 @@ from rarespur.data.loaders import (
     load_dataset,
 )
 
-from conftest import CONF_DIR, extract_cifar_subset, require_data
+from conftest import CONF_DIR, SHARED_DATA, extract_cifar_subset, require_data
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -323,6 +324,7 @@ def skip_md5(monkeypatch):
     import torchvision.datasets.cifar
 
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+    monkeypatch.setenv("RARESPUR_ARRAY_CACHE", "0")  # data that skipped its checks must not be cached
 
 
 def test_cifar10_batch_order_and_layout(tmp_path, skip_md5):
@@ -346,3 +348,36 @@ def test_cifar10_missing_names_folder_and_fix(tmp_path):
     with pytest.raises(DatasetNotFoundError) as err:
         load_dataset("cifar10", root=tmp_path)
     assert str(tmp_path / "cifar-10-batches-py") in str(err.value) and "data.download=true" in str(err.value)
+
+
+def test_decoded_arrays_are_cached_under_the_fingerprint_and_mapped_on_the_next_load(tmp_path, monkeypatch):
+    from rarespur.data import array_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(require_data(SHARED_DATA / "MNIST" / "raw"), raw)
+    decoded = load_dataset("mnist", root=tmp_path)
+    assert not isinstance(decoded.train_x, np.memmap)
+    (folder,) = array_cache.cache_root().iterdir()
+    assert folder.name == f"mnist-{data_fingerprint('mnist', tmp_path)}-v{array_cache.VERSION}"
+    mapped = load_dataset("mnist", root=tmp_path, limits=(1000, 10))
+    assert isinstance(mapped.train_x, np.memmap) and mapped.train_x.shape == (1000, 28, 28, 1)
+    assert np.array_equal(mapped.train_x, decoded.train_x[:1000]) and np.array_equal(mapped.test_y, decoded.test_y[:10])
+    mapped.train_x[0] = 1.0  # copy-on-write: the job's own copy changes, not the cache
+    assert np.array_equal(load_dataset("mnist", root=tmp_path).train_x[0], decoded.train_x[0])
+
+    (folder / "train_x.npy").write_bytes(b"damaged")  # damaged: decoded again and replaced
+    assert np.array_equal(load_dataset("mnist", root=tmp_path).train_x, decoded.train_x)
+    assert isinstance(load_dataset("mnist", root=tmp_path).train_x, np.memmap)
+
+    labels = raw / "t10k-labels-idx1-ubyte.gz"  # other files, another fingerprint: decoded, not served stale
+    content = bytearray(gzip.decompress(labels.read_bytes()))
+    content[8] = (content[8] + 1) % 10
+    labels.write_bytes(gzip.compress(bytes(content)))
+    changed = load_dataset("mnist", root=tmp_path)
+    assert changed.test_y[0] == (decoded.test_y[0] + 1) % 10 and len(list(array_cache.cache_root().iterdir())) == 2
+
+    monkeypatch.setenv("RARESPUR_ARRAY_CACHE", "0")
+    shutil.rmtree(array_cache.cache_root())
+    assert not isinstance(load_dataset("mnist", root=tmp_path).train_x, np.memmap)
+    assert not array_cache.cache_root().exists()

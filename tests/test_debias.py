@@ -22,7 +22,7 @@ from rarespur.methods.debias.sih import SignalIsHarder
 from rarespur.methods.debias.visualize import bias_swap, deepfool_latent, pick_examples
 from rarespur.models import build_model
 
-from conftest import collect_runs, compose_config, killed_after_epoch, run_py, tiny_problem
+from conftest import collect_runs, compose_config, killed_after_epoch, load_benchmark, run_py, tiny_problem
 
 CMNIST = ("experiment=debias", "dataset=cmnist", "device=cpu", "progress=false")
 
@@ -130,8 +130,11 @@ def test_loss_terms_equal_a_hand_computation():
         + (0.5 * math.log(0.5) + 0.5 * math.log(0.5))
         + (0.25 * math.log(0.5) + 0.75 * math.log(0.5))
     )
-    assert reconstruction(x_rec, x, "bce").item() == pytest.approx(bce / 4, rel=1e-5)
-    assert reconstruction(x_rec, x, "mse").item() == pytest.approx((0.01 + 0.01 + 0 + 0.0625) / 4)
+    logits = torch.logit(x_rec)  # the decoder's output before its sigmoid
+    assert reconstruction(logits, x, "bce").item() == pytest.approx(bce / 4, rel=1e-5)
+    assert reconstruction(logits, x, "mse").item() == pytest.approx((0.01 + 0.01 + 0 + 0.0625) / 4, rel=1e-5)
+    saturated = torch.full_like(x, 30.0)  # sigmoid(30) is 1.0 in float32: torch's BCE would clamp at 100
+    assert reconstruction(saturated, torch.zeros_like(x), "bce").item() == pytest.approx(30.0, rel=1e-5)
     mu, logvar = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, math.log(4.0)]])
     kl = -0.5 * ((1 + 0 - 1 - 1) + (1 + math.log(4) - 0 - 4))
     assert kl_divergence(mu, logvar, pixels=4).item() == pytest.approx(kl / 4)
@@ -401,3 +404,21 @@ def test_bias_visualization_changes_the_color_not_the_digit(shared_data):
         after = digits(luminance(swap.perturbed)).argmax(1)
     assert (before.numpy() == swap.label).mean() >= 0.9  # the reconstructions are readable digits
     assert (before == after).float().mean() >= 0.9  # and moving the bias keeps the digit
+
+
+def test_one_epoch_of_the_authors_loop_and_of_our_engine_gives_the_same_losses(shared_data):
+    """benchmarks/bench_sih.py times the two against each other: they must compute the same thing. Same
+    initial weights, batches and latent draws; the authors' sigmoid + BCE and two plain Adams against our
+    BCE on logits and one fused Adam, so equal to float precision, batch after batch (the epoch means
+    follow every batch's weights)."""
+    bench_sih = load_benchmark("bench_sih")
+    images, attrs, x_np = bench_sih.colored_mnist(str(shared_data), 3 * bench_sih.BATCH)
+    x, y = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous(), attrs[:, 0]
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))  # the engine's first epoch
+    authors = bench_sih.authors_style_epoch(
+        bench_sih.authors_networks(tuple(x.shape[1:]), 0), images, attrs, torch.device("cpu"), order
+    )
+    ours = bench_sih.engine_epochs(SignalIsHarder(), x, y, 1)[0]
+    assert len(authors) == 3
+    for term in ("loss", "loss_s", "loss_b", "rec", "kl"):
+        assert np.mean([batch[term] for batch in authors]) == pytest.approx(ours[term], rel=1e-5), term

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 from torch import nn
 
 from rarespur.data.patterns import BoxPattern
@@ -75,6 +76,12 @@ def test_welch_p_value():
     rising = np.r_[np.ones(30), np.zeros(70)]
     base = np.r_[np.ones(5), np.zeros(95)]
     assert welch_p_value(rising, base) < 1e-4 < 0.5 < welch_p_value(base, rising)
+    rng = np.random.default_rng(0)
+    for n_p, n_b, share in ((10000, 10000, 0.02), (30, 400, 0.3), (5, 7, 0.5)):
+        poisoned, baseline = (rng.random(n_p) < share + 0.01).astype(float), (rng.random(n_b) < share).astype(float)
+        for a, b in ((poisoned, baseline), (baseline, poisoned)):
+            expected = stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
+            assert welch_p_value(a, b) == pytest.approx(expected, rel=1e-9, abs=1e-15)
 
 
 def test_collect_table_mixes_single_and_two_class_targets(tmp_path):

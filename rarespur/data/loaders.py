@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from rarespur.data import array_cache
 from rarespur.data.colored_mnist import make_colored_mnist
 from rarespur.data.corrupted_cifar10 import make_corrupted_cifar10
 from rarespur.data.image_data import ImageData
@@ -102,7 +103,23 @@ def load_dataset(
     if name not in _LOADERS:
         raise ConfigError(f"dataset={name} unknown; valid names: {', '.join(DATASET_NAMES)}")
     root = Path(root).expanduser() if root is not None else default_data_root()
-    return _cut(_LOADERS[name](root, download, Path(path).expanduser() if path is not None else None), *limits)
+    folder = Path(path).expanduser() if path is not None else None
+    return _cut(
+        array_cache.cached(name, _fingerprint(name, root, folder), lambda: _LOADERS[name](root, download, folder)),
+        *limits,
+    )
+
+
+def _fingerprint(name: str, root: Path, path: Path | None) -> str:
+    """The data's fingerprint, the key of its cached arrays ("" when its files are missing: nothing cached)."""
+    from rarespur.data.fingerprint import data_fingerprint  # it lists the files with this module's data_files
+
+    if not array_cache.enabled():
+        return ""
+    try:
+        return data_fingerprint(name, root, path)
+    except (OSError, EOFError, zlib.error, DataError):  # unreadable: the loader says what is wrong
+        return ""
 
 
 def _cut(data: ImageData, train_n: int | None, test_n: int | None) -> ImageData:

@@ -58,12 +58,23 @@ def milestones(epochs: int) -> list[int]:
 
 
 def make_optimizer(params: Iterable, s: TrainSettings) -> torch.optim.Optimizer:
-    """SGD or Adam with classic (coupled) L2 weight decay on all parameters (or parameter groups)."""
+    """SGD or Adam with classic (coupled) L2 weight decay on all parameters (or parameter groups).
+
+    Adam is torch's fused kernel where every parameter allows it (CPU and CUDA floats): one pass over each
+    parameter in place of a dozen elementwise ones, the same update to float precision (benchmarks/bench_sih.py:
+    a seventh of a SiH step on CPU)."""
     if s.optimizer == "sgd":
         return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     if s.optimizer == "adam":
-        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+        params = list(params)
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay, fused=_fusable(params) or None)
     raise ValueError(f"optimizer {s.optimizer!r} unknown; valid: sgd, adam")
+
+
+def _fusable(params: list) -> bool:
+    """Whether torch's fused Adam takes these parameters (or parameter groups): floats on the CPU or CUDA."""
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    return all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
 
 
 Scheduler = torch.optim.lr_scheduler.MultiStepLR | torch.optim.lr_scheduler.ReduceLROnPlateau

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from omegaconf import DictConfig
@@ -31,16 +32,41 @@ from rarespur.experiments.experiment import Experiment
 from rarespur.methods.regularizers import objective_class
 
 
-def _discover() -> dict[str, Experiment]:
-    found = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        experiment = getattr(importlib.import_module(f"{__name__}.{info.name}"), "EXPERIMENT", None)
-        if isinstance(experiment, Experiment):
-            found[info.name] = experiment
-    return found
+class _Registry(Mapping[str, Experiment]):
+    """The package's experiments by module name, each imported when first looked up.
+
+    A job imports only the experiment it runs: importing all of them would load Captum, scikit-learn,
+    SciPy and Matplotlib into every ``train`` job (seconds of fixed cost per job, benchmarks/bench_job.py).
+    Every module of the package but the shared ones below defines ``EXPERIMENT``.
+    """
+
+    SHARED = frozenset({"experiment", "steps", "deletion_steps"})
+
+    def __init__(self) -> None:
+        self._names = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in self.SHARED)
+        self._loaded: dict[str, Experiment] = {}
+
+    def __getitem__(self, name: str) -> Experiment:
+        if name not in self._loaded:
+            if name not in self._names:
+                raise KeyError(name)
+            experiment = getattr(importlib.import_module(f"{__name__}.{name}"), "EXPERIMENT", None)
+            if not isinstance(experiment, Experiment):
+                raise TypeError(f"rarespur/experiments/{name}.py defines no EXPERIMENT (an Experiment object)")
+            self._loaded[name] = experiment
+        return self._loaded[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
-EXPERIMENTS: dict[str, Experiment] = _discover()
+EXPERIMENTS: Mapping[str, Experiment] = _Registry()
 
 
 def get_experiment(node: dict[str, Any]) -> Experiment:

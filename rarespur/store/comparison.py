@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from rarespur.store.atomic import atomic_path
 from rarespur.store.run_dir import INDICATORS, RunDir
@@ -29,7 +28,14 @@ def welch_p_value(poisoned: np.ndarray, baseline: np.ndarray) -> float:
     """
     if poisoned.var() == 0 and baseline.var() == 0:
         return 0.0 if poisoned.mean() > baseline.mean() else 1.0
-    return float(stats.ttest_ind(poisoned, baseline, equal_var=False, alternative="greater").pvalue)
+    # scipy.stats.ttest_ind(equal_var=False, alternative="greater"), written out: importing scipy.stats costs
+    # a job most of a second, scipy.special a third of that (tests/test_train.py checks the two agree).
+    from scipy.special import stdtr
+
+    var_p, var_b = poisoned.var(ddof=1) / len(poisoned), baseline.var(ddof=1) / len(baseline)
+    t = (poisoned.mean() - baseline.mean()) / np.sqrt(var_p + var_b)
+    df = (var_p + var_b) ** 2 / (var_p**2 / (len(poisoned) - 1) + var_b**2 / (len(baseline) - 1))
+    return float(stdtr(df, -t))
 
 
 def save_indicators(run: RunDir, indicators: dict[int, np.ndarray]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def true_class_probability(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -25,15 +26,29 @@ def sih_weights(bias_logits: torch.Tensor, y: torch.Tensor, q: float) -> torch.T
     return (1 - true_class_probability(bias_logits, y)) ** q
 
 
-def reconstruction(x_rec: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-sample BCE or squared error summed over pixels, divided by the number of pixels (C x H x W)."""
+def reconstruction(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-sample BCE or squared error of the decoded image sigmoid(`logits`), summed over pixels and divided by
+    the number of pixels (C x H x W).
+
+    BCE is taken on the logits: one fused kernel in place of a sigmoid, two logarithms and their backward
+    passes (a tenth of a SiH step on CPU), equal to BCE on the sigmoid's output to float precision except
+    where the sigmoid saturates, where it is exact and torch's BCE clamps its logarithm at -100.
+    """
     if kind == "bce":
-        per_pixel = F.binary_cross_entropy(x_rec, x, reduction="none")
+        per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     elif kind == "mse":
-        per_pixel = (x_rec - x) ** 2
+        per_pixel = (torch.sigmoid(logits) - x) ** 2
     else:
         raise ValueError(f"reconstruction {kind!r} unknown; valid: bce, mse")
     return per_pixel.flatten(1).sum(1) / x[0].numel()
+
+
+def decode_logits(decoder: nn.Sequential, z: torch.Tensor) -> torch.Tensor:
+    """The decoder's output before its sigmoid (the reshape after it still applied), for :func:`reconstruction`."""
+    for module in decoder:
+        if not isinstance(module, nn.Sigmoid):
+            z = module(z)
+    return z
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, pixels: int) -> torch.Tensor:

@@ -26,7 +26,14 @@ from rarespur.config.schema import Field, non_negative
 from rarespur.engine.objective import StepOutput
 from rarespur.errors import ConfigError
 from rarespur.methods.debias.debiaser import Debiaser, fresh_copy
-from rarespur.methods.debias.losses import gce, kl_divergence, reconstruction, sample_latent, sih_weights
+from rarespur.methods.debias.losses import (
+    decode_logits,
+    gce,
+    kl_divergence,
+    reconstruction,
+    sample_latent,
+    sih_weights,
+)
 from rarespur.methods.debias.visualize import BiasSwap, bias_swap, pick_examples
 from rarespur.models.vae import EncoderClassifier
 
@@ -84,7 +91,7 @@ class SignalIsHarder(Debiaser):
             "logits": logits_s,
             "loss_s": F.cross_entropy(logits_s, y, reduction="none") * weight,
             "loss_b": gce(logits_b, y, self.q),
-            "rec": reconstruction(self.decoder(torch.cat([z_s, z_b], 1)), x, self.reconstruction),
+            "rec": reconstruction(decode_logits(self.decoder, torch.cat([z_s, z_b], 1)), x, self.reconstruction),
             "kl": kl_divergence(torch.cat([mu_s, mu_b], 1), torch.cat([lv_s, lv_b], 1), x[0].numel()),
             "weight": weight,
             "bias_correct": (logits_b.argmax(1) == y).float(),

@@ -1,0 +1,270 @@
+"""A job's fixed cost: the seconds of ``python run.py ...`` that are not its training epochs, stage by stage.
+
+Each measurement is one fresh process running ``run.py``'s Hydra entry point on a fresh results folder, with
+timers wrapped around the functions every version of the job calls (so the same driver measures an older
+commit, checked out in a temporary git worktree, side by side with this checkout):
+
+- interpreter start and exit: the process's wall time less everything timed inside it;
+- ``import torch``, then ``torch._dynamo``, which torch's optimizers import on their first step;
+- the other imports: Hydra, ``run.py`` and the runner (and what they pull in);
+- Hydra: composing the config and setting the job up, until the runner starts;
+- data: loading (decoding, or the memory-mapped cache) and the data's fingerprint;
+- model build; the first epoch's warm-up (its time beyond the median of the later epochs);
+- scoring; git provenance; writing the record; the rest of the runner (resolve, store, experiment checks).
+
+The fixed cost is the wall time less ``epochs x median epoch``. Stages nest (the fingerprint inside data
+loading): each second counts once, for the innermost stage running.
+
+    python benchmarks/bench_job.py --data-root ../shared/data                       # this checkout
+    python benchmarks/bench_job.py --data-root ../shared/data --baseline 32728eb    # and an older commit beside it
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+STAGES_FLAG = "--stages"
+
+
+def _driver(tree: str, overrides: list[str]) -> None:
+    """Inside the measured process: time the stages of ``run.py`` in `tree` and print them as one JSON line."""
+    started = time.perf_counter()
+    stages: dict[str, float] = {}
+    epochs: list[float] = []
+    stack: list[list] = []  # [stage, start of its current uncounted stretch]
+
+    def charge(stage: str, seconds: float) -> None:
+        stages[stage] = stages.get(stage, 0.0) + seconds
+
+    def timed(stage: str, fn):
+        def wrapper(*args, **kwargs):
+            now = time.perf_counter()
+            if stack:
+                charge(stack[-1][0], now - stack[-1][1])
+            stack.append([stage, now])
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                end = time.perf_counter()
+                name, since = stack.pop()
+                charge(name, end - since)
+                if name == "epochs":
+                    epochs.append(stages.pop("epochs"))
+                if stack:
+                    stack[-1][1] = end
+
+        return wrapper
+
+    mark = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        charge(stage, now - mark)
+        mark = now
+
+    import torch  # noqa: F401
+
+    lap("import torch")
+    import torch._dynamo  # noqa: F401
+
+    lap("import torch._dynamo")
+    import runpy
+
+    import hydra  # noqa: F401  (what run.py imports at its top)
+
+    import rarespur
+    import rarespur.launch.fast_help  # noqa: F401
+    import rarespur.launch.pack_job  # noqa: F401
+    import rarespur.launch.runner as runner
+
+    if not rarespur.__file__.startswith(tree):
+        raise SystemExit(f"measured {rarespur.__file__}, not the package of {tree}: set PYTHONPATH={tree}")
+    lap("imports: hydra, run.py, runner")
+    import rarespur.engine.loop as loop
+    import rarespur.experiments.steps as steps
+
+    steps._load_clean = timed("data: load", steps._load_clean)
+    steps.data_fingerprint = timed("data: fingerprint", steps.data_fingerprint)
+    steps.build_model = timed("model build", steps.build_model)
+    steps.score_model = timed("scoring", steps.score_model)
+    loop._epoch = timed("epochs", loop._epoch)
+    runner.where_it_ran = timed("provenance (git)", runner.where_it_ran)
+    runner.commit = timed("record", runner.commit)
+    runner.run_job = timed("runner: resolve, store, checks", runner.run_job)
+    sys.argv = [f"{tree}/run.py", *overrides]
+    charged = sum(stages.values()) + sum(epochs)
+    try:
+        runpy.run_path(f"{tree}/run.py", run_name="__main__")  # as ``python run.py``: Hydra finds conf/ beside it
+    except SystemExit as end:
+        if end.code:
+            raise
+    # what the timers inside the job did not take: Hydra's composition, job setup and teardown
+    charge(
+        "hydra: composition and job setup", time.perf_counter() - mark - (sum(stages.values()) + sum(epochs) - charged)
+    )
+    print(json.dumps({"stages": stages, "epochs": epochs, "inside": time.perf_counter() - started}))
+
+
+if __name__ == "__main__" and STAGES_FLAG in sys.argv:
+    at = sys.argv.index(STAGES_FLAG)
+    _driver(sys.argv[at + 1], sys.argv[at + 2 :])
+    sys.exit(0)
+
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
+
+from common import JOB_KEY, Row  # noqa: E402
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parents[1]
+ORDER = (
+    "interpreter start and exit",
+    "import torch",
+    "import torch._dynamo",
+    "imports: hydra, run.py, runner",
+    "hydra: composition and job setup",
+    "runner: resolve, store, checks",
+    "data: load",
+    "data: fingerprint",
+    "model build",
+    "first epoch warm-up",
+    "scoring",
+    "provenance (git)",
+    "record",
+)
+
+
+def job_overrides(data_root: str, results: Path, device: str, quick: bool) -> list[str]:
+    """A plain MNIST train job: the full dataset for 3 epochs, or (quick) 1,000 images for 2."""
+    limits = ["data.train_limit=1000", "data.test_limit=1000"] if quick else []
+    return [
+        "dataset=mnist",
+        f"data.root={Path(data_root).resolve()}",
+        f"epochs={2 if quick else 3}",
+        f"device={device}",
+        f"results_dir={results}",
+        f"hydra.run.dir={results}/hydra",
+        "progress=false",
+        *limits,
+    ]
+
+
+def one_job(tree: Path, overrides: list[str]) -> dict[str, float]:
+    """Stage seconds of one fresh ``run.py`` process on `tree` (``epochs``: the steady epochs' seconds)."""
+    # Bytecode is cached as on a user's machine (some sandboxes turn that off): compiling the package's
+    # sources again in every process is not a cost a job has.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPATH": str(tree)}
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(HERE), STAGES_FLAG, str(tree), *overrides],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"the job on {tree} failed:\n{done.stderr[-2000:]}")
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    epochs = measured["epochs"]
+    steady = statistics.median(epochs[1:]) if len(epochs) > 1 else 0.0
+    stages = dict(measured["stages"])
+    stages["first epoch warm-up"] = epochs[0] - steady
+    stages["interpreter start and exit"] = wall - measured["inside"]
+    stages["epochs"] = steady * len(epochs)
+    stages["wall"] = wall
+    stages["fixed"] = wall - steady * len(epochs)
+    return stages
+
+
+def median_stages(
+    trees: dict[str, Path], overrides_for, repeats: int, warm_up: bool = True
+) -> dict[str, dict[str, float]]:
+    """Per tree, the median of each stage over `repeats` processes; the trees take turns, so a change in the
+    machine's load falls on both alike. `warm_up`: one untimed process per tree first, which writes the
+    bytecode and the data's array cache that any earlier job leaves behind."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    for tree in trees.values() if warm_up else ():
+        with tempfile.TemporaryDirectory(prefix="bench-job-") as results:
+            one_job(tree, overrides_for(Path(results)))
+    for _ in range(repeats):
+        for name, tree in trees.items():
+            with tempfile.TemporaryDirectory(prefix="bench-job-") as results:
+                runs[name].append(one_job(tree, overrides_for(Path(results))))
+    return {
+        name: {key: statistics.median(run.get(key, 0.0) for run in measured) for key in measured[0]}
+        for name, measured in runs.items()
+    }
+
+
+@contextmanager
+def worktree(revision: str) -> Iterator[Path]:
+    """`revision` checked out in a temporary git worktree (removed afterwards)."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-job-tree-"))
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(folder), revision], cwd=REPO, check=True, capture_output=True
+    )
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=REPO, capture_output=True)
+
+
+def measure(device: str, quick: bool, data_root: str, repeats: int = 3) -> list[Row]:
+    """This checkout's fixed cost per job and its stages (no baseline: ``--baseline`` compares commits); quick:
+    one process of the quick job."""
+    repeats = 1 if quick else repeats
+    overrides = functools.partial(job_overrides, data_root, device=device, quick=quick)
+    stages = median_stages({"this checkout": REPO}, lambda results: overrides(results=results), repeats)[
+        "this checkout"
+    ]
+    case = f"MNIST{' 1,000 images' if quick else ''}, {2 if quick else 3} epochs"
+    rows = [Row("job", f"fixed cost of one job ({case})", stages["fixed"], None, "s", key=JOB_KEY)]
+    rows += [Row("job", f"  {name}", stages.get(name, 0.0), None, "s") for name in ORDER]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default="../shared/data")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="1,000 training images and 2 epochs")
+    parser.add_argument("--repeats", type=int, default=3, help="processes per tree (the median is shown)")
+    parser.add_argument("--baseline", help="a git revision to measure side by side (e.g. the commit before)")
+    args = parser.parse_args()
+
+    def overrides(results: Path) -> list[str]:
+        return job_overrides(args.data_root, results, args.device, args.quick)
+
+    if args.baseline:
+        with worktree(args.baseline) as tree:
+            measured = median_stages({args.baseline: tree, "this checkout": REPO}, overrides, args.repeats)
+    else:
+        measured = median_stages({"this checkout": REPO}, overrides, args.repeats)
+    names = list(measured)
+    print(f"one job: {' '.join(overrides(Path('RESULTS')))}")
+    print(f"median of {args.repeats} fresh processes each; seconds")
+    print(f"| stage | {' | '.join(names)} |")
+    print(f"|---|{'---:|' * len(names)}")
+    for stage in (*ORDER, "fixed", "epochs", "wall"):
+        label = {"fixed": "**fixed cost (wall less the epochs)**", "epochs": "epochs (steady)", "wall": "wall"}.get(
+            stage, stage
+        )
+        print(f"| {label} | {' | '.join(f'{measured[n].get(stage, 0.0):.2f}' for n in names)} |")
+    if len(names) == 2:
+        before, after = (measured[n]["fixed"] for n in names)
+        print(f"fixed cost: {before:.2f} s -> {after:.2f} s ({before / after:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
