@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rarespur.errors import UserError
 from rarespur.launch.fast_help import speed_up_help
+from rarespur.launch.process_exit import exit_now
 
 FULL_ERROR_HINT = "(HYDRA_FULL_ERROR=1 shows the traceback)"
 
@@ -48,3 +49,4 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     speed_up_help()
     main()
+    exit_now()  # done: skip the interpreter's teardown (rarespur/launch/process_exit.py)

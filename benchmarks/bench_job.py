@@ -97,16 +97,26 @@ def _driver(tree: str, overrides: list[str]) -> None:
     runner.run_job = timed("runner: resolve, store, checks", runner.run_job)
     sys.argv = [f"{tree}/run.py", *overrides]
     charged = sum(stages.values()) + sum(epochs)
+
+    def finish() -> None:
+        # what the timers inside the job did not take: Hydra's composition, job setup and teardown
+        inside_job = time.perf_counter() - mark - (sum(stages.values()) + sum(epochs) - charged)
+        charge("hydra: composition and job setup", inside_job)
+        print(json.dumps({"stages": stages, "epochs": epochs, "inside": time.perf_counter() - started}), flush=True)
+
+    try:  # a run.py that leaves without the interpreter's teardown: report just before it does
+        import rarespur.launch.process_exit as process_exit
+
+        leave = process_exit.exit_now
+        process_exit.exit_now = lambda code=0: (finish(), leave(code))
+    except ImportError:
+        process_exit = None
     try:
         runpy.run_path(f"{tree}/run.py", run_name="__main__")  # as ``python run.py``: Hydra finds conf/ beside it
     except SystemExit as end:
         if end.code:
             raise
-    # what the timers inside the job did not take: Hydra's composition, job setup and teardown
-    charge(
-        "hydra: composition and job setup", time.perf_counter() - mark - (sum(stages.values()) + sum(epochs) - charged)
-    )
-    print(json.dumps({"stages": stages, "epochs": epochs, "inside": time.perf_counter() - started}))
+    finish()
 
 
 if __name__ == "__main__" and STAGES_FLAG in sys.argv:

@@ -89,3 +89,50 @@ def test_the_faster_help_prints_what_hydra_prints(flag):
     assert fast.returncode == stock.returncode == 0, fast.stderr + stock.stderr
     assert "== Config groups" in fast.stdout or "Hydra" in fast.stdout
     assert fast.stdout == stock.stdout
+
+
+def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_code():
+    script = (
+        "import atexit, sys\n"
+        "from rarespur.launch.process_exit import exit_now\n"
+        "atexit.register(lambda: print('handler ran', file=sys.stderr))\n"
+        "print('buffered', end='')\n"
+        "exit_now(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert done.returncode == 3 and done.stdout == "buffered" and done.stderr == "handler ran\n"
+
+
+@pytest.mark.slow  # a real train job (3 s of torch import alone)
+def test_a_train_job_imports_its_own_experiment_and_none_of_the_analysis_libraries(tmp_path, shared_data):
+    """Every job paid seconds for importing every experiment (Captum, scikit-learn, SciPy's stats, Matplotlib);
+    a train job now imports the one it runs (benchmarks/bench_job.py measures what that saves)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "run.py",
+            "dataset=mnist",
+            f"data.root={shared_data}",
+            "data.train_limit=500",
+            "data.test_limit=500",
+            "epochs=1",
+            f"results_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path}/h",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    modules = set(imported_modules(done.stderr))
+    assert {"torch", "rarespur.experiments.steps"} <= modules
+    loaded = sorted(
+        m
+        for m in modules
+        if m.split(".")[0] in ("captum", "sklearn", "matplotlib")
+        or m.startswith(("scipy.stats", "rarespur.experiments.detect", "rarespur.experiments.mem_inference"))
+    )
+    assert loaded == []
