@@ -194,6 +194,20 @@ def test_debias_run_splits_accuracy(cifar_tree: Path, tmp_path: Path) -> None:
     assert {"test_acc", "test_acc_aligned", "test_acc_conflicting"} <= set(record)
     assert record["data_fingerprint"]
 
+    # the report shows what each class's corruption does to its images, from the run's own data
+    from rarespur.report import write_report
+    from rarespur.report.data import load as load_report
+    from rarespur.report.debias import corruption_examples
+
+    fig = corruption_examples(load_report(tmp_path / "store"))
+    rows = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert rows == [f"{name}\n{corruption}" for name, corruption in zip(CLASSES, TYPE0)]
+    conflicting = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert conflicting and all(title.startswith("conflicting:") for title in conflicting)
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 10 * 5 + len(conflicting)
+    index = write_report(tmp_path / "store", tmp_path / "report")
+    assert (index.parent / "ccifar10_corruptions.png").stat().st_size > 10_000
+
 
 def test_without_path_the_archive_is_the_source(
     cifar_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count_corruptions: list

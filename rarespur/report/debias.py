@@ -3,17 +3,24 @@ the published numbers, the rare planted pattern under vanilla vs SiH training, a
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rarespur.data.cifar_corruptions import CORRUPTION_TYPES
+from rarespur.data.loaders import dataset_options, load_dataset
+from rarespur.errors import UserError
 from rarespur.experiments.debias import BIAS_VISUALIZATION
 from rarespur.report.data import ReportData, common, mean_sem, over_seeds, split
 from rarespur.report.plot import (
     SCORE_LABEL,
+    TITLE_SIZE,
     curves_over_n,
     finish,
     floor_at_zero,
@@ -21,9 +28,12 @@ from rarespur.report.plot import (
     legend_outside,
     panel_title,
     point_counts,
+    wrap,
 )
 from rarespur.report.sections import FigureSpec, Section
 from rarespur.report.tables import group_keys
+
+log = logging.getLogger(__name__)
 
 DEBIAS = "debias"
 METHODS = ("vanilla", "lff", "sih")
@@ -220,6 +230,54 @@ def bias_visualization(data: ReportData) -> Figure | None:
     return fig
 
 
+def ccifar_runs(data: ReportData) -> pd.DataFrame:
+    runs = debias_runs(data, colored=True)
+    return runs[runs["dataset.name"] == "ccifar10"] if not runs.empty else runs
+
+
+def corruption_examples(data: ReportData, aligned: int = 5) -> Figure | None:
+    """Corrupted CIFAR-10 as the first ccifar10 run trained on it: per class (a row, named with its own
+    corruption) `aligned` bias-aligned training images, then one bias-conflicting image (another class's
+    corruption) where the class has one."""
+    runs = ccifar_runs(data)
+    if runs.empty or data.results_dir is None:
+        return None
+    run_id = str(runs.sort_values("run_id")["run_id"].iloc[0])
+    cfg = json.loads((data.results_dir / run_id / "config.json").read_text())
+    try:
+        images = load_dataset(
+            "ccifar10", cfg["data"]["root"], path=cfg["dataset"].get("path"), options=dataset_options(cfg["dataset"])
+        )
+    except (OSError, UserError) as err:  # the data (or the ccifar extra) is not here: no figure, said why
+        log.warning("Corrupted CIFAR-10 examples not drawn: %s", err)
+        return None
+    names = CORRUPTION_TYPES[cfg["dataset"]["corruptions"]]
+    fig, axes = plt.subplots(
+        images.num_classes, aligned + 1, figsize=(1.2 * (aligned + 1) + 1.6, 1.3 * images.num_classes + 1.0)
+    )
+    for label, row in enumerate(axes):
+        own = np.flatnonzero((images.train_y == label) & (images.train_bias == label))[:aligned]
+        other = np.flatnonzero((images.train_y == label) & (images.train_bias != label))[:1]
+        for ax, index in zip(row, [*own, *other, *[None] * (aligned + 1)]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if index is None:
+                ax.set_visible(False)
+                continue
+            ax.imshow(images.train_x[index])
+            if images.train_bias[index] != label:
+                ax.set_title(f"conflicting:\n{names[images.train_bias[index]]}", fontsize=7)
+        row[0].set_ylabel(f"{images.classes[label]}\n{names[label]}", fontsize=8, rotation=0, ha="right", va="center")
+    title = (
+        f"Corrupted CIFAR-10 of run {run_id} (conflict_ratio {cfg['dataset']['conflict_ratio']}, severity "
+        f"{cfg['dataset']['severity']}): per class and its corruption, bias-aligned training images, then a "
+        "bias-conflicting one"
+    )
+    fig.suptitle(wrap(title, fig.get_figwidth() * 0.95, TITLE_SIZE), fontsize=TITLE_SIZE)
+    fig.tight_layout(rect=(0, 0.01, 1, 0.93))
+    return fig
+
+
 SECTION = Section(
     order=45,
     figures=(
@@ -231,6 +289,15 @@ SECTION = Section(
             "debias runs on dataset=cmnist or ccifar10",
             benchmark_accuracy,
             lambda data: debias_runs(data, colored=True),
+        ),
+        FigureSpec(
+            "ccifar10_corruptions",
+            "Corrupted CIFAR-10: each class's corruption",
+            "Training images of the first Corrupted CIFAR-10 run's data, per class with its own corruption, and a "
+            "bias-conflicting image carrying another class's corruption.",
+            "debias runs on dataset=ccifar10 (with the data here)",
+            corruption_examples,
+            lambda data: ccifar_runs(data).head(1),
         ),
         FigureSpec(
             "debias_rare",
