@@ -129,11 +129,9 @@ import functools  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Iterator  # noqa: E402
 
-from common import JOB_KEY, Row  # noqa: E402
+from common import JOB_KEY, Row, worktree  # noqa: E402
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
@@ -215,19 +213,6 @@ def median_stages(
         name: {key: statistics.median(run.get(key, 0.0) for run in measured) for key in measured[0]}
         for name, measured in runs.items()
     }
-
-
-@contextmanager
-def worktree(revision: str) -> Iterator[Path]:
-    """`revision` checked out in a temporary git worktree (removed afterwards)."""
-    folder = Path(tempfile.mkdtemp(prefix="bench-job-tree-"))
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", str(folder), revision], cwd=REPO, check=True, capture_output=True
-    )
-    try:
-        yield folder
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=REPO, capture_output=True)
 
 
 def measure(device: str, quick: bool, data_root: str, repeats: int = 3) -> list[Row]:

@@ -18,13 +18,18 @@ the decoder's logits. With the same initial weights, order and latent draws both
 (``tests/test_debias.py``). Vanilla and LfF epochs of our engine are timed for scale.
 
     python benchmarks/bench_sih.py --data-root ../shared/data [--epochs 2] [--device cuda] [--profile]
+    python benchmarks/bench_sih.py --data-root ../shared/data --baseline 32728eb   # an older engine beside this one
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Row, synchronize  # noqa: E402
+from common import REPO, Row, markdown_table, synchronize, worktree  # noqa: E402
 
 from rarespur.data.loaders import load_dataset  # noqa: E402
 from rarespur.engine.loop import TrainSettings, train_model  # noqa: E402
@@ -261,6 +266,18 @@ def profile(device: str, data_root: str, batches: int = 40) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+def _rows_of(package: Path, args: argparse.Namespace) -> list[Row]:
+    """The rows of this script run on `package`'s rarespur (a checkout of another commit), in a fresh process."""
+    command = [sys.executable, __file__, "--json", "--device", args.device, "--epochs", str(args.epochs)]
+    command += ["--data-root", str(Path(args.data_root).resolve()), *(["--quick"] if args.quick else [])]
+    done = subprocess.run(
+        command, env={**os.environ, "PYTHONPATH": str(package)}, capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise SystemExit(f"bench_sih on {package} failed:\n{done.stderr[-2000:]}")
+    return [Row(**row) for row in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="../shared/data")
@@ -268,12 +285,23 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="2,048 images instead of 54,000")
     parser.add_argument("--profile", action="store_true", help="also print where a SiH step's time goes")
+    parser.add_argument("--baseline", help="a git revision whose engine runs beside this checkout's, same loop")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # rows for --baseline
     args = parser.parse_args()
-    rows = measure(args.device, args.quick, args.data_root, args.epochs)
+    if args.json:
+        print(json.dumps([asdict(row) for row in measure(args.device, args.quick, args.data_root, args.epochs)]))
+        return
     print(f"{args.epochs} epoch(s) on {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'':68s} {'s/epoch':>8s} {'vs authors-style SiH':>21s}")
-    for row in rows:
-        print(f"{row.case:68s} {row.seconds:8.2f} {row.ratio:20.2f}x")
+    if args.baseline:
+        with worktree(args.baseline) as tree:
+            before = _rows_of(tree, args)
+        after = _rows_of(REPO, args)
+        print(f"| case | {args.baseline} s/epoch | vs authors | this checkout s/epoch | vs authors |")
+        print("|---|---:|---:|---:|---:|")
+        for old, new in zip(before, after):
+            print(f"| {new.case} | {old.seconds:.2f} | {old.ratio:.2f}x | {new.seconds:.2f} | {new.ratio:.2f}x |")
+    else:
+        print(markdown_table(measure(args.device, args.quick, args.data_root, args.epochs)))
     if args.profile:
         profile(args.device, args.data_root)
 

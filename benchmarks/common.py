@@ -8,10 +8,14 @@ benchmarks/all.py); its command line prints the same rows.
 from __future__ import annotations
 
 import functools
+import subprocess
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -223,3 +227,16 @@ def markdown_table(rows: list[Row]) -> str:
             f"| {format_bytes(row.peak_bytes)} | {cell(row.note)} |"
         )
     return "\n".join(lines)
+
+
+@contextmanager
+def worktree(revision: str) -> Iterator[Path]:
+    """`revision` checked out in a temporary git worktree (removed afterwards)."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-tree-"))
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(folder), revision], cwd=REPO, check=True, capture_output=True
+    )
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=REPO, capture_output=True)
