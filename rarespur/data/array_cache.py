@@ -1,12 +1,13 @@
-"""Decoded datasets kept as ``.npy`` files under their fingerprint and memory-mapped when loaded again.
+"""Decoded datasets kept as ``.npy`` files under a key of their source files and memory-mapped when loaded again.
 
 Decoding MNIST's gzip files costs a job most of a second, CIFAR-10's pickles more, an image folder's JPEGs
 minutes, and every job of a sweep decodes the same files. The first load writes the arrays to
-``$XDG_CACHE_HOME/rarespur/arrays/<dataset>-<fingerprint>-v<version>/``; later loads map them
+``$XDG_CACHE_HOME/rarespur/arrays/<dataset>-<key>-v<version>/``; later loads map them
 (copy-on-write, so a job may still change its copy), read only the pages they touch (a
 ``data.train_limit`` job reads the first images only) and share those pages with every other job on the
-node. The folder name holds the data's fingerprint (the source files' contents, :mod:`rarespur.data.fingerprint`),
-so changed files are decoded again, and :data:`VERSION`, raised whenever a loader decodes differently.
+node. The key covers the source files' paths, sizes and modification times (as the checksum cache of
+:mod:`rarespur.data.fingerprint` does), so changed files are decoded again, and :data:`VERSION` is raised
+whenever a loader decodes differently.
 ``RARESPUR_ARRAY_CACHE=0`` turns the cache off.
 """
 
@@ -37,11 +38,11 @@ def enabled() -> bool:
     return os.environ.get("RARESPUR_ARRAY_CACHE", "1") != "0"
 
 
-def cached(name: str, fingerprint: str, decode: Callable[[], ImageData]) -> ImageData:
-    """The dataset `name` from its cached arrays, or decoded by `decode` and cached (when it has a fingerprint)."""
-    if not fingerprint or not enabled():
+def cached(name: str, key: str, decode: Callable[[], ImageData]) -> ImageData:
+    """The dataset `name` from its arrays cached under `key`, or decoded by `decode` and cached (no key: not cached)."""
+    if not key or not enabled():
         return decode()
-    folder = cache_root() / f"{name}-{fingerprint}-v{VERSION}"
+    folder = cache_root() / f"{name}-{key}-v{VERSION}"
     data = _read(folder)
     if data is None:
         data = decode()

@@ -20,6 +20,7 @@ offline run and the idx reader do not need.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import struct
@@ -105,21 +106,26 @@ def load_dataset(
     root = Path(root).expanduser() if root is not None else default_data_root()
     folder = Path(path).expanduser() if path is not None else None
     return _cut(
-        array_cache.cached(name, _fingerprint(name, root, folder), lambda: _LOADERS[name](root, download, folder)),
+        array_cache.cached(name, _cache_key(name, root, folder), lambda: _LOADERS[name](root, download, folder)),
         *limits,
     )
 
 
-def _fingerprint(name: str, root: Path, path: Path | None) -> str:
-    """The data's fingerprint, the key of its cached arrays ("" when its files are missing: nothing cached)."""
-    from rarespur.data.fingerprint import data_fingerprint  # it lists the files with this module's data_files
-
+def _cache_key(name: str, root: Path, path: Path | None) -> str:
+    """The key of the dataset's cached arrays: its files' paths, sizes and modification times (as the checksum
+    cache of :mod:`rarespur.data.fingerprint` keys a file's checksum), so a changed file is decoded again; ""
+    when its files are missing or cannot be read (nothing cached: the loader says what is wrong)."""
     if not array_cache.enabled():
         return ""
     try:
-        return data_fingerprint(name, root, path)
-    except (OSError, EOFError, zlib.error, DataError):  # unreadable: the loader says what is wrong
+        files = data_files(name, root, path)
+        digest = hashlib.sha256(name.encode())
+        for file in files:
+            stat = file.stat()
+            digest.update(f"\n{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    except (OSError, DataError):
         return ""
+    return digest.hexdigest()[:16] if files else ""
 
 
 def _cut(data: ImageData, train_n: int | None, test_n: int | None) -> ImageData:
