@@ -1,7 +1,8 @@
 """``experiment=detect`` (docs/science.md#detection-and-xbl): find a trained model's shortcut without being told it.
 
 Builds on the finished ``train`` run of the same config. Scans the first ``detect.num_images`` test
-images (which carry no pattern) with the perturbation bank of :mod:`rarespur.methods.detection.scan`, weighs
+images (which carry no pattern) with the perturbation bank of :mod:`rarespur.methods.detection.scan` and the
+triggers reverse-engineered from the model (:mod:`rarespur.methods.detection.triggers`, no template), weighs
 each finding against the training data (:mod:`rarespur.methods.detection.evidence`), ranks the training
 images that carry the top finding, and grades all of it against the planted truth, which the run
 knows from its config but the detector is never given. Tables ``findings`` and ``carriers``, the
@@ -35,6 +36,7 @@ from rarespur.methods.detection.evidence import add_evidence
 from rarespur.methods.detection.grading import grade
 from rarespur.methods.detection.maps import save_perturbation_maps
 from rarespur.methods.detection.scan import ScanSettings, finding_mask, perturbation_maps, rank_findings, scan
+from rarespur.methods.detection.triggers import TriggerSettings, trigger_rows
 from rarespur.store.atomic import atomic_path
 from rarespur.store.run_dir import TABLES, RunDir
 
@@ -55,6 +57,14 @@ FIELDS = {
     "detect.min_purity": Field(float, low=0, high=1),
     "detect.alpha": Field(float, low=0, high=1, low_open=True),
     "detect.evidence_z": non_negative(),
+    "detect.trigger_steps": count(),
+    "detect.trigger_lr": Field(float, low=0, low_open=True),
+    "detect.trigger_l1": non_negative(),
+    "detect.trigger_mask_threshold": Field(float, low=0, high=1, low_open=True),
+    "detect.trigger_regions": positive_int(),
+    "detect.trigger_cosine": Field(float, low=-1, high=1),
+    "detect.trigger_reach": non_negative(),
+    "detect.trigger_tolerance": Field(float, low=0, high=1),
     "detect.map_window": positive_int(),
     "detect.top_k": positive_int(),
     "detect.table_rows": count(),
@@ -77,6 +87,21 @@ def scan_settings(cfg: dict[str, Any]) -> ScanSettings:
         alpha=d["alpha"],
         evidence_z=d["evidence_z"],
         seed=d["seed"],
+    )
+
+
+def trigger_settings(cfg: dict[str, Any]) -> TriggerSettings:
+    """The template-free family's settings from the ``detect.trigger_*`` keys."""
+    d = cfg["detect"]
+    return TriggerSettings(
+        steps=d["trigger_steps"],
+        lr=d["trigger_lr"],
+        l1=d["trigger_l1"],
+        mask_threshold=d["trigger_mask_threshold"],
+        regions=d["trigger_regions"],
+        cosine=d["trigger_cosine"],
+        reach=d["trigger_reach"],
+        tolerance=d["trigger_tolerance"],
     )
 
 
@@ -127,11 +152,12 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
 
 def _findings(cfg: dict[str, Any], parent: TrainedParent, x: torch.Tensor, y: torch.Tensor) -> list[dict]:
     """The perturbations the model depends on, weighed against the training data, ranked (flagged first)."""
-    settings = scan_settings(cfg)
+    settings, triggers = scan_settings(cfg), trigger_settings(cfg)
     data, model, device = parent.poisoned.data, parent.model, parent.device
     train_x, train_y = to_tensor(parent.poisoned.train_x, device), torch.from_numpy(data.train_y).to(device)
     rows = scan(model, x, y, data.num_classes, settings)
-    add_evidence(rows, train_x, train_y, data.num_classes, settings.evidence_z)
+    rows += trigger_rows(model, x, y, data.num_classes, triggers)
+    add_evidence(rows, train_x, train_y, data.num_classes, settings.evidence_z, triggers)
     ranked = rank_findings(rows, settings)
     top = next((row for row in ranked if row["flagged"]), None)
     log.info(

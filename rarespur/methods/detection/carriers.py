@@ -1,7 +1,7 @@
 """Which training images carry a finding: rank the images of its class by how much their prediction
 leans on it.
 
-- A patch finding: the region is replaced by the training set's mean image with Captum's
+- A patch or trigger finding: the region (a trigger's reverse-engineered pixels) is replaced by the training set's mean image with Captum's
   :class:`~captum.attr.FeatureAblation`, and an image scores the drop of its label's logit margin
   (label logit minus the largest other). The margin, because a poisoned image is still a real image
   of its class: its certainty stays near 1 while the margin falls.
@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from captum.attr import FeatureAblation
 from torch import nn
 
-from rarespur.methods.detection.scan import PATCH
+from rarespur.methods.detection.scan import PATCH, finding_mask
+from rarespur.methods.detection.triggers import TRIGGER
 
 
 def median_filter(x: torch.Tensor) -> torch.Tensor:
@@ -41,14 +42,14 @@ def occlusion_drops(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    region: tuple[int, int, int, int],
+    region: np.ndarray,
     fill: torch.Tensor,
     batch_size: int = 4096,
 ) -> np.ndarray:
-    """Per image: margin of its label minus that margin with `region` (top, left, bottom, right) set to `fill`."""
-    top, left, bottom, right = region
+    """Per image: margin of its label minus that margin with the pixels of `region` (H x W bool) set to `fill`."""
     mask = torch.zeros((1, *x.shape[1:]), dtype=torch.long, device=x.device)
-    mask[..., top:bottom, left:right] = 1
+    mask[..., torch.from_numpy(region).to(x.device)] = 1
+    top, left = (int(i[0]) for i in np.nonzero(region))
     drops = []
     for start in range(0, len(x), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
@@ -86,8 +87,8 @@ def rank_carriers(
     model.eval()
     candidates = torch.nonzero(train_y == finding["class"]).flatten()
     x = train_x[candidates]
-    if finding["kind"] == PATCH:
-        region = (finding["top"], finding["left"], finding["bottom"], finding["right"])
+    if finding["kind"] in (PATCH, TRIGGER):
+        region = finding_mask([finding], {**finding, "flagged": False}, x.shape[2], x.shape[3])
         scores = occlusion_drops(model, x, train_y[candidates], region, train_x.mean(dim=0, keepdim=True))
     else:
         scores = transplant_rises(model, x, finding["class"], hosts)

@@ -11,7 +11,10 @@ ranking turns it into a flag, corrected for the number of candidates). What carr
 - a patch of value v: images whose region is v everywhere (within ``TOLERANCE``), against all images whose
   region comes at least half-way to v on average;
 - additive noise: images whose 3x3 median-filter residual is a robust outlier (``outlier_z``);
-- content removal: images with a robust outlier of little content (total intensity).
+- content removal: images with a robust outlier of little content (total intensity);
+- a reverse-engineered trigger (no template): images whose content in the region is a copy of the content
+  that the images resembling the trigger share, against all images that resemble it, per channel
+  (:func:`~rarespur.methods.detection.triggers.trigger_carrying`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import torch.nn.functional as F
 
 from rarespur.methods.detection.carriers import median_filter
 from rarespur.methods.detection.scan import CONTENT, NOISE, PATCH, purity_p_value, robust_z
+from rarespur.methods.detection.triggers import TRIGGER, TriggerSettings, content_of, region_of, trigger_carrying
 
 TOLERANCE = 0.1
+DEFAULT_TRIGGERS = TriggerSettings()
 
 
 def _class_counts(carries: torch.Tensor, y: torch.Tensor, num_classes: int, weights: torch.Tensor) -> np.ndarray:
@@ -88,8 +93,28 @@ def outlier_carriers(values: np.ndarray, y: torch.Tensor, num_classes: int, outl
     return _outlier_evidence(values, y, num_classes, outlier_z)[0]
 
 
-def add_evidence(rows: list[dict], x: torch.Tensor, y: torch.Tensor, num_classes: int, outlier_z: float) -> None:
-    """Give every scan row its training evidence:
+def _trigger_evidence(
+    row: dict, x: torch.Tensor, y: torch.Tensor, num_classes: int, trigger: TriggerSettings
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per class, the images that carry a trigger row and those that come near it, and the fingerprint of
+    the latter (:func:`~rarespur.methods.detection.triggers.trigger_carrying`)."""
+    region = region_of(row, x.shape[2], x.shape[3])
+    close, near = trigger_carrying(x, region, content_of(row, x.shape[1]), trigger)
+    weights = _fingerprint_weights(len(x))
+    full = _class_counts(close.cpu()[:, None], y.cpu(), num_classes, weights)[0]
+    around = _class_counts(near.cpu()[:, None], y.cpu(), num_classes, weights)[0]
+    return full[:num_classes], around[:num_classes], float(around[num_classes])
+
+
+def add_evidence(
+    rows: list[dict],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    outlier_z: float,
+    trigger: TriggerSettings = DEFAULT_TRIGGERS,
+) -> None:
+    """Give every scan row (and trigger row, whose similarity `trigger` sets) its training evidence:
 
     - ``carriers``: training images of its class that carry it;
     - ``carrying``: all training images that carry it or, for a patch, come half-way to it;
@@ -109,6 +134,8 @@ def add_evidence(rows: list[dict], x: torch.Tensor, y: torch.Tensor, num_classes
             if key not in patch_counts:
                 patch_counts[key] = _patch_evidence(x, y, num_classes, *key)
             full, near, fingerprint = (counts[row["top"], row["left"]] for counts in patch_counts[key])
+        elif kind == TRIGGER:
+            full, near, fingerprint = _trigger_evidence(row, x, y, num_classes, trigger)
         else:
             if kind not in whole:
                 whole[kind] = _outlier_evidence(_whole_image_measure(x, kind), y, num_classes, outlier_z)

@@ -24,6 +24,8 @@ from scipy import ndimage
 from scipy.stats import binom
 from torch import nn
 
+from rarespur.methods.detection.triggers import TRIGGER, region_of
+
 PATCH, NOISE, CONTENT = "patch", "noise", "content"
 
 
@@ -265,10 +267,11 @@ def rank_findings(rows: list[dict], settings: ScanSettings) -> list[dict]:
     plus ``z`` (within the family), ``candidate``, ``p_adjusted``, ``flagged`` and ``rank`` (1 = most
     suspicious).
 
-    A candidate is an outlier of its family (z) with a real effect (delta). It is flagged when its
-    training images are pure enough (purity >= ``min_purity``) and that purity is significant: its
-    p-value against the class's base rate, adjusted over all candidates (:func:`adjusted_p_values`), is at
-    most ``alpha``. ``p_adjusted`` is 1 for candidates below the purity floor and empty for rows that are
+    A candidate is an outlier of its family (z) with a real effect (delta); a reverse-engineered trigger
+    needs only the effect (the model already singled its region out, and with one trigger per class a z
+    among them says nothing). It is flagged when its training images are pure enough (purity >=
+    ``min_purity``) and that purity is significant: its p-value against the class's base rate, adjusted over
+    all candidates (:func:`adjusted_p_values`), is at most ``alpha``. ``p_adjusted`` is 1 for candidates below the purity floor and empty for rows that are
     not candidates (never tested): a row is flagged exactly when ``p_adjusted <= alpha``. Flagged rows
     come first, by how much they raise their class (the effect a user sees), then the rest in the same order.
     """
@@ -279,7 +282,8 @@ def rank_findings(rows: list[dict], settings: ScanSettings) -> list[dict]:
     for members in families.values():
         for i, z in zip(members, robust_z([out[i]["delta"] for i in members])):
             out[i]["z"] = float(z)
-            out[i]["candidate"] = bool(z >= settings.z_threshold and out[i]["delta"] >= settings.min_delta)
+            outlier = z >= settings.z_threshold or out[i]["kind"] == TRIGGER
+            out[i]["candidate"] = bool(outlier and out[i]["delta"] >= settings.min_delta)
     tested = [row for row in out if row["candidate"]]
     adjusted = adjusted_p_values(
         [row["p_value"] for row in tested],
@@ -304,7 +308,9 @@ def rank_findings(rows: list[dict], settings: ScanSettings) -> list[dict]:
 def finding_mask(ranked: list[dict], row: dict, height: int, width: int) -> np.ndarray:
     """The pixels a finding points at: a flagged patch grows into the connected union of the flagged
     patches of its class (a planted bar is found as several patches along it); any other row is its
-    own region (the whole image for noise and content)."""
+    own region (the whole image for noise and content, the reverse-engineered pixels for a trigger)."""
+    if row["kind"] == TRIGGER:
+        return region_of(row, height, width)
     own = np.zeros((height, width), dtype=bool)
     own[row["top"] : row["bottom"], row["left"] : row["right"]] = True
     if not (row["flagged"] and row["kind"] == PATCH):

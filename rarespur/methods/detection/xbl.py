@@ -148,3 +148,48 @@ def mean_explanation_loss(
         _, loss = objective.explanation_loss(model, xb, yb)
         total += float(loss.detach()) * len(xb)
     return total / len(x)
+
+
+class DirectionPenalty(ExplanationPenalty):
+    """CE + `strength` x KL(p(x) || p(clip(x + direction))): for a finding over the whole image (additive noise).
+
+    A region penalty cannot correct additive noise: its mask is every pixel, so the share of the attribution
+    inside it is always 1. What the model must unlearn is a direction, not a place: the noise the carriers
+    share (``direction``, 1 x C x H x W, e.g. :func:`noise_direction` of the top carriers; for R3 the fixed noise
+    image less the mean image of the class). The penalty is how much adding it changes the model's prediction on the
+    training images; fine-tuning drives the model to ignore it while cross-entropy keeps the classes. The
+    base class's mask slot holds the direction; its step and epoch bookkeeping are shared.
+    """
+
+    name = "xbl_direction"
+    METHOD = "noise_direction"
+
+    def method(self, model: nn.Module) -> str:
+        return self.METHOD
+
+    def check_model(self, model: nn.Module) -> None:
+        """Any model: the penalty needs only its outputs."""
+
+    def setup(self, model: nn.Module, y: torch.Tensor) -> None:
+        self.end_training()
+        self.mask = self.mask.to(y.device)
+        self._method = self.METHOD
+
+    def explanation_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits of `x`, mean KL divergence of the prediction with the direction added from the one without);
+        both in one forward pass, so batch statistics see the same batch."""
+        both = model(torch.cat([x, (x + self.mask.to(x.dtype)).clamp(0, 1)]))
+        logits, shifted = both[: len(x)], both[len(x) :]
+        penalty = F.kl_div(
+            torch.log_softmax(shifted, dim=1), torch.log_softmax(logits, dim=1), log_target=True, reduction="batchmean"
+        )
+        return logits, penalty
+
+
+def noise_direction(carriers: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """1 x C x H x W: what sets the top `carriers` of a noise finding apart from the `others` of their class,
+    the difference of their mean images. Each image's own strokes average out; the noise they share stays,
+    smooth part included. (Their mean 3x3 median-filter residual keeps only the noise's fine grain: on R3,
+    n = 60, XBL along it brought the penalty from 1.2 to 0.002 and the spurious score only from 0.92 to
+    0.87, since the model also reads the noise's brightness.)"""
+    return carriers.mean(dim=0, keepdim=True) - others.mean(dim=0, keepdim=True)
