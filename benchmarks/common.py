@@ -8,7 +8,9 @@ benchmarks/all.py); its command line prints the same rows.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -20,9 +22,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from rarespur.data.image_data import ImageData
-from rarespur.data.loaders import load_dataset
-from rarespur.engine.scoring import to_tensor
+if importlib.util.find_spec("rarespur") is None:  # not installed: this checkout's (an installed one, or the
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # PYTHONPATH --baseline sets, is kept)
+
+from rarespur.data.image_data import ImageData  # noqa: E402
+from rarespur.data.loaders import load_dataset  # noqa: E402
+from rarespur.engine.scoring import to_tensor  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

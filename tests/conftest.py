@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Tests copy datasets into their own folders; cached decodes of each copy would pile up in the user's cache.
+# The cache's own test turns it on in a folder of its own.
+os.environ.setdefault("RARESPUR_ARRAY_CACHE", "0")
 SHARED_DATA = Path(os.environ.get("RARESPUR_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
 CONF_DIR = REPO_ROOT / "conf"
 

@@ -353,6 +353,7 @@ def test_decoded_arrays_are_cached_under_the_fingerprint_and_mapped_on_the_next_
     from rarespur.data import array_cache
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("RARESPUR_ARRAY_CACHE", "1")  # the suite turns it off elsewhere (tests/conftest.py)
     raw = tmp_path / "MNIST" / "raw"
     shutil.copytree(require_data(SHARED_DATA / "MNIST" / "raw"), raw)
     decoded = load_dataset("mnist", root=tmp_path)
@@ -364,6 +365,10 @@ def test_decoded_arrays_are_cached_under_the_fingerprint_and_mapped_on_the_next_
     assert np.array_equal(mapped.train_x, decoded.train_x[:1000]) and np.array_equal(mapped.test_y, decoded.test_y[:10])
     mapped.train_x[0] = 1.0  # copy-on-write: the job's own copy changes, not the cache
     assert np.array_equal(load_dataset("mnist", root=tmp_path).train_x[0], decoded.train_x[0])
+
+    serving = (folder / "train_x.npy").stat().st_ino  # a job that decoded it too keeps the copy in place
+    array_cache._write(folder, decoded)
+    assert (folder / "train_x.npy").stat().st_ino == serving and len(list(folder.parent.iterdir())) == 1
 
     (folder / "train_x.npy").write_bytes(b"damaged")  # damaged: decoded again and replaced
     assert np.array_equal(load_dataset("mnist", root=tmp_path).train_x, decoded.train_x)

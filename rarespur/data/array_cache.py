@@ -24,9 +24,9 @@ import numpy as np
 
 from rarespur.data.image_data import ImageData
 
-VERSION = 1
+VERSION = 2
 ARRAYS = ("train_x", "train_y", "test_x", "test_y", "train_bias", "test_bias")
-CLASSES = "classes.json"  # written last: a folder without it is incomplete
+MANIFEST = "manifest.json"  # classes and the arrays present, written last: a folder without it is incomplete
 
 
 def cache_root() -> Path:
@@ -51,34 +51,46 @@ def cached(name: str, key: str, decode: Callable[[], ImageData]) -> ImageData:
 
 
 def _read(folder: Path) -> ImageData | None:
-    """The mapped arrays, or None when the folder is missing, incomplete or damaged."""
+    """The mapped arrays the manifest lists, or None when the folder is missing, incomplete or damaged."""
     try:
-        classes = tuple(json.loads((folder / CLASSES).read_text()))
-        arrays = {
-            field: np.load(folder / f"{field}.npy", mmap_mode="c") if (folder / f"{field}.npy").exists() else None
-            for field in ARRAYS
-        }
-        return ImageData(classes=classes, **arrays)
-    except (OSError, ValueError, TypeError):
+        manifest = json.loads((folder / MANIFEST).read_text())
+        arrays = {field: np.load(folder / f"{field}.npy", mmap_mode="c") for field in manifest["arrays"]}
+        return ImageData(classes=tuple(manifest["classes"]), **arrays)
+    except Exception:  # noqa: BLE001  any damage (a cut file, an odd manifest) means: decode it again
         return None
 
 
 def _write(folder: Path, data: ImageData) -> None:
-    """Write the arrays into a private folder and rename it into place: jobs that decode the same data at once
-    each write their own, and the first rename wins. A cache that cannot be written (a full or read-only disk)
-    is skipped: the data is in memory already."""
+    """Write the arrays into a private folder and rename it into place. Jobs that decode the same data at once
+    each write their own; the first rename wins and the others discard theirs, so a folder that serves is never
+    removed. A damaged folder is first renamed aside (atomically), then replaced. A cache that cannot be
+    written (a full or read-only disk) is skipped: the data is in memory already."""
     staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex}"
     try:
         staging.mkdir(parents=True)
-        for field in ARRAYS:
-            array = getattr(data, field)
-            if array is not None:
-                np.save(staging / f"{field}.npy", np.ascontiguousarray(array))
-        (staging / CLASSES).write_text(json.dumps(list(data.classes)))
-        if folder.exists():  # damaged (else _read would have served it): replace it
-            shutil.rmtree(folder, ignore_errors=True)
-        os.rename(staging, folder)
+        fields = [field for field in ARRAYS if getattr(data, field) is not None]
+        for field in fields:
+            np.save(staging / f"{field}.npy", np.ascontiguousarray(getattr(data, field)))
+        (staging / MANIFEST).write_text(json.dumps({"classes": list(data.classes), "arrays": fields}))
+        _place(staging, folder)
     except OSError:
         pass
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _place(staging: Path, folder: Path) -> None:
+    try:
+        os.rename(staging, folder)
+        return
+    except OSError:
+        if _read(folder) is not None:  # another job's copy is in place and sound
+            return
+    aside = folder.parent / f".{folder.name}.damaged.{uuid.uuid4().hex}"
+    try:
+        os.rename(folder, aside)
+        os.rename(staging, folder)
+    except OSError:  # another job moved or replaced it meanwhile
+        pass
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)

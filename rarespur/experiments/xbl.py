@@ -134,7 +134,13 @@ def detected_direction(detect_path: Path, train_x: torch.Tensor, train_y: torch.
     indices = table["index"].to_numpy()[: max(1, int(top["carriers"]))]
     chosen = torch.zeros(len(train_x), dtype=torch.bool, device=train_x.device)
     chosen[torch.from_numpy(indices).to(train_x.device)] = True
-    return noise_direction(train_x[chosen], train_x[~chosen & (train_y == int(top["class"]))])
+    others = ~chosen & (train_y == int(top["class"]))
+    if not bool(others.any()):
+        raise ConfigError(
+            f"every training image of class {top['class']} carries the detect run's noise finding, so its noise "
+            "cannot be told from the class's other images; give xbl.mask=truth or use experiment=retrain_exact"
+        )
+    return noise_direction(train_x[chosen], train_x[others])
 
 
 def correction(

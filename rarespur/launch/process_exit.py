@@ -1,8 +1,8 @@
 """Leave a finished ``run.py`` process at once, without the interpreter's teardown.
 
 With torch and its compiler loaded, Python's shutdown (collecting every module, one by one) takes most of a
-second (benchmarks/bench_job.py), paid by every job of a sweep that SLURM or a local pool starts as its own
-process. A finished job needs none of it: its record is committed and its tracking runs ended, and the exit
+second (benchmarks/bench_job.py), paid by every ``python run.py`` process. (SLURM and local-pool tasks run in
+submitit's own process, which writes its result after the job returns and still pays it.) A finished job needs none of it: its record is committed and its tracking runs ended, and the exit
 handlers registered with :mod:`atexit` (logging's flush, multiprocessing's joins, torch's) still run here.
 """
 

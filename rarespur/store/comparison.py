@@ -29,7 +29,7 @@ def welch_p_value(poisoned: np.ndarray, baseline: np.ndarray) -> float:
     if poisoned.var() == 0 and baseline.var() == 0:
         return 0.0 if poisoned.mean() > baseline.mean() else 1.0
     # scipy.stats.ttest_ind(equal_var=False, alternative="greater"), written out: importing scipy.stats costs
-    # a job most of a second, scipy.special a third of that (tests/test_train.py checks the two agree).
+    # a job most of a second, scipy.special a third of that (tests/test_evaluate.py checks the two agree).
     from scipy.special import stdtr
 
     var_p, var_b = poisoned.var(ddof=1) / len(poisoned), baseline.var(ddof=1) / len(baseline)
