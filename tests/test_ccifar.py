@@ -205,6 +205,9 @@ def test_debias_run_splits_accuracy(cifar_tree: Path, tmp_path: Path) -> None:
     conflicting = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
     assert conflicting and all(title.startswith("conflicting:") for title in conflicting)
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 10 * 5 + len(conflicting)
+    from test_report import layout_problems
+
+    assert layout_problems(fig) == []
     index = write_report(tmp_path / "store", tmp_path / "report")
     assert (index.parent / "ccifar10_corruptions.png").stat().st_size > 10_000
 

@@ -243,7 +243,10 @@ def corruption_examples(data: ReportData, aligned: int = 5) -> Figure | None:
     if runs.empty or data.results_dir is None:
         return None
     run_id = str(runs.sort_values("run_id")["run_id"].iloc[0])
-    cfg = json.loads((data.results_dir / run_id / "config.json").read_text())
+    config = data.results_dir / run_id / "config.json"
+    if not config.is_file():  # a store without the run's files (a collected table alone)
+        return None
+    cfg = json.loads(config.read_text())
     try:
         images = load_dataset(
             "ccifar10", cfg["data"]["root"], path=cfg["dataset"].get("path"), options=dataset_options(cfg["dataset"])
