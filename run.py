@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> float:
 
     members = OmegaConf.select(cfg, "pack.members")
     try:
-        if members:  # a pack of the sweep's jobs (pack.size > 1), trained together
+        if members:  # a pack of the sweep's jobs (pack.size > 1) trained together, or a chain (pack.chain > 1)
             run_pack_file(members)
             return float("nan")
         record = run_job(cfg)

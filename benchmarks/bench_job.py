@@ -15,8 +15,13 @@ commit, checked out in a temporary git worktree, side by side with this checkout
 The fixed cost is the wall time less ``epochs x median epoch``. Stages nest (the fingerprint inside data
 loading): each second counts once, for the innermost stage running.
 
+``--chain K`` also measures K such jobs (model seeds 0..K-1) chained in one process, as ``pack.chain=K``
+launches them (:mod:`rarespur.launch.pack_plan`): the fixed cost per job is then the process's wall time
+less every job's epochs, divided by K.
+
     python benchmarks/bench_job.py --data-root ../shared/data                       # this checkout
     python benchmarks/bench_job.py --data-root ../shared/data --baseline 32728eb    # and an older commit beside it
+    python benchmarks/bench_job.py --data-root ../shared/data --chain 8             # alone and 8 in one chain
 """
 
 from __future__ import annotations
@@ -95,6 +100,9 @@ def _driver(tree: str, overrides: list[str]) -> None:
     runner.where_it_ran = timed("provenance (git)", runner.where_it_ran)
     runner.commit = timed("record", runner.commit)
     runner.run_job = timed("runner: resolve, store, checks", runner.run_job)
+    for name in ("run_job", "where_it_ran", "commit"):  # a pack or chain calls them through its own module
+        if hasattr(rarespur.launch.pack_job, name):
+            setattr(rarespur.launch.pack_job, name, getattr(runner, name))
     sys.argv = [f"{tree}/run.py", *overrides]
     charged = sum(stages.values()) + sum(epochs)
 
@@ -195,13 +203,30 @@ def one_job(tree: Path, overrides: list[str]) -> dict[str, float]:
     return stages
 
 
+def chain_job(tree: Path, overrides: list[str], k: int, results: Path) -> dict[str, float]:
+    """Stage seconds of one fresh process running `k` jobs of `overrides` (model seeds 0..k-1) as a chain,
+    the launcher job ``pack.chain=k`` makes of them; ``fixed`` is then per job."""
+    from rarespur.launch.pack_plan import write_pack_file
+    from rarespur.launch.sweep import Sweep
+
+    seeds = ",".join(str(seed) for seed in range(k))
+    sweep = Sweep(None, [*(o for o in overrides if not o.startswith("hydra.")), f"train.model_seed={seeds}"])
+    members = [sweep.resolved_here(job) for job in sweep.job_overrides]
+    path = write_pack_file(results / "chains", members, chained=True)
+    stages = one_job(tree, [*overrides, f"pack.members={path}"])
+    return {**stages, "fixed": stages["fixed"] / k}
+
+
 def median_stages(
-    trees: dict[str, Path], overrides_for, repeats: int, warm_up: bool = True
+    trees: dict[str, Path], overrides_for, repeats: int, warm_up: bool = True, chain: int = 0
 ) -> dict[str, dict[str, float]]:
     """Per tree, the median of each stage over `repeats` processes; the trees take turns, so a change in the
     machine's load falls on both alike. `warm_up`: one untimed process per tree first, which writes the
-    bytecode and the data's array cache that any earlier job leaves behind."""
+    bytecode and the data's array cache that any earlier job leaves behind. `chain` > 1: this checkout's
+    jobs chained that many to a process, as one more column (``chain of K``)."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    if chain > 1:
+        runs[f"chain of {chain}"] = []
     for tree in trees.values() if warm_up else ():
         with tempfile.TemporaryDirectory(prefix="bench-job-") as results:
             one_job(tree, overrides_for(Path(results)))
@@ -209,23 +234,31 @@ def median_stages(
         for name, tree in trees.items():
             with tempfile.TemporaryDirectory(prefix="bench-job-") as results:
                 runs[name].append(one_job(tree, overrides_for(Path(results))))
+        if chain > 1:
+            with tempfile.TemporaryDirectory(prefix="bench-job-") as results:
+                runs[f"chain of {chain}"].append(chain_job(REPO, overrides_for(Path(results)), chain, Path(results)))
     return {
         name: {key: statistics.median(run.get(key, 0.0) for run in measured) for key in measured[0]}
         for name, measured in runs.items()
     }
 
 
+CHAIN = 8  # jobs per chained process in measure()
+
+
 def measure(device: str, quick: bool, data_root: str, repeats: int = 3) -> list[Row]:
-    """This checkout's fixed cost per job and its stages (no baseline: ``--baseline`` compares commits); quick:
-    one process of the quick job."""
+    """This checkout's fixed cost per job and its stages (no baseline: ``--baseline`` compares commits), and
+    per job in a chain of 8 (of 2 when quick) against alone; quick: one process of the quick job."""
     repeats = 1 if quick else repeats
+    chain = 2 if quick else CHAIN
     overrides = functools.partial(job_overrides, data_root, device=device, quick=quick)
-    stages = median_stages({"this checkout": REPO}, lambda results: overrides(results=results), repeats)[
-        "this checkout"
-    ]
+    measured = median_stages({"this checkout": REPO}, lambda results: overrides(results=results), repeats, chain=chain)
+    stages = measured["this checkout"]
     case = f"MNIST{' 1,000 images' if quick else ''}, {2 if quick else 3} epochs"
     rows = [Row("job", f"fixed cost of one job ({case})", stages["fixed"], None, "s", key=JOB_KEY)]
     rows += [Row("job", f"  {name}", stages.get(name, 0.0), None, "s") for name in ORDER]
+    per_job = measured[f"chain of {chain}"]["fixed"]
+    rows.append(Row("job", f"fixed cost per job, {chain} chained in one process vs alone", per_job, stages["fixed"]))
     return rows
 
 
@@ -236,6 +269,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1,000 training images and 2 epochs")
     parser.add_argument("--repeats", type=int, default=3, help="processes per tree (the median is shown)")
     parser.add_argument("--baseline", help="a git revision to measure side by side (e.g. the commit before)")
+    parser.add_argument("--chain", type=int, default=0, help="also K jobs chained in one process (pack.chain=K)")
     args = parser.parse_args()
 
     def overrides(results: Path) -> list[str]:
@@ -243,9 +277,10 @@ def main() -> None:
 
     if args.baseline:
         with worktree(args.baseline) as tree:
-            measured = median_stages({args.baseline: tree, "this checkout": REPO}, overrides, args.repeats)
+            trees = {args.baseline: tree, "this checkout": REPO}
+            measured = median_stages(trees, overrides, args.repeats, chain=args.chain)
     else:
-        measured = median_stages({"this checkout": REPO}, overrides, args.repeats)
+        measured = median_stages({"this checkout": REPO}, overrides, args.repeats, chain=args.chain)
     names = list(measured)
     print(f"one job: {' '.join(overrides(Path('RESULTS')))}")
     print(f"median of {args.repeats} fresh processes each; seconds")
@@ -256,9 +291,13 @@ def main() -> None:
             stage, stage
         )
         print(f"| {label} | {' | '.join(f'{measured[n].get(stage, 0.0):.2f}' for n in names)} |")
-    if len(names) == 2:
-        before, after = (measured[n]["fixed"] for n in names)
-        print(f"fixed cost: {before:.2f} s -> {after:.2f} s ({before / after:.2f}x)")
+    if args.chain > 1:
+        print(f"(chain of {args.chain}: every stage summed over its {args.chain} jobs; the fixed cost is per job)")
+    for before_name, after_name in zip(names, names[1:]):
+        before, after = measured[before_name]["fixed"], measured[after_name]["fixed"]
+        print(
+            f"fixed cost per job, {before_name} -> {after_name}: {before:.2f} s -> {after:.2f} s ({before / after:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -331,7 +331,7 @@ def main() -> None:
         "",
         "## Parents",
         "",
-        "`parent=` is null by default: a detect, sensitivity or membership-inference run builds on the train run",
+        "`parent=` is null by default: every experiment that builds on a trained model builds on the train run",
         "of the same overrides; details in [experiments.md](experiments.md#building-on-a-debiased-model).",
         "",
         setting_group("parent"),

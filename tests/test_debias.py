@@ -255,6 +255,31 @@ def test_lff_state_resumes_exactly(tmp_path):
     assert torch.equal(lff.ema, lff3.ema) and torch.equal(model.fc.weight, model3.fc.weight)
 
 
+def test_a_continuation_takes_over_lff_s_biased_model_and_the_kept_samples_loss_averages(tmp_path):
+    """Incremental retraining of a debiased model goes on with the method as it stood: its biased network,
+    and the loss averages of the images it keeps (at their new positions), not fresh ones."""
+    x, y = tiny_problem(96, side=4, classes=3)
+    s = TrainSettings(epochs=2, batch_size=16, lr=0.01, optimizer="adam", seed=1)
+    torch.manual_seed(2)
+    model, lff = build_model("mlp1x256", (1, 4, 4), 3), LearningFromFailure()
+    final = tmp_path / "final_state.pt"
+    train_model(model, x, y, s, final_state=final, objective=lff)
+    state = torch.load(final, weights_only=True)
+    keep = torch.arange(96)[torch.arange(96) % 4 != 0]  # a quarter removed
+    state["objective"] = lff.restrict_state(state["objective"], keep)
+    assert torch.equal(state["objective"]["ema"], lff.ema[:, keep])
+
+    continued = LearningFromFailure()
+    frozen = TrainSettings(**{**s.__dict__, "epochs": 1, "lr": 0.0, "lr_schedule": "constant"})
+    train_model(model, x[keep], y[keep], frozen, start_from=state, objective=continued)
+    for theirs, ours in zip(lff.bias_model.parameters(), continued.bias_model.parameters()):
+        assert torch.equal(theirs, ours)  # lr 0: the parent's biased network, unchanged
+    # the kept images' averages went on from the parent's: one more EMA step (alpha 0.7) of the unchanged losses
+    with torch.no_grad():
+        losses = [F.cross_entropy(net(x[keep]), y[keep], reduction="none") for net in (lff.bias_model, model)]
+    assert torch.allclose(continued.ema, 0.7 * lff.ema[:, keep] + 0.3 * torch.stack(losses), atol=1e-6)
+
+
 def test_deepfool_reaches_the_target_class():
     torch.manual_seed(0)
     head = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(8, 4))

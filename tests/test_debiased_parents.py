@@ -1,4 +1,4 @@
-"""parent=debias: detect, sensitivity and membership inference on a model trained with Signal is Harder.
+"""parent=debias: every experiment that builds on a trained model, on a model trained with a debiasing method.
 
 The digits dataset (no files needed) and a few epochs: what is tested is which model each run builds on
 and how its own models train, not how well SiH debiases (tests/test_debias.py).
@@ -14,7 +14,7 @@ import pytest
 from rarespur.errors import ConfigError
 from rarespur.experiments import resolve_job
 from rarespur.experiments.steps import parent_config
-from rarespur.store.run_dir import RECORD, config_key
+from rarespur.store.run_dir import HISTORY, RECORD, config_key, read_record
 
 from conftest import compose_config, job
 
@@ -31,16 +31,30 @@ def test_the_parent_is_the_debias_run_of_the_same_overrides(experiment):
     assert "debias" not in plain and parent_config(plain, (experiment,))["experiment"]["name"] == "train"
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [("experiment=train", "+debias=sih"), ("experiment=group_influence", "parent=debias"), ("parent=debias",)],
+BUILDS_ON_A_MODEL = (
+    "detect",
+    "group_influence",
+    "incremental_retraining",
+    "mem_inference",
+    "retrain_exact",
+    "sensitivity",
+    "xbl",
 )
-def test_a_debiasing_method_an_experiment_cannot_use_is_refused_in_one_line(overrides):
+
+
+@pytest.mark.parametrize("overrides", [("experiment=train", "+debias=sih"), ("parent=debias",)])
+def test_a_debiasing_method_with_experiment_train_is_refused_in_one_line(overrides):
     with pytest.raises(ConfigError) as refused:
         resolve_job(compose_config(*overrides))
     message = str(refused.value)
-    assert "\n" not in message and "cannot build on a debiased model" in message
-    assert "experiment=debias" in message and "detect, mem_inference, sensitivity" in message
+    assert "\n" not in message and "experiment=train cannot build on a debiased model" in message
+    assert "experiment=debias" in message and ", ".join(BUILDS_ON_A_MODEL) in message
+
+
+@pytest.mark.parametrize("experiment", BUILDS_ON_A_MODEL)
+def test_every_experiment_on_a_trained_model_takes_a_debiased_parent(experiment):
+    built, _ = resolve_job(compose_config(f"experiment={experiment}", "parent=debias", *BASE))
+    assert built["debias"]["name"] == "sih" and built["experiment"]["name"] == experiment
 
 
 @pytest.mark.slow  # SiH trains three times, plus the membership attack's six models: about 40 s
@@ -66,3 +80,33 @@ def test_detect_sensitivity_and_mem_inference_build_on_a_sih_model(tmp_path):
     for model in models:  # SiH's own terms and its validation loss, per model
         assert {f"{model}/loss_s", f"{model}/loss_b", f"{model}/weight_mean", f"{model}/val_loss"} <= logged
     assert mem["debias.name"] == "sih" and 0 <= mem["attack.lira_online.auc"] <= 1
+
+
+@pytest.mark.slow  # LfF three times, SiH twice, and their continuations: about 40 s
+@pytest.mark.parametrize("method", ["lff", "sih"])
+def test_deletion_and_xbl_build_on_a_debiased_model(tmp_path, method):
+    """Each continues what the debias run trained: its classifier, and (incremental retraining) the method
+    itself with its second network, per-sample state and held-out split; the exact retraining trains the
+    method from scratch without the poisoned images."""
+    over = (f"debias={method}", "poison.count=20")
+    debias = job(tmp_path, "experiment=debias", *BASE, *over)
+    n_val = debias["n_val"]
+    assert (n_val > 0) == (method == "sih")
+
+    common = ("parent=debias", *BASE, *over)
+    retrained = job(tmp_path, "experiment=incremental_retraining", *common, "deletion.epochs=2")
+    exact = read_record(tmp_path / retrained["exact_run_id"])
+    assert retrained["parent_run_id"] == debias["run_id"] and exact["experiment.name"] == "retrain_exact"
+    assert retrained["n_train_after"] == debias["n_train"] - 20 == exact["n_train"]
+    assert exact["debias.name"] == method and exact["n_removed"] == 20
+    history = json.loads((tmp_path / retrained["run_id"] / HISTORY).read_text())
+    assert "bias_acc" in history[0] if method == "lff" else {"loss_s", "val_loss"} <= set(history[0])
+    assert retrained["before.spurious_score"] == debias["spurious_score"]
+
+    influence = job(tmp_path, "experiment=group_influence", *common, "influence.depth=5", "influence.repeats=1")
+    assert influence["parent_run_id"] == debias["run_id"] and influence["exact_run_id"] == exact["run_id"]
+    assert influence["influence.n_train_used"] == debias["n_train"] and influence["influence.update_norm"] > 0
+
+    xbl = job(tmp_path, "experiment=xbl", *common, "xbl.mask=truth", "xbl.epochs=1")
+    assert xbl["parent_run_id"] == debias["run_id"] and xbl["xbl.method"].startswith("input_gradient")
+    assert xbl["xbl.explanation_loss_after"] < xbl["xbl.explanation_loss_before"]

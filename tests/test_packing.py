@@ -219,7 +219,7 @@ def test_grouping_packs_only_what_may_differ(tmp_path):
     trainings = []
     for launch in plan.launches:
         (line,) = [item for item in launch if item.startswith("pack.members=")]
-        _, members = read_pack_file(line.split("=", 1)[1].strip("'"))
+        _, members, _ = read_pack_file(line.split("=", 1)[1].strip("'"))
         assert len({(m["model"]["name"], m["optim"]["name"]) for m in members}) == 1
         assert len({RunDir(tmp_path, m).key for m in members}) == len(members)
         trainings.append(len({training_key(m) for m in members}))
@@ -249,6 +249,63 @@ def test_grouping_keeps_unpackable_jobs_alone(tmp_path):
     assert "experiment=mem_inference is not packed" in reasons and "regularizer=dp_sgd" in reasons
     assert "wrap_optimizer" in reasons  # why DP-SGD cannot pack: its per-sample clipping optimizer
     assert "model=cnn has dropout" in reasons and plan.alone[next(r for r in plan.alone if "dropout" in r)] == 2
+
+
+def test_chaining_runs_the_jobs_left_alone_k_to_a_launcher_job(tmp_path):
+    """pack.chain=3: 16 jobs, of which 2 pack (mlp3x256, no DP-SGD, train) and 14 cannot: chains of 3, 3, 3, 3, 2,
+    in launch order; at pack.size=1 every job is left alone, so every job is chained."""
+    sweep = Sweep(
+        None,
+        [
+            "model=mlp3x256,cnn",
+            "regularizer=none,dp_sgd",
+            "experiment=train,mem_inference",
+            "poison.count=0,3",
+            f"results_dir={tmp_path}",
+        ],
+    )
+    plan = plan_packs(sweep.job_overrides, sweep.resolved_here, 8, tmp_path / "packs", chain=3)
+    assert plan.packs == 1 and plan.chains == 5 and plan.chained_jobs == 14 and len(plan.launches) == 6
+    chained, kinds = [], []
+    for launch in plan.launches:
+        (line,) = [item for item in launch if item.startswith("pack.members=")]
+        name, members, is_chain = read_pack_file(line.split("=", 1)[1].strip("'"))
+        kinds.append((name.split("-")[0], len(members)))
+        assert is_chain == (name.split("-")[0] == "chain")
+        if is_chain:
+            chained += [RunDir(tmp_path, m).key for m in members]
+    assert sorted(kinds) == [("chain", 2)] + [("chain", 3)] * 4 + [("pack", 2)]
+    in_order = [RunDir(tmp_path, sweep.resolved_here(job)).key for job in sweep.job_overrides]
+    assert chained == [key for key in in_order if key in chained] and len(set(chained)) == 14  # in launch order
+    assert "14 alone (14 of them in 5 chain(s) of up to 3)" in plan.describe(8, 3)
+    assert [[key for _, key in runs] for runs in plan.runs if len(runs) == 3][0] == chained[:3]
+
+    everything = plan_packs(sweep.job_overrides, sweep.resolved_here, 1, tmp_path / "packs", chain=4)
+    assert everything.packs == 0 and everything.chains == 4 and [len(r) for r in everything.runs] == [4, 4, 4, 4]
+    unchained = plan_packs(sweep.job_overrides, sweep.resolved_here, 8, tmp_path / "packs")
+    assert unchained.chains == 0 and len(unchained.launches) == 1 + 14
+
+
+@pytest.mark.slow  # 2 jobs chained and the same 2 alone
+def test_a_chain_runs_each_job_as_alone_and_a_failure_stays_its_own(tmp_path):
+    """A chain of 4 jobs in one process: the good ones give the records they give alone; a count larger than
+    its class fails with its message, leaves no run directory, and the chain reports it after the others."""
+    sweep = Sweep(
+        None, ["poison.count=3,5000", "pattern=s1,s3", "epochs=1", "progress=false", f"results_dir={tmp_path}"]
+    )
+    members = [sweep.resolved_here(job) for job in sweep.job_overrides]
+    chain_file = tmp_path / "chain.json"
+    chain_file.write_text(json.dumps({"pack": "chain-test", "chained": True, "members": members}))
+    with pytest.raises(PackFailed, match=r"2 of the 4 jobs of chain-test failed: .*poison.count=5000 is larger"):
+        run_pack_file(chain_file)
+    chained = _records(tmp_path)
+    assert len(chained) == 2 and not any("packed_with.pack" in r for r in chained.values())
+    alone = tmp_path / "alone"
+    for job in sweep.job_overrides:
+        if "poison.count=3" in job:
+            overrides = [item for item in job if not item.startswith("results_dir=")]
+            record = run_job(compose_config(*overrides, f"results_dir={alone}"))
+            assert {k: record[k] for k in SCORES} == {k: chained[record["run_id"]][k] for k in SCORES}
 
 
 def test_pack_key_ignores_only_per_model_keys():

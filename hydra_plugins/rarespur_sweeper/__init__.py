@@ -3,7 +3,9 @@ with packs and a fast start.
 
 - ``pack.size=K`` (K > 1): the sweep's jobs that may train together (:mod:`rarespur.launch.pack_plan`)
   are grouped into packs of at most K, each launched as one job; jobs already done are
-  not launched. ``pack.size=1`` (the default) launches every job, as Hydra's basic sweeper does.
+  not launched. ``pack.chain=K`` (K > 1): the jobs that still launch one by one run K to a launcher job,
+  in turn in one process. ``pack.size=1 pack.chain=1`` (the default) launches every job, as Hydra's basic
+  sweeper does.
 - Before launching, the basic sweeper composes every job once to check that it composes
   (about 70 ms a job: ten minutes for an 8,400-job grid before the first job starts). Here a
   job is composed once per distinct set of config-group choices and keys; the others differ
@@ -63,14 +65,15 @@ class RarespurSweeper(BasicSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         expansion = Sweep.of_loaded(self.hydra_context.config_loader, self.config)
         size = int(OmegaConf.select(self.config, "pack.size", default=1) or 1)
+        chain = int(OmegaConf.select(self.config, "pack.chain", default=1) or 1)
         # a launcher that submits to a scheduler (SLURM arrays) is told each launch's run keys, and is
         # not handed what is done or what the scheduler already holds from an earlier launch
         submits = hasattr(self.launcher, "launch_runs")
         queue = QueueView(strict=True) if submits else None
         runs: list = []
-        if size > 1:
-            plan = plan_packs(jobs, expansion.resolved_here, size, sweep_dir / "packs", queue and held_by(queue))
-            log.info(plan.describe(size))
+        if size > 1 or chain > 1:
+            plan = plan_packs(jobs, expansion.resolved_here, size, sweep_dir / "packs", queue and held_by(queue), chain)
+            log.info(plan.describe(size, chain))
             launches, runs = plan.launches, plan.runs
         else:
             expansion.check_composes(jobs)

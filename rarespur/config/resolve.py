@@ -84,6 +84,7 @@ def resolve(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 COMMON_FIELDS: dict[str, Field] = {
     "epochs": positive_int(),
     "pack.size": positive_int(),
+    "pack.chain": positive_int(),
     "checkpoint_every": positive_int(),
     "train.batch_size": positive_int(),
     "train.lr": positive(),

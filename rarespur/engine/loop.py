@@ -159,17 +159,25 @@ EpochCallback = Callable[[dict], None]
 
 
 def _continue_from(
-    start_from: dict, optimizer: torch.optim.Optimizer, generator: torch.Generator, s: TrainSettings
+    start_from: dict,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    s: TrainSettings,
 ) -> None:
-    """Take over the optimizer state (momentum, Adam moments) and generators of a finished training.
+    """Take over the objective's state (a debiasing method's second network and decoder), the optimizer
+    state (momentum, Adam moments) and generators of a finished training.
 
     The learning rate is the settings' one, so the caller decides whether the
     continuation keeps the parent's final lr or starts the schedule again.
     """
     try:
+        objective.load_state_dict(start_from.get("objective", {}))
         optimizer.load_state_dict(start_from["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
-        raise ValueError(f"the optimizer state to continue from does not match this model/optimizer ({err})") from None
+        raise ValueError(
+            f"the state to continue from does not match this model, objective or optimizer ({err})"
+        ) from None
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] = s.lr
     if start_from.get("device_type") == generator.device.type:
@@ -322,7 +330,7 @@ def _setup(model: nn.Module, objective: Objective, y: torch.Tensor, s: TrainSett
     generator = torch.Generator(device=device)
     generator.manual_seed(s.seed)
     if start_from is not None:
-        _continue_from(start_from, optimizer, generator, s)
+        _continue_from(start_from, objective, optimizer, generator, s)
     scheduler = make_scheduler(optimizer, s.epochs, s.lr_schedule, s.monitor, plateau_patience(s.early_stopping))
     return _Run(model, objective, optimizer, scheduler, generator, best=_Best(s.monitor))
 

@@ -134,6 +134,12 @@ class Objective:
         for name, module in self.modules().items():
             module.load_state_dict(state[name])
 
+    def restrict_state(self, state: dict, positions: torch.Tensor) -> dict:
+        """`state` (:meth:`state_dict`) for going on with a subset of the training samples it was kept for:
+        `positions` index them (a deletion continues without the removed images). Per-sample state keeps the
+        entries of those positions; the rest is shared by all samples and stays."""
+        return state
+
     def train(self, mode: bool = True) -> None:
         """Put the extra modules in training (or evaluation) mode along with the model."""
         for module in self.modules().values():

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from rarespur.data.splits import validation_split
 from rarespur.engine.scoring import predict_proba, to_tensor
 from rarespur.errors import ConfigError
 from rarespur.experiments.experiment import Experiment
@@ -26,12 +25,14 @@ from rarespur.experiments.steps import (
     checked_model,
     debias_method,
     fit_and_store,
+    held_out_data,
     load_data,
     make_model,
     pick_device,
     poisoned_data,
     score_poisoned,
     training_record,
+    training_split,
 )
 from rarespur.methods.debias.visualize import save_grid
 from rarespur.store.atomic import atomic_path
@@ -85,12 +86,10 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     data = poisoned.data
     objective = debias_method(cfg)
     model = make_model(cfg, data, device)
-    train_idx, val_idx = validation_split(
-        len(data.train_y), objective.val_fraction, cfg["train"]["model_seed"], keep=poisoned.indices
-    )
+    train_idx, val_idx = training_split(cfg, poisoned)
     x = to_tensor(poisoned.train_x, device)
     y = torch.from_numpy(data.train_y).to(device)
-    validation = (x[val_idx], y[val_idx]) if len(val_idx) else None
+    validation = held_out_data(poisoned, val_idx, device)
     log.info(
         "debiasing with %s: %s on %s, %d training + %d validation images, %s",
         objective.name,

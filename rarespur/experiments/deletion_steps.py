@@ -24,12 +24,14 @@ from rarespur.engine.scoring import to_tensor
 from rarespur.experiments.experiment import SCORES
 from rarespur.experiments.steps import (
     PoisonedData,
+    held_out_data,
     load_trained_parent,
     parent_config,
     score_poisoned,
     training_record,
+    training_split,
 )
-from rarespur.methods.deletion.removal import flat_parameters, kept_indices
+from rarespur.methods.deletion.removal import flat_parameters
 from rarespur.store.comparison import baseline_comparison, load_indicators
 from rarespur.store.run_dir import MODEL, read_record
 
@@ -68,6 +70,8 @@ class DeletionStart:
     removed_y: torch.Tensor
     model: nn.Module  # the parent's final weights
     removed: np.ndarray  # the poisoned training indices, as drawn (= poisoned.indices)
+    trained: np.ndarray  # the training indices the parent was fit to (all but a debiasing method's held-out split)
+    validation: tuple[torch.Tensor, torch.Tensor] | None  # that split, which a continuation validates on
 
 
 def requires(cfg: dict[str, Any], own_keys: tuple[str, ...], compare_exact: bool) -> list[dict[str, Any]]:
@@ -82,11 +86,12 @@ def start_deletion(cfg: dict[str, Any], parent_path: Path) -> DeletionStart:
     parent = load_trained_parent(cfg, parent_path)
     poisoned, device = parent.poisoned, parent.device
     data = poisoned.data
-    keep = kept_indices(len(data.train_y), poisoned.indices)
+    trained, held = training_split(cfg, poisoned)
+    keep = np.setdiff1d(trained, poisoned.indices)
     log.info(
         "deleting %d poisoned images from %d training images (parent run %s)",
         len(poisoned.indices),
-        len(data.train_y),
+        len(trained),
         parent_path.name,
     )
     return DeletionStart(
@@ -102,6 +107,8 @@ def start_deletion(cfg: dict[str, Any], parent_path: Path) -> DeletionStart:
         removed_y=torch.from_numpy(data.train_y[poisoned.indices]).to(device),
         model=parent.model,
         removed=poisoned.indices,
+        trained=trained,
+        validation=held_out_data(poisoned, held, device),
     )
 
 

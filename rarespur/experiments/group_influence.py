@@ -8,6 +8,11 @@ The updated weights are saved as model.pt; the record has the model after,
 ``before.*`` and, with ``influence.compare_exact``, ``exact.*`` side by side,
 plus the resolved ``influence.scale_used`` / ``influence.depth_used`` (the
 run-store key keeps the configured nulls).
+
+On a debiased model (parent=debias) the loss is still the cross-entropy of the classifier that is
+scored, over the images the debias run trained on (its held-out split excluded): the method's own
+objective samples latents and involves networks that are not deployed, so its Hessian is not the
+one of the function whose spurious score is measured.
 """
 
 from __future__ import annotations
@@ -120,8 +125,8 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     settings = settings_of(cfg)
     start = start_deletion(cfg, parents[0])
     if influence["hessian_data"] == "full":  # the set the parent was trained on, in training order
-        train_x = to_tensor(start.poisoned.train_x, start.device)
-        train_y = torch.from_numpy(start.poisoned.data.train_y).to(start.device)
+        train_x = to_tensor(start.poisoned.train_x[start.trained], start.device)
+        train_y = torch.from_numpy(start.poisoned.data.train_y[start.trained]).to(start.device)
     else:
         train_x, train_y = start.clean_x, start.clean_y
     model = copy.deepcopy(start.model).eval()
@@ -146,4 +151,6 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     }
 
 
-EXPERIMENT = Experiment(run, check, requires, FIELDS, summary_keys=DELETION_SUMMARY, artifacts=(MODEL,))
+EXPERIMENT = Experiment(
+    run, check, requires, FIELDS, summary_keys=DELETION_SUMMARY, debiased_parent=True, artifacts=(MODEL,)
+)

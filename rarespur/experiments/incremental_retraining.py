@@ -1,8 +1,10 @@
 """``experiment=incremental_retraining`` (docs/science.md#deletion): make the poisoned model forget by training on.
 
-Builds on the finished ``train`` run of the same config (its parent), removes the poisoned images and continues training with the
-parent's optimizer state (``deletion.mode``: ``paper`` at the final learning
-rate, ``restart_lr`` with the schedule started again). The record has the
+Builds on the finished ``train`` run of the same config (its parent; with parent=debias the ``debias``
+run), removes the poisoned images and continues training with the parent's optimizer state and
+objective (a debiasing method's second network, decoder and per-sample state, and its stopping rule
+on the parent's held-out split), ``deletion.mode``: ``paper`` at the final learning
+rate, ``restart_lr`` with the schedule started again. The record has the
 model after, ``before.*`` (the parent) and, with ``deletion.compare_exact``,
 ``exact.*`` (``experiment=retrain_exact`` of the same config) side by side.
 """
@@ -13,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rarespur.config.schema import Field
@@ -20,7 +23,13 @@ from rarespur.errors import MissingFileError
 from rarespur.experiments.deletion_steps import DELETION_SUMMARY, DeletionStart, deletion_record, start_deletion
 from rarespur.experiments.deletion_steps import requires as deletion_requires
 from rarespur.experiments.experiment import Experiment
-from rarespur.experiments.steps import check_deletion_start, fit_and_store, train_settings, training_record
+from rarespur.experiments.steps import (
+    check_deletion_start,
+    fit_and_store,
+    run_objective,
+    train_settings,
+    training_record,
+)
 from rarespur.methods.deletion.retraining import MODES, continuation_settings, final_lr
 from rarespur.store.run_dir import FINAL_STATE, HISTORY, MODEL, TABLES, RunDir
 
@@ -82,8 +91,19 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
         settings.lr,
         settings.lr_schedule,
     )
+    objective = run_objective(cfg)
+    positions = torch.from_numpy(np.searchsorted(start.trained, start.keep))
+    state = {**parent_state, "objective": objective.restrict_state(parent_state.get("objective", {}), positions)}
     fit = fit_and_store(
-        cfg, run_dir, start.model, start.clean_x, start.clean_y, settings=settings, start_from=parent_state
+        cfg,
+        run_dir,
+        start.model,
+        start.clean_x,
+        start.clean_y,
+        settings=settings,
+        start_from=state,
+        objective=objective,
+        validation=start.validation,
     )
     history = fit.history
     run_dir.write_table(HISTORY_TABLE, [{**row, "epoch_total": cfg["epochs"] + row["epoch"]} for row in history])
@@ -103,5 +123,6 @@ EXPERIMENT = Experiment(
     requires,
     FIELDS,
     summary_keys=DELETION_SUMMARY,
+    debiased_parent=True,
     artifacts=(MODEL, HISTORY, f"{TABLES}/{HISTORY_TABLE}.csv"),
 )

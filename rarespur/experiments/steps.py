@@ -19,9 +19,10 @@ from rarespur.data.fingerprint import data_fingerprint
 from rarespur.data.loaders import ImageData, dataset_options, load_dataset
 from rarespur.data.patterns import Pattern, build_pattern
 from rarespur.data.poisoning import choose_poison_indices, poison_images
+from rarespur.data.splits import validation_split
 from rarespur.engine.loop import EpochCallback, TrainSettings, train_model
 from rarespur.engine.objective import Objective
-from rarespur.engine.scoring import score_model
+from rarespur.engine.scoring import score_model, to_tensor
 from rarespur.errors import ConfigError
 from rarespur.methods.debias.debiaser import Debiaser
 from rarespur.methods.regularizers import build_objective
@@ -287,6 +288,26 @@ def run_objective(cfg: dict[str, Any]) -> Objective:
     parent=debias: a run on a debiased model trains its own models, e.g. membership-inference shadows, the same
     way), else the regularizer."""
     return debias_method(cfg) if "debias" in cfg else build_objective(cfg["regularizer"])
+
+
+def training_split(cfg: dict[str, Any], poisoned: Poisoning) -> tuple[np.ndarray, np.ndarray]:
+    """(trained on, held out): the training indices a run of `cfg` fits its model to and those it validates on.
+
+    A debiasing method that validates holds out its biased split (docs/science.md#signal-is-harder), drawn from
+    the model seed alone, so a poisoned run, its clean twin and the deletions built on it hold out the same
+    images, and the poisoned images are always trained on; every other run trains on the whole set."""
+    fraction = debias_method(cfg).val_fraction if "debias" in cfg else 0.0
+    n = len(poisoned.data.train_y)
+    return validation_split(n, fraction, cfg["train"]["model_seed"], keep=poisoned.indices)
+
+
+def held_out_data(
+    poisoned: PoisonedData, held: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The held-out images (as trained, poisoned where they are) and labels on the device; None when none are."""
+    if not len(held):
+        return None
+    return to_tensor(poisoned.train_x[held], device), torch.from_numpy(poisoned.data.train_y[held]).to(device)
 
 
 def check_objective(cfg: dict[str, Any], data: ImageData) -> None:

@@ -8,6 +8,8 @@ planted pattern's support, to tell detection errors from correction errors), and
 its ``retrain_exact`` run. Fine-tunes on the same poisoned training set with
 :class:`~rarespur.methods.detection.xbl.ExplanationPenalty` on the shared training loop, and reports the
 model after, ``before.*`` (the parent) and ``exact.*`` side by side, as the deletion experiments do.
+With parent=debias the model is the debias run's classifier, and XBL fine-tunes it with its own
+objective (cross-entropy and the penalty), not the debiasing method's.
 """
 
 from __future__ import annotations
@@ -215,5 +217,11 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
 
 
 EXPERIMENT = Experiment(
-    run, check, requires, FIELDS, summary_keys=DELETION_SUMMARY, artifacts=(MODEL, HISTORY, INDICATORS)
+    run,
+    check,
+    requires,
+    FIELDS,
+    summary_keys=DELETION_SUMMARY,
+    debiased_parent=True,
+    artifacts=(MODEL, HISTORY, INDICATORS),
 )

@@ -1,4 +1,5 @@
-"""One launcher job that trains a pack of sweep jobs together: from a pack file to committed records.
+"""One launcher job that trains a pack of sweep jobs together (or runs a chain of them in turn): from a pack
+file to committed records.
 
 Each member ends exactly as if it had run alone through :func:`rarespur.launch.runner.run_job`:
 the same run directory, record (plus ``packed_with.pack`` and ``packed_with.size``)
@@ -38,12 +39,18 @@ class PackFailed(UserError):
 
 
 def run_pack_file(path: str | Path) -> list[dict[str, Any]]:
-    """Run the pack of `path` (written by :func:`rarespur.launch.pack_plan.plan_packs`); returns the records."""
-    name, members = read_pack_file(path)
+    """Run the pack (or chain) of `path` (written by :func:`rarespur.launch.pack_plan.plan_packs`); returns
+    the records."""
+    name, members, chained = read_pack_file(path)
     match_threads_to_allocation()
     where_it_ran()  # git runs now, as the pack starts (cached), so ran_on.commit is the code that runs
     records: list[dict[str, Any]] = []
     failed: list[str] = []
+    if chained:  # one after another, each exactly as alone: the process's start-up is what they share
+        records = _run_alone(members, failed)
+        if failed:
+            raise PackFailed(f"{len(failed)} of the {len(members)} jobs of {name} failed: " + "; ".join(failed))
+        return records
     to_train: list[tuple[dict[str, Any], RunDir]] = []
     experiment: Experiment | None = None  # the pack's (packed jobs share their experiment)
     reusing: list[dict[str, Any]] = []  # their model is trained already: scored alone, before the pack trains

@@ -1,4 +1,4 @@
-"""Which jobs of a sweep train together in one process (``pack.size``), and the files that say so.
+"""Which jobs of a sweep run together in one process (``pack.size``, ``pack.chain``), and the files that say so.
 
 Jobs pack when their resolved configs differ only in what a pack can vary per
 model (:data:`PER_MODEL_KEYS`: the pattern, the poisoning, the model seed, the
@@ -9,6 +9,11 @@ becomes one job, the overrides of its first member plus ``pack.members=<file>``,
 a JSON file with every member's resolved config (see :mod:`rarespur.launch.pack_job`).
 Jobs whose run is already done (and not corrupt) are left out, so a relaunch packs only the rest. ``pack.size``
 counts the models a pack trains: clean baselines that differ only in how they are scored train one.
+
+``pack.chain=K`` puts the jobs that would still launch one by one (they cannot pack, or nothing is left
+to pack them with) K to a launcher job, run one after another in one process: a job alone spends
+seconds starting (interpreter, torch, Hydra, the data) before its first epoch (docs/benchmarks.md), and
+a chain pays that once. A chain's file is a pack file marked ``chained``.
 """
 
 from __future__ import annotations
@@ -101,15 +106,18 @@ class Plan:
     runs: list[list[tuple[str, str]]] = field(default_factory=list)  # per launch: (results_dir, run key) of each job
     packs: int = 0  # launcher jobs that train several models
     packed_jobs: int = 0  # sweep jobs inside those packs
+    chains: int = 0  # launcher jobs that run several jobs one after another
+    chained_jobs: int = 0  # sweep jobs inside those chains
     done: int = 0  # sweep jobs left out because their run is already done
     held: int = 0  # sweep jobs left out because the scheduler already holds them (queued or running)
     alone: Counter = field(default_factory=Counter)  # why jobs run one per launcher job -> how many
 
-    def describe(self, size: int) -> str:
+    def describe(self, size: int, chain: int = 1) -> str:
+        chained = f"{self.chained_jobs} of them in {self.chains} chain(s) of up to {chain}, " if chain > 1 else ""
         lines = [
             f"pack.size={size}: {self.packed_jobs} job(s) in {self.packs} pack(s), "
-            f"{sum(self.alone.values())} alone, {self.done} already done (not launched): "
-            f"{len(self.launches)} launcher job(s)"
+            f"{sum(self.alone.values())} alone ({chained.rstrip(', ') or 'one per launcher job'}), "
+            f"{self.done} already done (not launched): {len(self.launches)} launcher job(s)"
         ]
         if self.held:
             lines.append(f"  {self.held} job(s) already queued or running on the cluster: not submitted again")
@@ -123,8 +131,10 @@ def plan_packs(
     size: int,
     pack_dir: Path,
     held: Callable[[dict[str, Any]], bool] | None = None,
+    chain: int = 1,
 ) -> Plan:
-    """Group `jobs` (override lists, in launch order) into packs of at most `size`; write the pack files.
+    """Group `jobs` (override lists, in launch order) into packs of at most `size`, and the jobs left alone
+    into chains of at most `chain`; write the pack files.
 
     `resolve` gives a job's resolved config with an absolute ``results_dir``. A job it cannot
     resolve runs alone, so it fails on its own with its message, as without packing.
@@ -155,23 +165,54 @@ def plan_packs(
             groups[key] = []
             order.append(("pack", key))
         groups[key].append((job, resolved))
+    pending: list[Member] = []  # jobs that launch one by one, or chained `chain` to a launcher job
     for kind, item, *resolved in order:
-        if kind == "alone":
+        if kind == "pack":
+            pending += _add_packs(plan, pack_dir, groups[item], size)
+        elif resolved[0] is None:  # it fails on its own, with its message
             plan.launches.append(list(item))
-            plan.runs.append(_runs(resolved))
-            continue
-        for chunk in _chunks(groups[item], size):
-            plan.runs.append(_runs([member for _, member in chunk]))
-            if len(chunk) == 1:
-                plan.alone["the only job of its recipe left to run"] += 1
-                plan.launches.append(list(chunk[0][0]))
-                continue
-            path = str(write_pack_file(pack_dir, [resolved for _, resolved in chunk]))
-            quoted = path.replace("\\", "\\\\").replace("'", "\\'")  # a Hydra quoted value
-            plan.launches.append([*chunk[0][0], f"pack.members='{quoted}'"])
-            plan.packs += 1
-            plan.packed_jobs += len(chunk)
+            plan.runs.append([])
+        else:
+            pending.append((item, resolved[0]))
+        while len(pending) >= chain:
+            _add_chain(plan, pack_dir, pending[:chain])
+            del pending[:chain]
+    if pending:
+        _add_chain(plan, pack_dir, pending)
     return plan
+
+
+def _add_packs(plan: Plan, pack_dir: Path, members: list[Member], size: int) -> list[Member]:
+    """One launcher job per pack of `members` (at most `size` models each); returns a member left alone."""
+    alone = []
+    for chunk in _chunks(members, size):
+        if len(chunk) == 1:
+            plan.alone["the only job of its recipe left to run"] += 1
+            alone.append(chunk[0])
+            continue
+        plan.runs.append(_runs([member for _, member in chunk]))
+        plan.launches.append(_pack_launch(pack_dir, chunk, chained=False))
+        plan.packs += 1
+        plan.packed_jobs += len(chunk)
+    return alone
+
+
+def _add_chain(plan: Plan, pack_dir: Path, links: list[Member]) -> None:
+    """One launcher job for `links`: the job itself when it is one, else a chain that runs them in turn."""
+    plan.runs.append(_runs([member for _, member in links]))
+    if len(links) == 1:
+        plan.launches.append(list(links[0][0]))
+        return
+    plan.launches.append(_pack_launch(pack_dir, links, chained=True))
+    plan.chains += 1
+    plan.chained_jobs += len(links)
+
+
+def _pack_launch(pack_dir: Path, members: list[Member], chained: bool) -> list[str]:
+    """The launcher job of a pack or chain: its first member's overrides and the file that lists them all."""
+    path = str(write_pack_file(pack_dir, [resolved for _, resolved in members], chained))
+    quoted = path.replace("\\", "\\\\").replace("'", "\\'")  # a Hydra quoted value
+    return [*members[0][0], f"pack.members='{quoted}'"]
 
 
 def _runs(resolved: Sequence[dict[str, Any] | None]) -> list[tuple[str, str]]:
@@ -193,26 +234,27 @@ def _chunks(members: list[Member], size: int) -> list[list[Member]]:
     ]
 
 
-def pack_id(members: Sequence[dict[str, Any]]) -> str:
-    """A pack's name: the same members (by run key) give the same name, whichever sweep launched them."""
+def pack_id(members: Sequence[dict[str, Any]], chained: bool = False) -> str:
+    """A pack's (or chain's) name: the same members (by run key) give the same name, whichever sweep
+    launched them."""
     keys = sorted(RunDir("", cfg).key for cfg in members)
-    return "pack-" + hashlib.sha256(",".join(keys).encode()).hexdigest()[:12]
+    return ("chain-" if chained else "pack-") + hashlib.sha256(",".join(keys).encode()).hexdigest()[:12]
 
 
-def write_pack_file(pack_dir: Path, members: Sequence[dict[str, Any]]) -> Path:
-    """The file a packed launcher job reads its members from."""
-    name = pack_id(members)
+def write_pack_file(pack_dir: Path, members: Sequence[dict[str, Any]], chained: bool = False) -> Path:
+    """The file a packed (or chained) launcher job reads its members from."""
+    name = pack_id(members, chained)
     pack_dir.mkdir(parents=True, exist_ok=True)
     path = pack_dir / f"{name}.json"
-    write_atomic(path, json.dumps({"pack": name, "members": list(members)}, default=str))
+    write_atomic(path, json.dumps({"pack": name, "chained": chained, "members": list(members)}, default=str))
     return path
 
 
-def read_pack_file(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
-    """(pack name, member configs) of a pack file."""
+def read_pack_file(path: str | Path) -> tuple[str, list[dict[str, Any]], bool]:
+    """(name, member configs, whether they run one after another) of a pack file."""
     try:
         spec = json.loads(Path(path).read_text())
-        return spec["pack"], spec["members"]
+        return spec["pack"], spec["members"], bool(spec.get("chained", False))
     except FileNotFoundError:
         raise MissingFileError(
             f"pack.members={path}: no such pack file; it is written by the sweep that launches the pack "

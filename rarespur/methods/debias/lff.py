@@ -69,6 +69,9 @@ class LearningFromFailure(Debiaser):
     def state_dict(self) -> dict:
         return {**super().state_dict(), "ema": self.ema.clone(), "seen": self.seen.clone()}
 
+    def restrict_state(self, state: dict, positions: torch.Tensor) -> dict:
+        return {**state, "ema": state["ema"][:, positions], "seen": state["seen"][positions]}
+
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.ema.copy_(state["ema"])

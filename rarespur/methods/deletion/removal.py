@@ -1,15 +1,9 @@
-"""Pure helpers the deletion methods share: which images remain, and parameters as one vector."""
+"""Pure helpers the deletion methods share: parameters as one vector."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
-
-
-def kept_indices(n_train: int, removed: np.ndarray) -> np.ndarray:
-    """All training indices but the removed ones, in their original order."""
-    return np.setdiff1d(np.arange(n_train), removed)
 
 
 def flat_parameters(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
