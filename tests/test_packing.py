@@ -282,6 +282,7 @@ def test_chaining_runs_the_jobs_left_alone_k_to_a_launcher_job(tmp_path):
 
     everything = plan_packs(sweep.job_overrides, sweep.resolved_here, 1, tmp_path / "packs", chain=4)
     assert everything.packs == 0 and everything.chains == 4 and [len(r) for r in everything.runs] == [4, 4, 4, 4]
+    assert "2 job(s) run alone: pack.size=1 packs nothing" in everything.describe(1, 4)
     unchained = plan_packs(sweep.job_overrides, sweep.resolved_here, 8, tmp_path / "packs")
     assert unchained.chains == 0 and len(unchained.launches) == 1 + 14
 

@@ -161,6 +161,24 @@ def test_packed_sweep_runs_on_slurm(tmp_path):
     assert sacct_states(sorted(logs), name) == {j: "COMPLETED" for j in logs}
 
 
+def test_chained_sweep_runs_on_slurm(tmp_path):
+    """pack.chain=2: 5 jobs as chains of 2, 2 and 1, one SLURM array of 3 tasks; each chained task's log has its
+    jobs' records one after the other, all 5 in the store."""
+    name = f"rarespur-chain-{uuid.uuid4().hex[:8]}"
+    cmd = sweep_command(
+        tmp_path, name, "pattern=s1,s3,r3,s2,r1", "poison.count=10", "epochs=1", "data.train_limit=400", "pack.chain=2"
+    )
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "5 alone (4 of them in 2 chain(s) of up to 2)" in done.stdout + done.stderr
+    table = collect_runs(tmp_path / "store")
+    assert len(table) == 5 and "packed_with.pack" not in table
+    logs = job_logs(tmp_path / "multirun")
+    written = sorted(len(re.findall(r"record written to", text)) for text in logs.values())
+    assert len(logs) == 3 and written == [1, 2, 2], logs
+    assert sacct_states(sorted(logs), name) == {j: "COMPLETED" for j in logs}
+
+
 def _wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

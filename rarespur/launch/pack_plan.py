@@ -187,7 +187,7 @@ def _add_packs(plan: Plan, pack_dir: Path, members: list[Member], size: int) -> 
     alone = []
     for chunk in _chunks(members, size):
         if len(chunk) == 1:
-            plan.alone["the only job of its recipe left to run"] += 1
+            plan.alone["pack.size=1 packs nothing" if size == 1 else "the only job of its recipe left to run"] += 1
             alone.append(chunk[0])
             continue
         plan.runs.append(_runs([member for _, member in chunk]))
