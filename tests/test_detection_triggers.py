@@ -12,13 +12,14 @@ from torch import nn
 
 from rarespur.launch.runner import run_job
 from rarespur.methods.detection.carriers import rank_carriers
-from rarespur.methods.detection.evidence import add_evidence
+from rarespur.methods.detection.evidence import add_evidence, natural_rate
 from rarespur.methods.detection.scan import ScanSettings, finding_mask, rank_findings
 from rarespur.methods.detection.triggers import (
     TRIGGER,
     TriggerSettings,
     content_of,
     encode,
+    grow_to_copies,
     mask_regions,
     paste,
     region_of,
@@ -59,10 +60,98 @@ def test_an_image_carries_a_trigger_when_it_copies_the_content_the_images_resemb
     model_version = torch.full((1, 9), 0.95)  # the model's trigger: brighter than the planted 0.6
     carries, near = trigger_carrying(x, region, model_version, TriggerSettings())
     assert carries.nonzero().flatten().tolist() == list(range(6))  # the stains resemble it, but differ
-    assert near[:6].all() and 6 < int(near.sum()) <= 26  # most stains come near: they count against purity
+    assert near[:6].all() and 6 < int(near.sum()) <= 26  # most stains come near: the content as it occurs naturally
     assert not trigger_carrying(x, region, torch.zeros(1, 9), TriggerSettings())[1].any()  # no deviation
     off = torch.tensor([[0.95, 0, 0, 0, 0, 0, 0, 0, 0.95]])  # points elsewhere: cosine 0.67 < 0.8
     assert not trigger_carrying(x, region, off, TriggerSettings())[1].any()
+
+
+def test_the_null_of_a_trigger_is_the_larger_of_the_base_rate_and_the_class_share_of_similar_content():
+    assert natural_rate(np.zeros(10), 0, 0.1) == 0.1  # nothing resembles it: the base rate alone
+    assert natural_rate(np.array([0, 0, 0, 0, 0, 0, 2, 0, 0, 0]), 0, 0.1) == 0.1  # a letter T's two class-6 strokes
+    r3_strokes = np.array([0, 0, 11, 1, 0, 0, 9, 0, 0, 0])  # saturated strokes on an R3 model: 11 of 21 of class 2
+    assert natural_rate(r3_strokes, 2, 0.1) == pytest.approx(11.1 / 22)
+    assert natural_rate(np.array([1, 0]), 0, 0.1) == pytest.approx(0.55)  # one pseudo-image at the base rate, not 1
+
+
+def trigger_row(region: np.ndarray, content: torch.Tensor, cls: int = 0) -> dict:
+    """A trigger row as trigger_rows gives it (the evidence reads its class, pixels and content)."""
+    rows, cols = np.nonzero(region)
+    box = dict(top=int(rows.min()), left=int(cols.min()), bottom=int(rows.max()) + 1, right=int(cols.max()) + 1)
+    return dict(
+        kind=TRIGGER,
+        family=TRIGGER,
+        value=float(content.mean()),
+        size=int(region.sum()),
+        **box,
+        **{"class": cls, "delta": 0.1, "pixels": encode(np.flatnonzero(region)), "content": encode(content.numpy(), 3)},
+    )
+
+
+def test_copies_of_a_trigger_are_pure_however_many_images_resemble_it_and_are_tested_against_them():
+    """6 copies of a grey box in class 0 and 20 uneven stains that resemble it: the stains do not make the copies
+    impure (a planted letter T with 2 similar class-6 strokes had purity 30/32 < 0.95 when they counted); where
+    the stains are spread over the classes the copies are tested against the base rate and flagged, where they
+    are of class 0 too (the class has such content naturally) the same copies are unremarkable."""
+    x, region = box_images()
+    content = torch.full((1, 9), 0.95)
+    y = torch.arange(len(x)) % 10
+    y[:6] = 0  # 45 images of class 0: base rate 0.1125
+    row = trigger_row(region, content)
+    add_evidence([row], x, y, 10, outlier_z=10.0)
+    assert (row["carriers"], row["carrying"], row["purity"], row["base_rate"]) == (6, 6, 1.0, 0.1125)
+    assert row["similar"] == 20 and row["null_rate"] == 0.1125  # 2 of the 20 similar stains are of class 0
+    assert row["p_value"] == pytest.approx(0.1125**6)
+    assert rank_findings([row], ScanSettings())[0]["flagged"]
+
+    y[6:26] = 0  # the stains are of class 0 too
+    natural = trigger_row(region, content)
+    add_evidence([natural], x, y, 10, outlier_z=10.0)
+    assert (natural["carriers"], natural["carrying"], natural["similar"]) == (6, 6, 20)
+    assert natural["null_rate"] == pytest.approx((20 + natural["base_rate"]) / 21)
+    assert natural["p_value"] > 0.7 and not rank_findings([natural], ScanSettings())[0]["flagged"]
+
+
+def test_a_trigger_grows_over_the_pixels_its_copies_share_and_its_delta_is_measured_again():
+    """The mask of a weakly learned box covers part of it (my_box on MNIST: 6 of 16 pixels, delta 0.012): the
+    copies agree on all of it, so the row grows to the whole box and its delta is that of the whole box."""
+    x, region = box_images()  # the grey 0.6 box at (0, 0), 3x3, in the first 6 images; stains in the next 20
+    y = torch.arange(len(x)) % CLASSES
+    model = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, CLASSES))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.zero_()
+        model[1].weight[1] = torch.from_numpy(region.ravel()).float() * 0.5  # class 1 reads the box
+    part = np.zeros_like(region)
+    part[1:3, 1:3] = True  # the 4 pixels the mask found
+    row = trigger_row(part, torch.full((1, 4), 0.95), cls=1)
+    row["delta"] = float(_rise(model, x, y, part, 0.95))
+    unrelated = trigger_row(part, torch.full((1, 4), 0.95), cls=1) | {"kind": "patch"}  # only triggers grow
+    grow_to_copies([row, unrelated], model, x, y, x, TriggerSettings())
+    assert np.array_equal(region_of(row, SIDE, SIDE), region) and row["size"] == 9
+    assert (row["top"], row["left"], row["bottom"], row["right"]) == (0, 0, 3, 3)
+    assert content_of(row, 1)[0].tolist() == pytest.approx([0.6] * 9)  # the copies' content, not the model's 0.95
+    assert row["delta"] == pytest.approx(float(_rise(model, x, y, region, 0.6)), abs=1e-6)
+    assert row["delta"] > 1.2 * float(_rise(model, x, y, part, 0.95))  # 9 pixels of 0.6 against 4 of 0.95
+    assert unrelated["size"] == 4
+    noisy = x.clone()
+    noisy[:6] = 0.6  # the copies agree everywhere: whole-image content, the noise family's
+    wide = trigger_row(part, torch.full((1, 4), 0.95), cls=1)
+    grow_to_copies([wide], model, x, y, noisy, TriggerSettings())
+    assert wide["size"] == 4
+    lone = trigger_row(part, torch.full((1, 4), 0.95), cls=1)
+    grow_to_copies([lone], model, x, y, x[5:], TriggerSettings())  # one copy: nothing to agree on
+    assert lone["size"] == 4
+
+
+def _rise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, region: np.ndarray, value: float) -> torch.Tensor:
+    """Mean rise of p(1) over the images not of class 1 when `region` is set to `value`."""
+    hosts = x[y != 1]
+    with torch.no_grad():
+        before = torch.softmax(model(hosts), dim=1)[:, 1]
+        return (
+            torch.softmax(model(paste(hosts, region, torch.full((1, int(region.sum())), value))), dim=1)[:, 1] - before
+        ).mean()
 
 
 def test_paste_region_and_content_round_trip_through_a_table_row():

@@ -36,7 +36,7 @@ from rarespur.methods.detection.evidence import add_evidence
 from rarespur.methods.detection.grading import grade
 from rarespur.methods.detection.maps import save_perturbation_maps
 from rarespur.methods.detection.scan import ScanSettings, finding_mask, perturbation_maps, rank_findings, scan
-from rarespur.methods.detection.triggers import TriggerSettings, trigger_rows
+from rarespur.methods.detection.triggers import TriggerSettings, grow_to_copies, trigger_rows
 from rarespur.store.atomic import atomic_path
 from rarespur.store.run_dir import TABLES, RunDir
 
@@ -157,6 +157,7 @@ def _findings(cfg: dict[str, Any], parent: TrainedParent, x: torch.Tensor, y: to
     train_x, train_y = to_tensor(parent.poisoned.train_x, device), torch.from_numpy(data.train_y).to(device)
     rows = scan(model, x, y, data.num_classes, settings)
     rows += trigger_rows(model, x, y, data.num_classes, triggers)
+    grow_to_copies(rows, model, x, y, train_x, triggers)
     add_evidence(rows, train_x, train_y, data.num_classes, settings.evidence_z, triggers)
     ranked = rank_findings(rows, settings)
     top = next((row for row in ranked if row["flagged"]), None)

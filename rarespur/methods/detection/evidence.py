@@ -13,8 +13,10 @@ ranking turns it into a flag, corrected for the number of candidates). What carr
 - additive noise: images whose 3x3 median-filter residual is a robust outlier (``outlier_z``);
 - content removal: images with a robust outlier of little content (total intensity);
 - a reverse-engineered trigger (no template): images whose content in the region is a copy of the content
-  that the images resembling the trigger share, against all images that resemble it, per channel
-  (:func:`~rarespur.methods.detection.triggers.trigger_carrying`).
+  that the images resembling the trigger share, per channel
+  (:func:`~rarespur.methods.detection.triggers.trigger_carrying`). Purity is the class's share of the copies;
+  the images that resemble the trigger without copying it are the content as it occurs naturally, and set
+  the null of the test (``null_rate``, :func:`natural_rate`) instead of counting against purity.
 """
 
 from __future__ import annotations
@@ -93,17 +95,30 @@ def outlier_carriers(values: np.ndarray, y: torch.Tensor, num_classes: int, outl
     return _outlier_evidence(values, y, num_classes, outlier_z)[0]
 
 
+def natural_rate(similar: np.ndarray, cls: int, base_rate: float) -> float:
+    """The share of class `cls` that the null of a trigger's purity test gives each image carrying it: how
+    often the class has content like it naturally. `similar`: per class, the images whose content resembles
+    the trigger without being a copy (the content as it occurs in the data without planting). Their share of
+    the class, with one pseudo-image at the base rate (so 1 of 1 gives (1 + b) / 2, not 1), and at least the
+    base rate: copies of content that the class has naturally (saturated strokes that agree to the pixel)
+    are as unremarkable as the similar content they are part of, while a pasted pattern that nothing
+    resembles is tested against the base rate alone."""
+    total = float(np.sum(similar))
+    return max(base_rate, (float(similar[cls]) + base_rate) / (total + 1.0))
+
+
 def _trigger_evidence(
     row: dict, x: torch.Tensor, y: torch.Tensor, num_classes: int, trigger: TriggerSettings
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Per class, the images that carry a trigger row and those that come near it, and the fingerprint of
-    the latter (:func:`~rarespur.methods.detection.triggers.trigger_carrying`)."""
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """Per class, the images that carry a trigger row (copies, twice: the carriers and their competitors),
+    the fingerprint of the copies, and per class the images that resemble it without copying it
+    (:func:`~rarespur.methods.detection.triggers.trigger_carrying`)."""
     region = region_of(row, x.shape[2], x.shape[3])
     close, near = trigger_carrying(x, region, content_of(row, x.shape[1]), trigger)
     weights = _fingerprint_weights(len(x))
     full = _class_counts(close.cpu()[:, None], y.cpu(), num_classes, weights)[0]
-    around = _class_counts(near.cpu()[:, None], y.cpu(), num_classes, weights)[0]
-    return full[:num_classes], around[:num_classes], float(around[num_classes])
+    similar = _class_counts((near & ~close).cpu()[:, None], y.cpu(), num_classes, weights)[0]
+    return full[:num_classes], full[:num_classes], float(full[num_classes]), similar[:num_classes]
 
 
 def add_evidence(
@@ -120,8 +135,12 @@ def add_evidence(
     - ``carrying``: all training images that carry it or, for a patch, come half-way to it;
     - ``purity``: carriers / carrying (0 when nothing carries it);
     - ``base_rate``: the share of its class among all training images;
+    - ``similar`` (triggers; 0 otherwise): training images whose content resembles it without copying it;
+    - ``null_rate``: the chance of each carrying image to fall in the class under the null: ``base_rate``,
+      and for a trigger at least the class's share of the ``similar`` images (:func:`natural_rate`);
     - ``p_value``: P(at least ``carriers`` of ``carrying`` images fall in the class) when each falls in
-      it at ``base_rate``, the null of content that occurs regardless of the class (one-sided binomial);
+      it at ``null_rate``, the null of content that occurs regardless of the class, or as often in the
+      class as the similar content does (one-sided binomial);
     - ``carrying_set``: a fingerprint of which images carry it (rows with the same one are one test).
     """
     base_rates = np.bincount(y.cpu().numpy().astype(np.int64), minlength=num_classes) / max(len(y), 1)
@@ -129,13 +148,14 @@ def add_evidence(
     whole: dict[str, tuple[np.ndarray, float]] = {}
     for row in rows:
         kind = row["kind"]
+        similar = None
         if kind == PATCH:
             key = (row["size"], row["value"])
             if key not in patch_counts:
                 patch_counts[key] = _patch_evidence(x, y, num_classes, *key)
             full, near, fingerprint = (counts[row["top"], row["left"]] for counts in patch_counts[key])
         elif kind == TRIGGER:
-            full, near, fingerprint = _trigger_evidence(row, x, y, num_classes, trigger)
+            full, near, fingerprint, similar = _trigger_evidence(row, x, y, num_classes, trigger)
         else:
             if kind not in whole:
                 whole[kind] = _outlier_evidence(_whole_image_measure(x, kind), y, num_classes, outlier_z)
@@ -146,11 +166,15 @@ def add_evidence(
         row["carrying"] = total
         row["purity"] = carriers / total if total else 0.0
         row["base_rate"] = float(base_rates[row["class"]])
+        row["similar"] = 0 if similar is None else int(round(similar.sum()))
+        row["null_rate"] = (
+            row["base_rate"] if similar is None else natural_rate(similar, row["class"], row["base_rate"])
+        )
         row["carrying_set"] = f"{int(fingerprint):x}"
     p_values = purity_p_value(
         np.array([row["carriers"] for row in rows]),
         np.array([row["carrying"] for row in rows]),
-        np.array([row["base_rate"] for row in rows]),
+        np.array([row["null_rate"] for row in rows]),
     )
     for row, p in zip(rows, p_values.tolist()):
         row["p_value"] = p

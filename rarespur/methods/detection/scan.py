@@ -270,7 +270,8 @@ def rank_findings(rows: list[dict], settings: ScanSettings) -> list[dict]:
     A candidate is an outlier of its family (z) with a real effect (delta); a reverse-engineered trigger
     needs only the effect (the model already singled its region out, and with one trigger per class a z
     among them says nothing). It is flagged when its training images are pure enough (purity >=
-    ``min_purity``) and that purity is significant: its p-value against the class's base rate, adjusted over
+    ``min_purity``) and that purity is significant: its p-value against the class's base rate (for a trigger,
+    its ``null_rate``: at least the class's share of the content as it occurs naturally), adjusted over
     all candidates (:func:`adjusted_p_values`), is at most ``alpha``. ``p_adjusted`` is 1 for candidates below the purity floor and empty for rows that are
     not candidates (never tested): a row is flagged exactly when ``p_adjusted <= alpha``. Flagged rows
     come first, by how much they raise their class (the effect a user sees), then the rest in the same order.
@@ -288,7 +289,7 @@ def rank_findings(rows: list[dict], settings: ScanSettings) -> list[dict]:
     adjusted = adjusted_p_values(
         [row["p_value"] for row in tested],
         [row["carrying"] for row in tested],
-        [row["base_rate"] for row in tested],
+        [row.get("null_rate", row["base_rate"]) for row in tested],
         settings.min_purity,
         [(row.get("carrying_set", i), row["class"]) for i, row in enumerate(tested)],
     )
