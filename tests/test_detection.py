@@ -439,7 +439,8 @@ def detected(shared_data, tmp_path_factory):
 def test_detect_finds_the_planted_square_and_its_images_and_nothing_on_the_clean_model(detected):
     base, results, poisoned, clean = detected
     assert poisoned["detect.hit_at_1"] == 1.0 and poisoned["detect.first_hit_rank"] == 1
-    assert poisoned["detect.top_class"] == 0 and poisoned["detect.top_family"] == "patch5x5=1"
+    # the bank's white 5x5 patch, or the reverse-engineered trigger grown to the square its 60 copies share
+    assert poisoned["detect.top_class"] == 0 and poisoned["detect.top_family"] in ("patch5x5=1", "trigger")
     assert poisoned["detect.top_region"] == "0,0,5,5" and poisoned["detect.top_carriers"] == 60
     assert poisoned["detect.precision_at_n"] >= 0.9
     assert clean["detect.num_flagged"] == 0 and clean["detect.false_flagged"] == 0
