@@ -285,6 +285,10 @@ def test_chaining_runs_the_jobs_left_alone_k_to_a_launcher_job(tmp_path):
     assert "2 job(s) run alone: pack.size=1 packs nothing" in everything.describe(1, 4)
     unchained = plan_packs(sweep.job_overrides, sweep.resolved_here, 8, tmp_path / "packs")
     assert unchained.chains == 0 and len(unchained.launches) == 1 + 14
+    # at pack.size=1 not even the clean baselines that share one model pack: 6 jobs, 3 chains of 2
+    baselines = Sweep(None, ["pattern=s1,s3,r3", "poison.count=0,3", f"results_dir={tmp_path}"])
+    alone = plan_packs(baselines.job_overrides, baselines.resolved_here, 1, tmp_path / "packs", chain=2)
+    assert alone.packs == 0 and alone.chains == 3 and alone.chained_jobs == 6
 
 
 @pytest.mark.slow  # 2 jobs chained and the same 2 alone

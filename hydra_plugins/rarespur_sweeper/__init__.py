@@ -51,6 +51,7 @@ class RarespurSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         # here, not at import: Hydra imports every plugin at start-up
+        from rarespur.errors import ConfigError
         from rarespur.launch.arrays import QueueView, held_by, unsubmitted
         from rarespur.launch.pack_plan import plan_packs
         from rarespur.launch.sweep import Sweep
@@ -65,7 +66,10 @@ class RarespurSweeper(BasicSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         expansion = Sweep.of_loaded(self.hydra_context.config_loader, self.config)
         size = int(OmegaConf.select(self.config, "pack.size", default=1) or 1)
-        chain = int(OmegaConf.select(self.config, "pack.chain", default=1) or 1)
+        chain = int(OmegaConf.select(self.config, "pack.chain", default=1))
+        for key, value in (("pack.size", size), ("pack.chain", chain)):
+            if value < 1:
+                raise ConfigError(f"{key}={value}: a launcher job runs at least one job; set {key} to 1 or more")
         # a launcher that submits to a scheduler (SLURM arrays) is told each launch's run keys, and is
         # not handed what is done or what the scheduler already holds from an earlier launch
         submits = hasattr(self.launcher, "launch_runs")

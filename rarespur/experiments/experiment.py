@@ -49,7 +49,8 @@ class Experiment:
     # record keys the one-line summary after a run shows
     summary_keys: tuple[str, ...] = SCORES
     # can build on a debiased model: with parent=debias (a `debias` node in the config) its parent is the debias
-    # run of the same overrides instead of the train run, and any model it trains uses the debiasing method
+    # run of the same overrides instead of the train run, and any model it trains with the run's objective (not
+    # its own, as XBL's) uses the debiasing method
     debiased_parent: bool = False
     # files every run of this type writes, besides the store's own (config, record, done): what a user or the
     # report may count on finding in its directory

@@ -166,35 +166,43 @@ def plan_packs(
             order.append(("pack", key))
         groups[key].append((job, resolved))
     pending: list[Member] = []  # jobs that launch one by one, or chained `chain` to a launcher job
+
+    def single(member: Member) -> None:
+        pending.append(member)
+        if len(pending) == chain:
+            _add_chain(plan, pack_dir, pending[:])
+            pending.clear()
+
     for kind, item, *resolved in order:
         if kind == "pack":
-            pending += _add_packs(plan, pack_dir, groups[item], size)
+            _add_packs(plan, pack_dir, groups[item], size, single)
         elif resolved[0] is None:  # it fails on its own, with its message
             plan.launches.append(list(item))
             plan.runs.append([])
         else:
-            pending.append((item, resolved[0]))
-        while len(pending) >= chain:
-            _add_chain(plan, pack_dir, pending[:chain])
-            del pending[:chain]
+            single((item, resolved[0]))
     if pending:
         _add_chain(plan, pack_dir, pending)
     return plan
 
 
-def _add_packs(plan: Plan, pack_dir: Path, members: list[Member], size: int) -> list[Member]:
-    """One launcher job per pack of `members` (at most `size` models each); returns a member left alone."""
-    alone = []
+def _add_packs(plan: Plan, pack_dir: Path, members: list[Member], size: int, single: Callable[[Member], None]) -> None:
+    """One launcher job per pack of `members` (at most `size` models each), in order; a member left alone
+    goes to `single`. At ``pack.size=1`` nothing packs, not even the clean baselines that share a model."""
+    if size == 1:
+        plan.alone["pack.size=1 packs nothing"] += len(members)
+        for member in members:
+            single(member)
+        return
     for chunk in _chunks(members, size):
         if len(chunk) == 1:
-            plan.alone["pack.size=1 packs nothing" if size == 1 else "the only job of its recipe left to run"] += 1
-            alone.append(chunk[0])
+            plan.alone["the only job of its recipe left to run"] += 1
+            single(chunk[0])
             continue
         plan.runs.append(_runs([member for _, member in chunk]))
         plan.launches.append(_pack_launch(pack_dir, chunk, chained=False))
         plan.packs += 1
         plan.packed_jobs += len(chunk)
-    return alone
 
 
 def _add_chain(plan: Plan, pack_dir: Path, links: list[Member]) -> None:

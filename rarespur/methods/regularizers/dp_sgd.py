@@ -130,5 +130,6 @@ class DPSGD(Objective):
 
     def load_state_dict(self, state: dict) -> None:
         self.accountant.history = [tuple(entry) for entry in state.get("accountant", [])]
-        if state.get("noise_generator") is not None:  # the loop wraps the optimizer before it loads a checkpoint
-            self._noise.set_state(state["noise_generator"])
+        noise = state.get("noise_generator")  # the loop wraps the optimizer before it loads a checkpoint
+        if noise is not None and noise.numel() == self._noise.get_state().numel():
+            self._noise.set_state(noise)  # a state from another kind of device (a continuation): seeded afresh
