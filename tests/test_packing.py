@@ -232,17 +232,17 @@ def test_grouping_packs_only_what_may_differ(tmp_path):
     assert again.done == 1 and again.packed_jobs == 47
 
 
+# 16 jobs of which only 2 (mlp3x256, no DP-SGD, experiment=train) may pack together
+MOSTLY_UNPACKABLE = (
+    "model=mlp3x256,cnn",
+    "regularizer=none,dp_sgd",
+    "experiment=train,mem_inference",
+    "poison.count=0,3",
+)
+
+
 def test_grouping_keeps_unpackable_jobs_alone(tmp_path):
-    sweep = Sweep(
-        None,
-        [
-            "model=mlp3x256,cnn",
-            "regularizer=none,dp_sgd",
-            "experiment=train,mem_inference",
-            "poison.count=0,3",
-            f"results_dir={tmp_path}",
-        ],
-    )
+    sweep = Sweep(None, [*MOSTLY_UNPACKABLE, f"results_dir={tmp_path}"])
     plan = plan_packs(sweep.job_overrides, sweep.resolved_here, 8, tmp_path / "packs")
     assert plan.packs == 1 and plan.packed_jobs == 2 and len(plan.launches) == 1 + 14
     reasons = " ".join(plan.alone)
@@ -254,16 +254,7 @@ def test_grouping_keeps_unpackable_jobs_alone(tmp_path):
 def test_chaining_runs_the_jobs_left_alone_k_to_a_launcher_job(tmp_path):
     """pack.chain=3: 16 jobs, of which 2 pack (mlp3x256, no DP-SGD, train) and 14 cannot: chains of 3, 3, 3, 3, 2,
     in launch order; at pack.size=1 every job is left alone, so every job is chained."""
-    sweep = Sweep(
-        None,
-        [
-            "model=mlp3x256,cnn",
-            "regularizer=none,dp_sgd",
-            "experiment=train,mem_inference",
-            "poison.count=0,3",
-            f"results_dir={tmp_path}",
-        ],
-    )
+    sweep = Sweep(None, [*MOSTLY_UNPACKABLE, f"results_dir={tmp_path}"])
     plan = plan_packs(sweep.job_overrides, sweep.resolved_here, 8, tmp_path / "packs", chain=3)
     assert plan.packs == 1 and plan.chains == 5 and plan.chained_jobs == 14 and len(plan.launches) == 6
     chained, kinds = [], []
