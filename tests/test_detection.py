@@ -27,6 +27,7 @@ from rarespur.methods.detection.scan import (
     rank_findings,
     robust_z,
     scan,
+    scan_indices,
     tilings,
 )
 from rarespur.methods.detection.xbl import (
@@ -74,6 +75,70 @@ def test_grid_positions_and_tilings_cover_every_patch_once_without_overlap():
             members = [p for p, g in zip(positions, groups) if g == t]
             assert all(b - a >= size for a, b in zip(members, members[1:]))
         assert max(groups) + 1 == -(-size // stride) + (positions[-1] - positions[-2] < size and stride >= size)
+
+
+def test_a_balanced_scan_takes_each_class_first_images_in_turns_and_fills_a_short_class():
+    labels = np.array([0, 0, 0, 0, 0, 1, 2, 2, 2, 2])  # sorted by class, as an image folder lists them; class 1 has one
+    assert scan_indices(labels, 7, "balanced").tolist() == [0, 5, 6, 1, 7, 2, 8]  # 7 // 3 = 2 each; 1 short: 3, 1, 3
+    assert scan_indices(labels, 8, "balanced").tolist() == [0, 5, 6, 1, 7, 2, 8, 3]  # the remainder to class 0
+    assert scan_indices(labels, 100, "balanced").tolist() == [0, 5, 6, 1, 7, 2, 8, 3, 9, 4]  # all, in turns
+    assert scan_indices(labels, 7, "first").tolist() == list(range(7))
+    assert scan_indices(labels, 100, "first").tolist() == list(range(10))
+    folder = np.repeat(np.arange(10), 100)  # a CIFAR-10 folder cut to 100 test images a class
+    chosen = scan_indices(folder, 64, "balanced")
+    assert np.bincount(folder[chosen]).tolist() == [7, 7, 7, 7, 6, 6, 6, 6, 6, 6]
+    assert sorted(chosen.tolist()) == [100 * c + i for c in range(10) for i in range(7 if c < 4 else 6)]
+    assert folder[chosen[:10]].tolist() == list(range(10))  # any head of the order is spread over the classes
+    assert np.bincount(folder[scan_indices(folder, 64, "first")], minlength=10).tolist() == [64] + [0] * 9
+    interleaved = np.arange(30) % 3  # MNIST-like: every head is already spread, balanced is a reordering
+    assert sorted(scan_indices(interleaved, 9, "balanced").tolist()) == list(range(9))
+
+
+def test_an_unknown_scan_selection_is_refused_in_one_line_naming_the_choices():
+    from rarespur.experiments import resolve_job
+
+    resolved, _ = resolve_job(compose_config("experiment=detect"))
+    assert resolved["detect"]["scan_images"] == "balanced"
+    with pytest.raises(ConfigError) as refused:
+        resolve_job(compose_config("experiment=detect", "detect.scan_images=random"))
+    assert str(refused.value) == "detect.scan_images='random' unknown; valid: balanced, first"
+
+
+def test_detect_on_an_image_folder_scans_every_class(tmp_path):
+    """A class-sorted image folder: the balanced scan sees both classes, the first images are all of class a."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 12), ("test", 6)):
+        for cls in ("a", "b"):
+            (tmp_path / "tree" / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                image = (rng.random((12, 12)) * 255).astype(np.uint8)
+                Image.fromarray(image).save(tmp_path / "tree" / split / cls / f"{i:02d}.png")
+    base = [
+        "dataset=imagefolder",
+        f"dataset.path={tmp_path / 'tree'}",
+        "pattern=s3",
+        "poison.count=4",
+        "epochs=1",
+        "device=cpu",
+        "progress=false",
+        f"results_dir={tmp_path / 'results'}",
+        "experiment=detect",
+        "detect.patch_sizes=[3]",
+        "detect.patch_values=[1.0]",
+        "detect.stride=3",
+        "detect.noise_strengths=[1.0]",
+        "detect.content_fractions=[0.5]",
+        "detect.trigger_steps=0",
+        "detect.map_window=3",
+        "detect.num_images=5",
+    ]
+    balanced = run_job(compose_config(*base))
+    assert balanced["detect.num_scanned"] == 5 and balanced["detect.scanned_per_class"] == "3,2"
+    first = run_job(compose_config(*base, "detect.scan_images=first"))
+    assert first["detect.num_scanned"] == 5 and first["detect.scanned_per_class"] == "5,0"
+    assert first["run_id"] != balanced["run_id"] and first["parent_run_id"] == balanced["parent_run_id"]
 
 
 def test_scan_measures_the_mean_rise_of_each_class_over_the_other_images():

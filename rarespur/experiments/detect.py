@@ -1,11 +1,12 @@
 """``experiment=detect`` (docs/science.md#detection-and-xbl): find a trained model's shortcut without being told it.
 
-Builds on the finished ``train`` run of the same config. Scans the first ``detect.num_images`` test
-images (which carry no pattern) with the perturbation bank of :mod:`rarespur.methods.detection.scan` and the
-triggers reverse-engineered from the model (:mod:`rarespur.methods.detection.triggers`, no template), weighs
-each finding against the training data (:mod:`rarespur.methods.detection.evidence`), ranks the training
-images that carry the top finding, and grades all of it against the planted truth, which the run
-knows from its config but the detector is never given. Tables ``findings`` and ``carriers``, the
+Builds on the finished ``train`` run of the same config. Scans ``detect.num_images`` test images
+(which carry no pattern; ``detect.scan_images``: spread evenly over the classes, or the first ones)
+with the perturbation bank of :mod:`rarespur.methods.detection.scan` and the triggers
+reverse-engineered from the model (:mod:`rarespur.methods.detection.triggers`, no template), weighs
+each finding against the training data (:mod:`rarespur.methods.detection.evidence`), ranks the
+training images that carry the top finding, and grades all of it against the planted truth, which
+the run knows from its config but the detector is never given. Tables ``findings`` and ``carriers``, the
 per-class ``perturbation_map.png``, and ``detect.*`` fields in the record.
 """
 
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rarespur.config.schema import Field, count, non_negative, positive_int
@@ -35,7 +37,16 @@ from rarespur.methods.detection.carriers import rank_carriers
 from rarespur.methods.detection.evidence import add_evidence
 from rarespur.methods.detection.grading import grade
 from rarespur.methods.detection.maps import save_perturbation_maps
-from rarespur.methods.detection.scan import ScanSettings, finding_mask, perturbation_maps, rank_findings, scan
+from rarespur.methods.detection.scan import (
+    FIRST,
+    SCAN_IMAGES,
+    ScanSettings,
+    finding_mask,
+    perturbation_maps,
+    rank_findings,
+    scan,
+    scan_indices,
+)
 from rarespur.methods.detection.triggers import TriggerSettings, grow_to_copies, trigger_rows
 from rarespur.store.atomic import atomic_path
 from rarespur.store.run_dir import TABLES, RunDir
@@ -52,6 +63,7 @@ FIELDS = {
     "detect.noise_strengths": Field(float, low=0, low_open=True, many=True),
     "detect.content_fractions": Field(float, low=0, high=1, low_open=True, many=True),
     "detect.num_images": positive_int(),
+    "detect.scan_images": Field(str, choices=SCAN_IMAGES),
     "detect.z_threshold": non_negative(),
     "detect.min_delta": Field(float, low=0, high=1),
     "detect.min_purity": Field(float, low=0, high=1),
@@ -129,8 +141,11 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     """Scan, weigh against the training data, rank carriers, grade; store the tables and the map."""
     parent = load_trained_parent(cfg, parents[0])
     d, data = cfg["detect"], parent.poisoned.data
-    x = to_tensor(data.test_x[: d["num_images"]], parent.device)
-    y = torch.from_numpy(data.test_y[: d["num_images"]]).to(parent.device)
+    # a config stored before detect.scan_images existed scanned the first images
+    chosen = scan_indices(data.test_y, d["num_images"], d.get("scan_images", FIRST))
+    x = to_tensor(data.test_x[chosen], parent.device)
+    y = torch.from_numpy(data.test_y[chosen]).to(parent.device)
+    per_class = np.bincount(data.test_y[chosen], minlength=data.num_classes)
     log.info("scanning %s (parent run %s) on %d test images", cfg["model"]["name"], parents[0].name, len(x))
     started = time.perf_counter()
     ranked = _findings(cfg, parent, x, y)
@@ -140,6 +155,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     return {
         **_graded(parent.poisoned, ranked, carriers),
         "detect.num_scanned": int(len(x)),
+        "detect.scanned_per_class": ",".join(map(str, per_class.tolist())),
         "detect.num_perturbations": len({(r["family"], r["value"], r["top"], r["left"]) for r in ranked}),
         "detect.scan_seconds": scan_seconds,
         "parent.spurious_score": parent.record.get("spurious_score"),
