@@ -162,7 +162,9 @@ def main() -> int:
     parser.add_argument("--device", required=True, help="cuda or cpu (any torch device string)")
     parser.add_argument("--quick", action="store_true", help="the smallest sizes: a check that every benchmark runs")
     parser.add_argument("--data-root", default=os.environ.get("RARESPUR_DATA", "../shared/data"))
-    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown report to this file")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also write the Markdown report to this file, after each benchmark"
+    )
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}")
     args = parser.parse_args()
     names = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -180,10 +182,9 @@ def main() -> int:
         took = f" ({time.perf_counter() - start:.1f} s)" if outcome.rows or outcome.failed else ""
         print(f"{name}: {outcome.status}{took}", file=sys.stderr, flush=True)
         outcomes.append(outcome)
-    text = report(outcomes, args.device, args.quick)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
+        if args.out is not None:  # after each benchmark: a run cut short on a lent machine keeps what it measured
+            args.out.write_text(report(outcomes, args.device, args.quick))
+    print(report(outcomes, args.device, args.quick))
     return 1 if any(outcome.failed for outcome in outcomes) else 0
 
 
