@@ -44,6 +44,7 @@ import numpy as np
 from rarespur.data.cifar_corruptions import CORRUPTION_TYPES, SIZE, corrupt, require_extra
 from rarespur.data.colored_mnist import TEST_ALIGNED_RATIO, color_labels
 from rarespur.data.image_data import ImageData
+from rarespur.data.splits import in_class_turns
 from rarespur.errors import ConfigError
 from rarespur.store.atomic import atomic_path
 
@@ -56,15 +57,6 @@ def cache_dir() -> Path:
     """Where the corrupted splits are kept: ``$XDG_CACHE_HOME/rarespur/ccifar10`` (default ``~/.cache``)."""
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache).expanduser() / "rarespur" / "ccifar10"
-
-
-def head_per_class(labels: np.ndarray, limit: int | None, num_classes: int) -> np.ndarray:
-    """Indices (in file order) of the first ``limit // num_classes`` images of each class, the first
-    ``limit % num_classes`` classes one more; all images when `limit` is None."""
-    if limit is None:
-        return np.arange(len(labels))
-    keep = [np.flatnonzero(labels == c)[: limit // num_classes + (c < limit % num_classes)] for c in range(num_classes)]
-    return np.sort(np.concatenate(keep))
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -147,7 +139,7 @@ def make_corrupted_cifar10(
 ) -> ImageData:
     """Corrupted CIFAR-10 from clean CIFAR-10 (see the module docstring); the same arrays for the same arguments.
 
-    `limits` keep the first (train, test) images per class before corrupting (:func:`head_per_class`).
+    `limits` keep the first (train, test) images per class before corrupting (:func:`in_class_turns`).
     The defaults are conf/dataset/ccifar10.yaml's."""
     if cifar.image_shape != (SIZE, SIZE, 3) or cifar.num_classes != 10:
         raise ConfigError(
@@ -164,7 +156,7 @@ def make_corrupted_cifar10(
         ("train", cifar.train_x, cifar.train_y, 1.0 - conflict_ratio, limits[0]),
         ("test", cifar.test_x, cifar.test_y, TEST_ALIGNED_RATIO, limits[1]),
     ):
-        keep = head_per_class(y, limit, cifar.num_classes)
+        keep = np.sort(in_class_turns(y, limit))
         images, labels = to_uint8(x[keep]), y[keep]
         bias = color_labels(labels, aligned, cifar.num_classes)
         corrupted = cached_split(images, labels, bias, names, int(severity), aligned, int(seed), split)

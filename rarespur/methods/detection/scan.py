@@ -24,6 +24,7 @@ from scipy import ndimage
 from scipy.stats import binom
 from torch import nn
 
+from rarespur.data.splits import in_class_turns
 from rarespur.methods.detection.triggers import TRIGGER, region_of
 
 PATCH, NOISE, CONTENT = "patch", "noise", "content"
@@ -71,26 +72,17 @@ SCAN_IMAGES = (BALANCED, FIRST)  # detect.scan_images
 def scan_indices(labels: np.ndarray, num_images: int, mode: str = BALANCED) -> np.ndarray:
     """Which test images the scan uses: indices into `labels`, at most `num_images` of them.
 
-    ``first`` takes the first `num_images` in file order (what every run stored before
-    ``detect.scan_images`` existed did). That is fine where classes are interleaved (MNIST, the CIFAR
-    archive) but an image folder lists its test images sorted by class, so there the first ones are
-    all of one class, and a rise of that class cannot be measured on images of other classes.
-    ``balanced`` takes the classes' images in turns: the first image of every class, then the second
-    of every class, ... until `num_images` are taken. So each class gives num_images // classes images
-    (the first in file order: deterministic, no seed), the remainder goes to the lowest class numbers,
-    and a class with too few images gives all it has while the others fill its share. The result keeps
-    that interleaved order rather than file order, so any head of it (the carriers' first 32 hosts of
-    other classes) is spread over the classes too.
+    ``balanced`` takes them from the classes in turns (:func:`~rarespur.data.splits.in_class_turns`): a rise of
+    the target class cannot be measured on images of that class, and an image folder lists its test images
+    class by class. The interleaved order is kept, so the carriers' first hosts of other classes are spread
+    over the classes too. ``first`` takes the first `num_images` in file order, as every run stored before
+    ``detect.scan_images`` existed did (fine where classes are interleaved: MNIST, the CIFAR archive).
     """
-    labels = np.asarray(labels)
     if mode == FIRST:
         return np.arange(min(num_images, len(labels)))
     if mode != BALANCED:
         raise ValueError(f"scan mode {mode!r} unknown; valid: {', '.join(SCAN_IMAGES)}")
-    grouped = np.argsort(labels, kind="stable")  # by class, file order within a class
-    sorted_labels = labels[grouped]
-    turn = np.arange(len(grouped)) - np.searchsorted(sorted_labels, sorted_labels, side="left")
-    return grouped[np.lexsort((sorted_labels, turn))][:num_images]
+    return in_class_turns(labels, num_images)
 
 
 def grid_positions(extent: int, size: int, stride: int) -> list[int]:
