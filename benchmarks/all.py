@@ -183,7 +183,9 @@ def main() -> int:
         print(f"{name}: {outcome.status}{took}", file=sys.stderr, flush=True)
         outcomes.append(outcome)
         if args.out is not None:  # after each benchmark: a run cut short on a lent machine keeps what it measured
-            args.out.write_text(report(outcomes, args.device, args.quick))
+            partial = args.out.with_name(args.out.name + ".partial")
+            partial.write_text(report(outcomes, args.device, args.quick))
+            os.replace(partial, args.out)  # whole or not at all, should the run be killed while writing
     print(report(outcomes, args.device, args.quick))
     return 1 if any(outcome.failed for outcome in outcomes) else 0
 

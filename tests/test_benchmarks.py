@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, SHARED_DATA, require_data
+from conftest import REPO_ROOT, SHARED_DATA, load_benchmark, require_data
 
 # benchmarks that must run, every case with a ratio against its baseline (sih's and job's rows are their own)
 REQUIRED = {"epoch", "pack", "influence"}
@@ -53,3 +53,33 @@ def test_every_benchmark_runs_at_quick_sizes_on_a_cpu(tmp_path):
         if baseline or benchmark in REQUIRED:  # a row with a baseline has its ratio, and these all have one
             assert float(ratio.removesuffix("x")) > 0, (benchmark, case)
     assert "projected full MNIST + Fashion grid:" in text and " h (" in text
+
+
+def test_the_report_is_on_disk_after_each_benchmark_so_a_run_cut_short_keeps_it(tmp_path, monkeypatch):
+    """A lent GPU machine's time can run out mid-run: whatever benchmarks finished are in --out already."""
+    from types import ModuleType
+
+    all_py = load_benchmark("all")
+    common = load_benchmark("common")
+    out, seen = tmp_path / "gpu.md", []
+
+    def fake(name: str, seconds: float) -> ModuleType:
+        def measure(device: str, quick: bool, data_root: str) -> list:
+            seen.append(out.read_text() if out.exists() else "")
+            if name == "bench_pack":
+                raise KeyboardInterrupt  # the machine taken back
+            return [common.Row(name.removeprefix("bench_"), "a case", seconds, 2 * seconds)]
+
+        module = ModuleType(name)
+        module.measure = measure
+        return module
+
+    for name, seconds in (("bench_epoch", 1.5), ("bench_pack", 2.0)):
+        monkeypatch.setitem(sys.modules, name, fake(name, seconds))
+    argv = ["all.py", "--device", "cpu", "--only", "epoch,pack", "--out", str(out), "--data-root", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(KeyboardInterrupt):
+        all_py.main()
+    assert seen[0] == ""  # nothing before the first benchmark
+    assert "| epoch | a case |" in seen[1] and "2.00x" in seen[1]  # epoch's report, before pack started
+    assert out.read_text() == seen[1] and not list(tmp_path.glob("*.partial"))

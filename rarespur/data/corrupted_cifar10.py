@@ -25,9 +25,10 @@ fixes it: the clean uint8 images and labels, the corruption list, the level, the
 (the test split does not depend on conflict_ratio, so a sweep over ratios corrupts it once).
 
 ``data.train_limit`` / ``data.test_limit`` cut the clean data BEFORE corrupting, and per class: the first
-``N // 10`` images of each class in file order (the first ``N % 10`` classes one more), so a small run
-builds in seconds and keeps every class and the protocol's per-class shares (an image folder lists its
-images class by class, so the first N images would be one class).
+``N // 10`` images of each class in file order (the first ``N % 10`` classes one more; a class with fewer gives
+all it has and the others fill its share), so a small run builds in seconds and keeps every class and the
+protocol's per-class shares (an image folder lists its images class by class, so the first N images would be
+one class).
 """
 
 from __future__ import annotations
