@@ -38,7 +38,6 @@ from rarespur.methods.detection.evidence import add_evidence
 from rarespur.methods.detection.grading import grade
 from rarespur.methods.detection.maps import save_perturbation_maps
 from rarespur.methods.detection.scan import (
-    FIRST,
     SCAN_IMAGES,
     ScanSettings,
     finding_mask,
@@ -141,8 +140,7 @@ def run(cfg: dict[str, Any], run_dir: RunDir, parents: list[Path]) -> dict[str, 
     """Scan, weigh against the training data, rank carriers, grade; store the tables and the map."""
     parent = load_trained_parent(cfg, parents[0])
     d, data = cfg["detect"], parent.poisoned.data
-    # a config stored before detect.scan_images existed scanned the first images
-    chosen = scan_indices(data.test_y, d["num_images"], d.get("scan_images", FIRST))
+    chosen = scan_indices(data.test_y, d["num_images"], d["scan_images"])
     x = to_tensor(data.test_x[chosen], parent.device)
     y = torch.from_numpy(data.test_y[chosen]).to(parent.device)
     per_class = np.bincount(data.test_y[chosen], minlength=data.num_classes)
